@@ -1,0 +1,3 @@
+from robustdeploy.cli import main
+
+main()

@@ -1,0 +1,7 @@
+"""Attack registry: one file per attack, the shared loop in base.py."""
+
+from robustdeploy.attacks.base import ATTACKS, Attack, FixedBudgetAttack, check_eps, lp_norm, predict
+from robustdeploy.attacks import fgsm as _fgsm  # noqa: F401
+from robustdeploy.attacks import pgd as _pgd  # noqa: F401
+
+__all__ = ["ATTACKS", "Attack", "FixedBudgetAttack", "check_eps", "lp_norm", "predict"]

@@ -1,0 +1,181 @@
+"""Attack contracts (foolbox 3's split) and the shared gradient loop: batching, early stop, projection.
+
+A fixed-budget attack maps (model, x, y, eps) to adversarial inputs inside the eps-ball and [0, 1].
+Samples the model already gets wrong are never attacked; a sample leaves the working set as soon as
+an iterate fools the model (that iterate is kept), which changes no robust-accuracy result.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.registry import Registry
+from robustdeploy.runtimes.base import Capability
+
+NORMS = ("linf", "l2")
+
+
+@dataclass
+class AttackStats:
+    """Work an attack did: gradient (forward+backward) evaluations and forward-only queries, per sample."""
+
+    gradients: int = 0
+    queries: int = 0
+
+    def to_dict(self) -> dict:
+        return {"gradients": self.gradients, "queries": self.queries}
+
+
+@dataclass
+class Attack(ABC):
+    """Knobs of the method live in the constructor; the budget is an argument of the call."""
+
+    norm: str = "linf"
+    stats: AttackStats = field(default_factory=AttackStats, init=False, repr=False, compare=False)
+
+    needs: ClassVar[Capability] = Capability.GRADIENTS
+    norms: ClassVar[tuple[str, ...]] = NORMS
+
+    def __post_init__(self) -> None:
+        if self.norm not in self.norms:
+            raise RobustDeployError(f"{type(self).__name__} supports {', '.join(self.norms)}, not {self.norm!r}")
+
+    def params(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "stats"}
+
+
+def check_eps(eps: float, norm: str, input_dim: int) -> None:
+    limit = 1.0 if norm == "linf" else input_dim**0.5
+    if not 0.0 <= eps <= limit:
+        raise RobustDeployError(f"eps {eps:g} is outside [0, {limit:.3g}] for the {norm} norm on pixels in [0, 1]")
+
+
+def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project onto the eps-ball around x, then onto the [0, 1] box."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        scale = (eps / lp_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
+        delta = delta * scale.view(-1, *[1] * (x.dim() - 1))
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def loss_per_sample(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Loss to *maximise*: cross-entropy, or the C&W margin max_{j != y} z_j - z_y (Carlini & Wagner 2017)."""
+    if loss == "ce":
+        return torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return other.amax(1) - true
+
+
+LOSSES = ("ce", "margin")
+
+
+class FixedBudgetAttack(Attack):
+    """Returns adversarial inputs with ||adv - x|| <= eps and pixels in [0, 1]."""
+
+    @abstractmethod
+    def perturb(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor: ...
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]) \
+        if len(x) else torch.empty(0, dtype=torch.long, device=x.device)
+
+
+@dataclass
+class IterativeGradientAttack(FixedBudgetAttack):
+    """Shared loop of FGSM/PGD: random start, `steps` ascent steps, restarts, early stop per sample."""
+
+    steps: int = 40
+    step_size: float | None = None  # absolute; default rel_step * eps / steps
+    rel_step: float = 2.5
+    random_start: bool = True
+    restarts: int = 1
+    loss: str = "ce"
+    early_stop: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.steps < 1 or self.restarts < 1:
+            raise RobustDeployError("steps and restarts must be at least 1")
+        if self.loss not in LOSSES:
+            raise RobustDeployError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
+
+    def _alpha(self, eps: float) -> float:
+        return self.step_size if self.step_size is not None else self.rel_step * eps / self.steps
+
+    def _start(self, x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+        if not self.random_start or eps == 0:
+            return x.clone()
+        if self.norm == "linf":
+            noise = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+        else:
+            direction = torch.randn(x.shape, generator=generator)
+            direction /= lp_norm(direction, "l2").view(-1, *[1] * (x.dim() - 1))
+            noise = direction * eps * torch.rand(len(x), generator=generator).view(-1, *[1] * (x.dim() - 1))
+        return project(x + noise.to(x.device), x, eps, self.norm)
+
+    def _ascent(self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
+        if self.norm == "linf":
+            return x_adv + alpha * grad.sign()
+        norm = lp_norm(grad, "l2").clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
+        return x_adv + alpha * grad / norm
+
+    def perturb(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        result = x.clone()
+        todo = predict(model, x) == y  # never attack a sample that is already wrong
+        for _ in range(self.restarts):
+            if not todo.any():
+                break
+            start = self._start(x, eps, generator)  # drawn for the full batch: subsets stay reproducible
+            index = todo.nonzero().flatten()
+            adv, fooled = self._run(model, x[index], y[index], start[index], eps)
+            result[index] = adv
+            todo[index[fooled]] = False
+        return result
+
+    def _run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+             eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ascent from `x_adv`; returns (adversarial or last iterate, fooled mask)."""
+        alpha = self._alpha(eps)
+        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        best = x_adv.clone()
+        work = torch.arange(len(x), device=x.device)
+        current = x_adv
+        for step in range(self.steps + 1):
+            current = current.detach().requires_grad_(step < self.steps)
+            with torch.set_grad_enabled(step < self.steps):
+                logits = model(current)
+            wrong = (logits.argmax(1) != y[work]) & ~fooled[work]
+            best[work[wrong]] = current.detach()[wrong]
+            fooled[work[wrong]] = True
+            if step == self.steps:
+                best[work[~fooled[work]]] = current.detach()[~fooled[work]]
+                break
+            self.stats.gradients += len(work)
+            grad, = torch.autograd.grad(loss_per_sample(logits, y[work], self.loss).sum(), current)
+            keep = ~fooled[work] if self.early_stop else torch.ones_like(wrong)
+            if not keep.any():
+                break
+            work, current, grad = work[keep], current.detach()[keep], grad[keep]
+            current = project(self._ascent(current, grad, alpha), x[work], eps, self.norm)
+        return best, fooled
+
+
+ATTACKS: Registry[Attack] = Registry("attack")

@@ -1,0 +1,176 @@
+"""Reading and verifying a deployment bundle: a security boundary, since bundles may come from others.
+
+Checks: manifest format, SHA-256 of every listed file, no symlinks, ONNX external data that stays inside
+the bundle folder, and versions of onnx/torch without the known model-loading CVEs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from functools import cached_property
+from pathlib import Path
+
+from robustdeploy.data import DataConfig
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.io import sha256_file
+from robustdeploy.models import Classifier, ModelSpec
+
+BUNDLE_FORMAT = "robustdeploy-bundle/1"
+MANIFEST = "manifest.json"
+# onnx < 1.17: CVE-2024-5187 / CVE-2024-27318 (external-data path traversal);
+# torch < 2.6: CVE-2025-32434 (torch.load weights_only bypass).
+MIN_VERSIONS = {"onnx": (1, 17), "torch": (2, 6)}
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_versions() -> None:
+    """Refuse to load models with onnx/torch versions that have known model-loading CVEs."""
+    import onnx
+    import torch
+
+    for name, module in (("onnx", onnx), ("torch", torch)):
+        if _version_tuple(module.__version__) < MIN_VERSIONS[name]:
+            need = ".".join(map(str, MIN_VERSIONS[name]))
+            raise RobustDeployError(f"{name} {module.__version__} has known model-loading CVEs; "
+                                    f"upgrade to {name}>={need}")
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """Resolve `relative` under `root`, refusing absolute paths, '..' escapes and symlinks."""
+    candidate = Path(relative)
+    if candidate.is_absolute() or ".." in candidate.parts or not relative:
+        raise RobustDeployError(f"bundle refers to {relative!r}, outside its folder; refusing to load it")
+    path = root / candidate
+    for part in [path, *path.parents]:
+        if part == root:
+            break
+        if part.is_symlink():
+            raise RobustDeployError(f"bundle file {relative!r} is a symlink; refusing to load it")
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise RobustDeployError(f"bundle file {relative!r} resolves outside the bundle; refusing to load it")
+    return path
+
+
+def _tensors_with_external_data(graph):
+    """Every TensorProto in a graph and its subgraphs (initializers and tensor attributes)."""
+    import onnx
+
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors_with_external_data(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _tensors_with_external_data(sub)
+
+
+def check_onnx_file(path: Path, root: Path) -> list[str]:
+    """Parse an ONNX file without its external data; return the external files it needs (all inside root)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as exc:
+        raise RobustDeployError(f"{path} is not a valid ONNX file ({type(exc).__name__}); re-export it") from None
+    if not model.graph.node:
+        raise RobustDeployError(f"{path} is not a valid ONNX file (empty graph); re-export it")
+    external = []
+    for tensor in _tensors_with_external_data(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            _inside(root, location)
+            external.append(location)
+    return external
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @cached_property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.manifest["model"])
+
+    @property
+    def data(self) -> DataConfig:
+        known = {f.name for f in fields(DataConfig)}
+        return DataConfig(**{k: v for k, v in self.manifest["data"].items() if k in known})
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.manifest["classes"])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.manifest["input"]["shape"][1:])  # type: ignore[return-value]
+
+    @property
+    def variants(self) -> dict:
+        return self.manifest["variants"]
+
+    def variant_path(self, variant: str) -> Path:
+        if variant not in self.variants:
+            have = ", ".join(sorted(self.variants))
+            raise RobustDeployError(f"bundle {self.name!r} has no {variant!r} variant (has {have}); "
+                                    f"re-export with --precision {variant}")
+        return self.path / self.variants[variant]["file"]
+
+    def reference_model(self) -> Classifier:
+        """The PyTorch training graph, rebuilt from the spec and safetensors weights."""
+        from robustdeploy.train import load_weights
+
+        return load_weights(self.spec, self.path / self.manifest["reference"])
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Open and verify a bundle folder; any problem is one RobustDeployError line."""
+    check_versions()
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise RobustDeployError(f"bundle {path} not found; create it with `robustdeploy export RUN_DIR`")
+    if not manifest_path.is_file() or manifest_path.is_symlink():
+        raise RobustDeployError(f"{path} has no {MANIFEST}; it is not a robustdeploy bundle (re-export it)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RobustDeployError(f"{manifest_path} is corrupt ({exc}); re-export the bundle") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise RobustDeployError(f"{manifest_path} is not a {BUNDLE_FORMAT} manifest; re-export the bundle")
+    for key in ("name", "model", "data", "classes", "input", "files", "variants", "reference"):
+        if key not in manifest:
+            raise RobustDeployError(f"{manifest_path} lacks {key!r}; re-export the bundle")
+    files: dict = manifest["files"]
+    for relative, digest in files.items():
+        file = _inside(path, relative)
+        if not file.is_file():
+            raise RobustDeployError(f"bundle file {relative} is missing; re-export the bundle")
+        if sha256_file(file) != digest:
+            raise RobustDeployError(f"bundle file {relative} does not match its SHA-256 in the manifest "
+                                    "(modified or corrupt); re-export the bundle")
+    for variant in manifest["variants"].values():
+        if variant["file"] not in files:
+            raise RobustDeployError(f"variant file {variant['file']} is not hashed in the manifest; refusing it")
+        for external in check_onnx_file(path / variant["file"], path):
+            if external not in files:
+                raise RobustDeployError(f"external data {external} is not hashed in the manifest; refusing it")
+    if manifest["reference"] not in files:
+        raise RobustDeployError("the reference weights are not hashed in the manifest; refusing them")
+    return Bundle(path, manifest)

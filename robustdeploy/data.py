@@ -1,0 +1,228 @@
+"""Dataset registry, deterministic splits and the built-in default (scikit-learn digits).
+
+Every dataset yields float32 pixels in [0, 1], shape (N, C, H, W); normalisation lives inside the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.registry import Registry
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a dataset was loaded and split; recorded in runs, bundles and results."""
+
+    name: str = "digits"
+    data_root: str | None = None
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    image_size: int | None = None
+    download: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def head(self, limit: int | None) -> Split:
+        return self if limit is None else Split(self.x[:limit], self.y[:limit])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise RobustDeployError(f"unknown split {name!r}; use train, val or test")
+        return getattr(self, name)
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of the training split (baked into the model's normalisation)."""
+        x = self.train.x
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+@dataclass(frozen=True)
+class RawData:
+    """What a dataset factory returns: a pool to split, or an official train/test pair."""
+
+    classes: tuple[str, ...]
+    x: np.ndarray  # uint8 or float in [0, 1], (N, C, H, W)
+    y: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+
+DATASETS: Registry[RawData] = Registry("dataset")
+
+
+def _to_float(x: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+
+
+def _permute(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n)
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Load and split a registered dataset deterministically from `config.seed`."""
+    if not 0.0 < config.val_fraction < 1.0 or not 0.0 <= config.test_fraction < 1.0:
+        raise RobustDeployError("--val-fraction and --test-fraction must lie in (0, 1)")
+    factory = DATASETS.get(config.name)
+    raw = factory(config)
+    x, y = _to_float(raw.x), torch.from_numpy(np.asarray(raw.y)).long()
+    order = torch.from_numpy(_permute(len(y), config.seed))
+    x, y = x[order], y[order]
+    n_val = max(1, int(round(len(y) * config.val_fraction)))
+    if raw.x_test is not None:
+        test = Split(_to_float(raw.x_test), torch.from_numpy(np.asarray(raw.y_test)).long())
+        val, train = Split(x[:n_val], y[:n_val]), Split(x[n_val:], y[n_val:])
+    else:
+        n_test = max(1, int(round(len(y) * config.test_fraction)))
+        test = Split(x[:n_test], y[:n_test])
+        val = Split(x[n_test : n_test + n_val], y[n_test : n_test + n_val])
+        train = Split(x[n_test + n_val :], y[n_test + n_val :])
+    if len(train) == 0:
+        raise RobustDeployError(f"dataset {config.name!r} is too small to split; lower the fractions")
+    return Dataset(config.name, raw.classes, train, val, test)
+
+
+def _require_root(config: DataConfig) -> Path:
+    if config.data_root is None:
+        raise RobustDeployError(
+            f"dataset {config.name!r} is not built in; pass --data-root DIR (add --download to fetch it)"
+        )
+    root = Path(config.data_root).expanduser()
+    if not config.download and not root.exists():
+        raise RobustDeployError(f"--data-root {root} does not exist; point it at the dataset folder")
+    return root
+
+
+def _torchvision(config: DataConfig, cls_name: str, **split_kwargs: dict) -> tuple:
+    import torchvision
+
+    root = _require_root(config)
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train = cls(str(root), download=config.download, **split_kwargs["train"])
+        test = cls(str(root), download=config.download, **split_kwargs["test"])
+    except RuntimeError as exc:
+        raise RobustDeployError(
+            f"{config.name} not found under {root} ({exc}); fix --data-root or add --download"
+        ) from None
+    return train, test
+
+
+def _resize(images: list, size: int, channels: int) -> np.ndarray:
+    """PIL images -> uint8 (N, C, size, size), bilinear."""
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+    out = np.empty((len(images), channels, size, size), dtype=np.uint8)
+    for i, img in enumerate(images):
+        arr = np.asarray(img.convert(mode).resize((size, size), Image.BILINEAR))
+        out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    return out
+
+
+@DATASETS.register("digits")
+def digits(config: DataConfig) -> RawData:
+    """scikit-learn's 8x8 handwritten digits (1797 images, shipped with scikit-learn): the built-in default."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None]
+    if config.image_size and config.image_size != 8:
+        x = torch.nn.functional.interpolate(
+            torch.from_numpy(x), size=config.image_size, mode="bilinear", align_corners=False
+        ).numpy()
+    return RawData(tuple(str(c) for c in range(10)), x, bunch.target)
+
+
+def _grey(config: DataConfig, cls_name: str, classes: tuple[str, ...]) -> RawData:
+    train, test = _torchvision(config, cls_name, train={"train": True}, test={"train": False})
+    return RawData(classes, train.data.numpy()[:, None], train.targets.numpy(),
+                   test.data.numpy()[:, None], test.targets.numpy())
+
+
+@DATASETS.register("mnist")
+def mnist(config: DataConfig) -> RawData:
+    """torchvision MNIST from --data-root; validation carved from the official training set."""
+    return _grey(config, "MNIST", tuple(str(c) for c in range(10)))
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist(config: DataConfig) -> RawData:
+    """torchvision Fashion-MNIST from --data-root."""
+    classes = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+    return _grey(config, "FashionMNIST", classes)
+
+
+@DATASETS.register("cifar10")
+def cifar10(config: DataConfig) -> RawData:
+    """torchvision CIFAR-10 from --data-root."""
+    train, test = _torchvision(config, "CIFAR10", train={"train": True}, test={"train": False})
+    return RawData(tuple(train.classes), train.data.transpose(0, 3, 1, 2), np.asarray(train.targets),
+                   test.data.transpose(0, 3, 1, 2), np.asarray(test.targets))
+
+
+@DATASETS.register("gtsrb")
+def gtsrb(config: DataConfig) -> RawData:
+    """torchvision GTSRB (43 traffic-sign classes, seed 000) from --data-root, resized to --image-size (32)."""
+    train, test = _torchvision(config, "GTSRB", train={"split": "train"}, test={"split": "test"})
+    size = config.image_size or 32
+
+    def load(ds) -> tuple[np.ndarray, np.ndarray]:
+        from PIL import Image
+
+        images = [Image.open(path) for path, _ in ds._samples]
+        return _resize(images, size, 3), np.asarray([label for _, label in ds._samples])
+
+    (x, y), (xt, yt) = load(train), load(test)
+    return RawData(tuple(str(c) for c in range(43)), x, y, xt, yt)
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(config: DataConfig) -> RawData:
+    """Any folder of class sub-folders of images (torchvision ImageFolder), resized to --image-size (32)."""
+    import torchvision
+
+    root = _require_root(config)
+    try:
+        folder = torchvision.datasets.ImageFolder(str(root))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise RobustDeployError(f"no image folder at {root}: {exc}") from None
+    from PIL import Image
+
+    first = Image.open(folder.samples[0][0])
+    channels = 1 if first.mode in ("L", "1", "I;16") else 3
+    images = [Image.open(path) for path, _ in folder.samples]
+    x = _resize(images, config.image_size or 32, channels)
+    return RawData(tuple(folder.classes), x, np.asarray(folder.targets))

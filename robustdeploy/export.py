@@ -1,0 +1,127 @@
+"""ONNX export of a trained run into a self-contained, verified deployment bundle."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from robustdeploy.bundle import BUNDLE_FORMAT, MANIFEST, Bundle, load_bundle
+from robustdeploy.data import DataConfig, load_dataset
+from robustdeploy.errors import CheckFailed, RobustDeployError
+from robustdeploy.io import atomic_write_json, sha256_file, versions
+from robustdeploy.parity import ParityReport, ParityTolerance, compare_logits
+from robustdeploy.runtimes.ort import OrtRuntime
+from robustdeploy.runtimes.base import RuntimeSpec
+from robustdeploy.train import load_run
+
+INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
+EXPORTERS = ("dynamo", "torchscript")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    run_dir: Path
+    out: Path | None = None
+    opset: int = 18
+    exporter: str = "dynamo"
+    tolerance: ParityTolerance = field(default_factory=ParityTolerance)
+    data_root: str | None = None
+    parity_limit: int | None = None
+    force: bool = False
+
+
+def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path, opset: int,
+                exporter: str) -> None:
+    """Export `model` (pixels in [0, 1] -> logits) with a dynamic batch axis, then run onnx.checker."""
+    import onnx
+
+    if exporter not in EXPORTERS:
+        raise RobustDeployError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
+    example = torch.rand(2, *input_shape)
+    model = model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    opset_version=opset, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                    verbose=False, external_data=False,
+                )
+                program.save(str(path))
+            else:
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME], opset_version=opset,
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                )
+        except Exception as exc:  # exporter failures come in many types
+            raise RobustDeployError(f"{exporter} exporter failed ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:200]}); try --exporter "
+                                    f"{'torchscript' if exporter == 'dynamo' else 'dynamo'}") from None
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def check_parity(model: torch.nn.Module, onnx_path: Path, x: torch.Tensor, tolerance: ParityTolerance,
+                 label: str = "ort-cpu") -> ParityReport:
+    """ONNX Runtime CPU against PyTorch on `x`."""
+    runtime = OrtRuntime(RuntimeSpec("ort-cpu", label.partition(":")[2] or "fp32"), onnx_path)
+    with torch.no_grad():
+        reference = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
+    return compare_logits(reference, runtime.logits(x), tolerance, runtime=label)
+
+
+def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
+    """Write `export/<run name>/` (or `config.out`): ONNX, reference weights, manifest with parity."""
+    model, record = load_run(config.run_dir)
+    out = Path(config.out) if config.out else Path("export") / record.name
+    if out.exists() and not config.force:
+        raise RobustDeployError(f"bundle {out} already exists; pass --force to replace it or choose --out")
+    data_config = record.data if config.data_root is None else DataConfig(
+        **{**record.data.to_dict(), "data_root": config.data_root})
+    test = load_dataset(data_config).test.head(config.parity_limit)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        start = time.perf_counter()
+        export_onnx(model, record.spec.input_shape, tmp / "model.onnx", config.opset, config.exporter)
+        shutil.copyfile(Path(config.run_dir) / "model.safetensors", tmp / "reference.safetensors")
+        export_seconds = time.perf_counter() - start
+        parity = check_parity(model, tmp / "model.onnx", test.x, config.tolerance)
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "name": record.name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": record.spec.to_dict(),
+            "classes": list(record.classes),
+            "input": {"name": INPUT_NAME, "shape": [None, *record.spec.input_shape], "dtype": "float32",
+                      "range": [0.0, 1.0], "layout": "NCHW"},
+            "output": {"name": OUTPUT_NAME, "shape": [None, record.spec.num_classes], "dtype": "float32",
+                       "meaning": "logits"},
+            "opset": config.opset,
+            "exporter": config.exporter,
+            "reference": "reference.safetensors",
+            "variants": {"fp32": {"file": "model.onnx", "precision": "fp32", "parity": parity.to_dict()}},
+            "data": data_config.to_dict() | {"split": "test", "samples": len(test)},
+            "run": {"metrics": record.metrics, "train": record.train},
+            "export_seconds": round(export_seconds, 3),
+            "versions": versions(),
+            "files": {name: sha256_file(tmp / name) for name in ("model.onnx", "reference.safetensors")},
+        }
+        atomic_write_json(tmp / MANIFEST, manifest)
+        if not parity.passed:
+            raise CheckFailed(f"export parity check failed, no bundle written: {parity.summary()}")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_bundle(out), parity

@@ -1,0 +1,67 @@
+"""The model registry and the classifier wrapper that takes raw [0, 1] pixels."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.registry import Registry
+
+MODELS: Registry[nn.Module] = Registry("architecture")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a classifier's graph (weights live in safetensors)."""
+
+    arch: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    temperature: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSpec:
+        data = dict(data)
+        data["input_shape"] = tuple(data["input_shape"])
+        data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+        return cls(**data)
+
+
+class Classifier(nn.Module):
+    """Normalisation + network: the graph that is trained, attacked and exported. Input: pixels in [0, 1].
+
+    `temperature` divides the logits (defensive distillation trains at T and deploys at T = 1).
+    """
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def create_net(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Create an untrained network by registry name (`cnn`, `mlp-bn`, `timm:resnet18`, ...)."""
+    if arch.startswith("timm:"):
+        from robustdeploy.models.timm_nets import create_timm
+
+        return create_timm(arch[5:], input_shape, num_classes)
+    return MODELS.create(arch, input_shape=input_shape, num_classes=num_classes)
+
+
+def build_classifier(spec: ModelSpec) -> Classifier:
+    if len(spec.mean) != spec.input_shape[0] or len(spec.std) != spec.input_shape[0]:
+        raise RobustDeployError(f"normalisation has {len(spec.mean)} channels, input has {spec.input_shape[0]}")
+    return Classifier(create_net(spec.arch, spec.input_shape, spec.num_classes), spec.mean, spec.std)

@@ -1,0 +1,124 @@
+"""ONNX Runtime deployments on CPU, CUDA and TensorRT, with a check of the providers a session really uses.
+
+onnxruntime silently falls back to CPU when the CUDA or TensorRT provider fails to load; a run labelled
+`ort-cuda` or `ort-trt` that would execute on the CPU is refused here instead of mislabelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.runtimes.base import RUNTIMES, Capability, Runtime, RuntimeSpec
+
+if TYPE_CHECKING:
+    from robustdeploy.bundle import Bundle
+
+PROVIDERS = {
+    "ort-cpu": ["CPUExecutionProvider"],
+    "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """ONNX Runtime session settings, recorded with every measurement."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    graph_optimization: str = "all"
+
+    def build(self):
+        import onnxruntime as ort
+
+        if self.graph_optimization not in OPT_LEVELS:
+            raise RobustDeployError(f"unknown graph optimisation level {self.graph_optimization!r}; "
+                                    f"use one of {', '.join(OPT_LEVELS)}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = self.inter_op_threads
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.graph_optimization]
+        options.log_severity_level = 3
+        return options
+
+
+def open_session(path: Path, runtime: str, options: SessionOptions | None = None):
+    """An InferenceSession on `runtime`'s providers; raises if the main provider is not really in use."""
+    import onnxruntime as ort
+
+    wanted = PROVIDERS[runtime]
+    main = wanted[0]
+    if main not in ort.get_available_providers():
+        raise RobustDeployError(
+            f"runtime {runtime!r} needs {main}, which this onnxruntime build lacks "
+            f"(has {', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use ort-cpu"
+        )
+    ort.set_default_logger_severity(4)  # the fallback is reported below, in one line
+    try:
+        session = ort.InferenceSession(str(path), sess_options=(options or SessionOptions()).build(),
+                                       providers=wanted)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise RobustDeployError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+    finally:
+        ort.set_default_logger_severity(2)
+    used = session.get_providers()
+    if main not in used:
+        raise RobustDeployError(
+            f"runtime {runtime!r} is not available on this machine: onnxruntime fell back to "
+            f"{', '.join(used)} ({main} failed to load: needs an NVIDIA GPU with CUDA 13 and cuDNN 9"
+            f"{' and TensorRT' if runtime == 'ort-trt' else ''}); run it on such a machine or use ort-cpu"
+        )
+    return session
+
+
+class OrtRuntime(Runtime):
+    """One ONNX graph of the bundle (a precision variant) on one execution provider."""
+
+    capability = Capability.SCORES
+
+    def __init__(self, spec: RuntimeSpec, path: Path, options: SessionOptions | None = None) -> None:
+        super().__init__(spec)
+        self.options = options or SessionOptions()
+        self.session = open_session(path, spec.name, self.options)
+        self.input = self.session.get_inputs()[0]
+        self.output_name = self.session.get_outputs()[0].name
+        self.dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run([self.output_name], {self.input.name: x.numpy().astype(self.dtype, copy=False)})
+        return torch.from_numpy(np.asarray(out[0], dtype=np.float32))
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {
+            "runtime": self.label,
+            "providers": self.session.get_providers(),
+            "onnxruntime": ort.__version__,
+            "session_options": self.options.__dict__,
+        }
+
+
+def _factory(name: str):
+    def create(bundle: Bundle, spec: RuntimeSpec, session_options: SessionOptions | None = None,
+               **_: object) -> OrtRuntime:
+        return OrtRuntime(spec, bundle.variant_path(spec.variant), session_options)
+
+    create.__doc__ = f"ONNX Runtime on {PROVIDERS[name][0]}"
+    return create
+
+
+for _name in PROVIDERS:
+    RUNTIMES.register(_name)(_factory(_name))

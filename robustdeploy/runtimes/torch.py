@@ -1,0 +1,40 @@
+"""The PyTorch reference graph rebuilt from the bundle: the only runtime with gradients."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.runtimes.base import RUNTIMES, Capability, Runtime, RuntimeSpec
+
+if TYPE_CHECKING:
+    from robustdeploy.bundle import Bundle
+
+
+class TorchRuntime(Runtime):
+    capability = Capability.GRADIENTS
+
+    def __init__(self, spec: RuntimeSpec, model: torch.nn.Module, device: str = "cpu") -> None:
+        super().__init__(spec)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RobustDeployError("runtime 'torch' on cuda asked for, but PyTorch sees no CUDA GPU")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    @torch.no_grad()
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.device)).float().cpu()
+
+    def describe(self) -> dict:
+        return {"runtime": self.label, "device": str(self.device), "torch": torch.__version__}
+
+
+@RUNTIMES.register("torch")
+def torch_runtime(bundle: Bundle, spec: RuntimeSpec, device: str = "cpu", **_: object) -> TorchRuntime:
+    """PyTorch fp32 reference graph (gradients, scores, decisions)."""
+    if spec.variant != "fp32":
+        raise RobustDeployError(f"runtime 'torch' has only the fp32 graph, not {spec.variant!r}; "
+                                f"use e.g. 'ort-cpu:{spec.variant}'")
+    return TorchRuntime(spec, bundle.reference_model(), device)

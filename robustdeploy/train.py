@@ -1,0 +1,201 @@
+"""Training loops and the run folder they write (weights in safetensors + a JSON record)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from robustdeploy.data import DataConfig, Dataset, Split, load_dataset
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.io import atomic_write_json, versions
+from robustdeploy.models import Classifier, ModelSpec, build_classifier
+
+RUN_FORMAT = "robustdeploy-run/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "cnn"
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The JSON record beside a run's weights."""
+
+    name: str
+    spec: ModelSpec
+    data: DataConfig
+    classes: tuple[str, ...]
+    train: dict
+    metrics: dict
+    versions: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "format": RUN_FORMAT,
+            "name": self.name,
+            "model": self.spec.to_dict(),
+            "data": self.data.to_dict(),
+            "classes": list(self.classes),
+            "train": self.train,
+            "metrics": self.metrics,
+            "versions": self.versions,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunRecord:
+        if data.get("format") != RUN_FORMAT:
+            raise RobustDeployError(f"run.json has format {data.get('format')!r}, expected {RUN_FORMAT!r}")
+        return cls(
+            name=data["name"],
+            spec=ModelSpec.from_dict(data["model"]),
+            data=DataConfig(**data["data"]),
+            classes=tuple(data["classes"]),
+            train=data["train"],
+            metrics=data["metrics"],
+            versions=data["versions"],
+        )
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split, batch_size: int = 512, device: str = "cpu") -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(split), batch_size):
+        logits = model(split.x[i : i + batch_size].to(device))
+        correct += int((logits.argmax(1).cpu() == split.y[i : i + batch_size]).sum())
+    return 100.0 * correct / max(1, len(split))
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig,
+    loss_fn=None,
+    desc: str = "train",
+) -> list[float]:
+    """Adam over the training split; `loss_fn(model, x, y) -> loss` lets defenses change the objective."""
+    loss_fn = loss_fn or (lambda m, x, y: nn.functional.cross_entropy(m(x), y))
+    generator = torch.Generator().manual_seed(config.seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n = len(data.train)
+    losses = []
+    bar = tqdm(range(config.epochs), desc=desc, unit="epoch", file=sys.stderr, disable=None)
+    for _ in bar:
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        total = 0.0
+        for i in range(0, n, config.batch_size):
+            idx = order[i : i + config.batch_size]
+            if len(idx) < 2 and n > 1:
+                continue  # batch-norm needs two samples
+            x, y = data.train.x[idx].to(config.device), data.train.y[idx].to(config.device)
+            loss = loss_fn(model, x, y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / n)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{accuracy(model, data.val, device=config.device):.1f}%")
+    model.eval()
+    return losses
+
+
+def _validate(config: TrainConfig) -> None:
+    if config.epochs < 1:
+        raise RobustDeployError(f"--epochs must be at least 1, got {config.epochs}")
+    if config.batch_size < 1:
+        raise RobustDeployError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.lr <= 0:
+        raise RobustDeployError(f"--lr must be positive, got {config.lr}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RobustDeployError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+
+
+def new_classifier(arch: str, data: Dataset) -> tuple[Classifier, ModelSpec]:
+    mean, std = data.channel_stats()
+    spec = ModelSpec(arch=arch, input_shape=data.input_shape, num_classes=len(data.classes), mean=mean, std=std)
+    return build_classifier(spec), spec
+
+
+def train(config: TrainConfig, out: Path) -> RunRecord:
+    """Train `config.arch` on `config.data` and write a run folder at `out` (atomically)."""
+    _validate(config)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise RobustDeployError(f"run folder {out} already exists; choose another --out or delete it")
+    torch.manual_seed(config.seed)
+    data = load_dataset(config.data)
+    model, spec = new_classifier(config.arch, data)
+    model.to(config.device)
+    start = time.perf_counter()
+    losses = fit(model, data, config)
+    metrics = {
+        "train_loss": losses,
+        "train_seconds": round(time.perf_counter() - start, 3),
+        "val_accuracy": accuracy(model, data.val, device=config.device),
+        "test_accuracy": accuracy(model, data.test, device=config.device),
+    }
+    record = RunRecord(out.name, spec, config.data, data.classes, config.to_dict(), metrics, versions())
+    save_run(model.cpu(), record, out)
+    return record
+
+
+def save_run(model: nn.Module, record: RunRecord, out: Path) -> None:
+    """Write weights + run.json into a temporary sibling folder, then rename it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        atomic_write_json(tmp / "run.json", record.to_dict())
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_run(run_dir: Path) -> tuple[Classifier, RunRecord]:
+    """Rebuild a trained classifier from a run folder (safetensors: no unpickling)."""
+    run_dir = Path(run_dir)
+    record_path, weights = run_dir / "run.json", run_dir / "model.safetensors"
+    if not record_path.is_file() or not weights.is_file():
+        raise RobustDeployError(f"{run_dir} is not a run folder (needs run.json and model.safetensors); "
+                                "create one with `robustdeploy train`")
+    try:
+        record = RunRecord.from_dict(json.loads(record_path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RobustDeployError(f"{record_path} is corrupt ({exc}); retrain or restore it") from None
+    return load_weights(record.spec, weights), record
+
+
+def load_weights(spec: ModelSpec, weights: Path) -> Classifier:
+    model = build_classifier(spec)
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state)
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise RobustDeployError(f"cannot load weights {weights}: {exc}") from None
+    return model.eval()

@@ -1,0 +1,33 @@
+"""The CLI end to end in subprocesses: real commands, one-line errors, no tracebacks."""
+
+import json
+
+from tests.conftest import assert_one_line_error, cli
+
+
+def test_train_export_evaluate_commands(tmp_path):
+    run = tmp_path / "runs" / "mlp-digits"
+    proc = cli("train", "--arch", "mlp", "--epochs", "3", "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    assert "trained mlp on digits" in proc.stdout
+    bundle = tmp_path / "export" / "mlp-digits"
+    proc = cli("export", run, "--out", bundle)
+    assert proc.returncode == 0, proc.stderr
+    assert "PASSED ort-cpu vs torch" in proc.stdout
+    out = tmp_path / "res.json"
+    proc = cli("evaluate", bundle, "-r", "torch", "-r", "ort-cpu", "--attack", "fgsm", "--eps", "0.1",
+               "--eps", "0.2", "--limit", "50", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "ort-cpu" in proc.stdout and "robust %" in proc.stdout
+    assert [b["eps"] for b in json.loads(out.read_text())["budgets"]] == [0.1, 0.2]
+
+
+def test_user_mistakes_are_one_line(bundle_dir, tmp_path):
+    assert_one_line_error(cli("evaluate", tmp_path / "missing"), "not found")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--runtime", "ort-cuda"), "ort-cuda", "not available")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--attack", "pgdd"), "did you mean 'pgd'")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--eps", "1.5"), "outside")
+    assert_one_line_error(cli("train", "--dataset", "mnsit", "--out", tmp_path / "r"), "mnist")
+    assert_one_line_error(cli("train", "--arch", "cnnn", "--out", tmp_path / "r"), "did you mean 'cnn'")
+    assert_one_line_error(cli("export", tmp_path), "not a run folder")
+    assert not (tmp_path / "r").exists()

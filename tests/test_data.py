@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from robustdeploy.data import DataConfig, load_dataset
+from robustdeploy.errors import RobustDeployError
+
+
+def test_digits_is_built_in_pixels_in_unit_range(digits):
+    assert digits.input_shape == (1, 8, 8)
+    for split in (digits.train, digits.val, digits.test):
+        assert split.x.dtype == torch.float32 and 0.0 <= split.x.min() and split.x.max() <= 1.0
+    assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
+    assert len(digits.classes) == 10
+
+
+def test_splits_are_deterministic_and_disjoint():
+    a, b = load_dataset(DataConfig(seed=3)), load_dataset(DataConfig(seed=3))
+    assert torch.equal(a.test.x, b.test.x) and torch.equal(a.val.y, b.val.y)
+    c = load_dataset(DataConfig(seed=4))
+    assert not torch.equal(a.test.x, c.test.x)
+    # the three splits partition the original samples: same multiset of images, no sample twice
+    from sklearn.datasets import load_digits
+
+    weights = torch.arange(1, 65, dtype=torch.float64)
+    keys = torch.cat([s.x.flatten(1).double() @ weights for s in (a.train, a.val, a.test)]).sort().values
+    original = (torch.from_numpy(load_digits().images.reshape(-1, 64) / 16.0) @ weights).sort().values
+    assert torch.allclose(keys, original)
+
+
+def test_unknown_dataset_and_missing_root():
+    with pytest.raises(RobustDeployError, match="did you mean 'mnist'"):
+        load_dataset(DataConfig(name="mnsit"))
+    with pytest.raises(RobustDeployError, match="--data-root"):
+        load_dataset(DataConfig(name="mnist"))
+    with pytest.raises(RobustDeployError, match="does not exist"):
+        load_dataset(DataConfig(name="cifar10", data_root="/nonexistent/path"))
+
+
+def test_imagefolder_loads_and_resizes(tmp_path):
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            Image.new("RGB", (20 + i, 17), (i * 20, 40, 80)).save(tmp_path / cls / f"{i}.png")
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path), image_size=12, val_fraction=0.2,
+                                   test_fraction=0.2))
+    assert data.classes == ("cat", "dog")
+    assert data.input_shape == (3, 12, 12)
+    assert len(data.train) + len(data.val) + len(data.test) == 20

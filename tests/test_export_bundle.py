@@ -1,0 +1,98 @@
+import json
+
+import onnx
+import pytest
+import torch
+
+from robustdeploy.bundle import load_bundle
+from robustdeploy.errors import CheckFailed, RobustDeployError
+from robustdeploy.export import ExportConfig, export_bundle
+from robustdeploy.io import sha256_file
+from robustdeploy.parity import ParityTolerance
+from robustdeploy.runtimes import create_runtime
+
+
+def test_bundle_has_manifest_and_passes_parity(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    assert m["input"]["shape"] == [None, 1, 8, 8] and m["input"]["dtype"] == "float32"
+    assert set(m["files"]) == {"model.onnx", "reference.safetensors"}
+    assert {"torch", "onnx", "onnxruntime"} <= set(m["versions"])
+    parity = m["variants"]["fp32"]["parity"]
+    assert parity["passed"] and parity["agreement"] == 100.0 and parity["max_abs"] < 1e-4
+    assert parity["samples"] == m["data"]["samples"] > 0
+    onnx.checker.check_model(str(bundle_dir / "model.onnx"))
+
+
+def test_onnx_graph_matches_pytorch_at_any_batch_size(bundle_dir, digits):
+    bundle = load_bundle(bundle_dir)
+    ort, ref = create_runtime(bundle, "ort-cpu"), create_runtime(bundle, "torch")
+    for n in (1, 7, 64):
+        x = digits.test.x[:n]
+        assert torch.allclose(ort.logits(x), ref.logits(x), atol=1e-4)
+
+
+def test_torchscript_exporter_also_matches(run_dir, tmp_path):
+    bundle, parity = export_bundle(ExportConfig(run_dir=run_dir, out=tmp_path / "ts", exporter="torchscript"))
+    assert parity.passed and bundle.manifest["exporter"] == "torchscript"
+
+
+def test_parity_tolerance_breach_fails_export_and_leaves_nothing(run_dir, tmp_path):
+    tight = ParityTolerance(atol=0.0, rtol=0.0, min_agreement=100.0)
+    with pytest.raises(CheckFailed, match="parity check failed"):
+        export_bundle(ExportConfig(run_dir=run_dir, out=tmp_path / "b", tolerance=tight))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_needs_force(run_dir, bundle_dir):
+    with pytest.raises(RobustDeployError, match="--force"):
+        export_bundle(ExportConfig(run_dir=run_dir, out=bundle_dir))
+
+
+def test_tampered_file_is_refused(bundle_copy):
+    with open(bundle_copy / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(RobustDeployError, match="SHA-256"):
+        load_bundle(bundle_copy)
+
+
+def _rehash(bundle_dir, name):
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["files"][name] = sha256_file(bundle_dir / name)
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_corrupt_onnx_is_refused_even_with_matching_hash(bundle_copy):
+    (bundle_copy / "model.onnx").write_bytes(b"this is not a protobuf \xff\xfe" * 10)
+    _rehash(bundle_copy, "model.onnx")
+    with pytest.raises(RobustDeployError, match="not a valid ONNX file"):
+        load_bundle(bundle_copy)
+
+
+def test_external_data_outside_the_bundle_is_refused(bundle_copy, tmp_path):
+    model = onnx.load(str(bundle_copy / "model.onnx"))
+    tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    tensor.external_data.add(key="location", value="../../etc/passwd")
+    tensor.ClearField("raw_data")
+    onnx.save(model, str(bundle_copy / "model.onnx"))
+    _rehash(bundle_copy, "model.onnx")
+    with pytest.raises(RobustDeployError, match="outside its folder"):
+        load_bundle(bundle_copy)
+
+
+def test_symlinked_file_is_refused(bundle_copy, tmp_path):
+    target = tmp_path / "elsewhere.onnx"
+    (bundle_copy / "model.onnx").rename(target)
+    (bundle_copy / "model.onnx").symlink_to(target)
+    with pytest.raises(RobustDeployError, match="symlink"):
+        load_bundle(bundle_copy)
+
+
+def test_missing_or_corrupt_manifest(bundle_copy, tmp_path):
+    with pytest.raises(RobustDeployError, match="not found"):
+        load_bundle(tmp_path / "nothing")
+    (bundle_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(RobustDeployError, match="corrupt"):
+        load_bundle(bundle_copy)
