@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -53,10 +53,10 @@ def train(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     batch_size: opt.BatchSize = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<arch>-<dataset>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<arch>-<dataset>).")] = None,
     data_root: opt.DataRoot = None,
     download: Annotated[bool, typer.Option(help="Download a torchvision dataset into --data-root.")] = False,
-    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this size.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Resize images to this size.")] = None,
     val_fraction: Annotated[float, typer.Option(help="Fraction of training data held out for validation.")]
     = 0.15,
     seed: opt.Seed = 0,
@@ -64,7 +64,8 @@ def train(
 ) -> None:
     """Train a classifier and write a run folder (safetensors weights + run.json)."""
     from robustdeploy.data import DataConfig
-    from robustdeploy.train import TrainConfig, train as run_training
+    from robustdeploy.train import TrainConfig
+    from robustdeploy.train import train as run_training
 
     data = DataConfig(name=dataset, data_root=data_root, seed=seed, val_fraction=val_fraction,
                       image_size=image_size, download=download)
@@ -80,7 +81,7 @@ def train(
 @app.command()
 def export(
     run_dir: opt.RunDir,
-    out: Annotated[Optional[Path], typer.Option(help="Bundle folder (default export/<run name>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Bundle folder (default export/<run name>).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     exporter: Annotated[str, typer.Option(help="dynamo (torch.export) or torchscript.")] = "dynamo",
     atol: Annotated[float, typer.Option(help="Parity: absolute logit tolerance.")] = 1e-4,
@@ -120,7 +121,8 @@ def evaluate(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run written to --out.")] = False,
 ) -> None:
     """Craft adversarial examples on PyTorch and score them on every runtime, side by side."""
-    from robustdeploy.evaluate import EvalConfig, default_out, evaluate as run_evaluation
+    from robustdeploy.evaluate import EvalConfig, default_out
+    from robustdeploy.evaluate import evaluate as run_evaluation
     from robustdeploy.report import evaluation_table
 
     config = EvalConfig(bundle=bundle, runtimes=tuple(runtime), attack=attack, epsilons=tuple(eps),
@@ -148,10 +150,12 @@ def quickstart(
 ) -> None:
     """Train a small CNN on the built-in digits, export it, and evaluate PGD on torch and ort-cpu."""
     from robustdeploy.data import DataConfig
-    from robustdeploy.evaluate import EvalConfig, evaluate as run_evaluation
+    from robustdeploy.evaluate import EvalConfig
+    from robustdeploy.evaluate import evaluate as run_evaluation
     from robustdeploy.export import ExportConfig, export_bundle
     from robustdeploy.report import evaluation_table
-    from robustdeploy.train import TrainConfig, train as run_training
+    from robustdeploy.train import TrainConfig
+    from robustdeploy.train import train as run_training
 
     start = time.perf_counter()
     run_dir, bundle_dir = workdir / "runs" / "cnn-digits", workdir / "export" / "cnn-digits"

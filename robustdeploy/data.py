@@ -158,11 +158,11 @@ def digits(config: DataConfig) -> RawData:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None]
+    x = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # 8-bit, like every other dataset
     if config.image_size and config.image_size != 8:
         x = torch.nn.functional.interpolate(
-            torch.from_numpy(x), size=config.image_size, mode="bilinear", align_corners=False
-        ).numpy()
+            torch.from_numpy(x).float(), size=config.image_size, mode="bilinear", align_corners=False
+        ).round().clamp(0, 255).to(torch.uint8).numpy()
     return RawData(tuple(str(c) for c in range(10)), x, bunch.target)
 
 

@@ -17,8 +17,8 @@ from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import CheckFailed, RobustDeployError
 from robustdeploy.io import atomic_write_json, sha256_file, versions
 from robustdeploy.parity import ParityReport, ParityTolerance, compare_logits
-from robustdeploy.runtimes.ort import OrtRuntime
 from robustdeploy.runtimes.base import RuntimeSpec
+from robustdeploy.runtimes.ort import OrtRuntime
 from robustdeploy.train import load_run
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"

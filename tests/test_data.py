@@ -9,6 +9,7 @@ def test_digits_is_built_in_pixels_in_unit_range(digits):
     assert digits.input_shape == (1, 8, 8)
     for split in (digits.train, digits.val, digits.test):
         assert split.x.dtype == torch.float32 and 0.0 <= split.x.min() and split.x.max() <= 1.0
+        assert torch.equal(split.x, torch.round(split.x * 255) / 255)  # on the 8-bit grid
     assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
     assert len(digits.classes) == 10
 
@@ -23,7 +24,8 @@ def test_splits_are_deterministic_and_disjoint():
 
     weights = torch.arange(1, 65, dtype=torch.float64)
     keys = torch.cat([s.x.flatten(1).double() @ weights for s in (a.train, a.val, a.test)]).sort().values
-    original = (torch.from_numpy(load_digits().images.reshape(-1, 64) / 16.0) @ weights).sort().values
+    pixels = (load_digits().images.reshape(-1, 64) * 255 / 16).round() / 255
+    original = (torch.from_numpy(pixels) @ weights).sort().values
     assert torch.allclose(keys, original)
 
 

@@ -8,6 +8,7 @@ an iterate fools the model (that iterate is kept), which changes no robust-accur
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -18,6 +19,7 @@ from robustdeploy.registry import Registry
 from robustdeploy.runtimes.base import Capability
 
 NORMS = ("linf", "l2")
+Model = torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -84,10 +86,41 @@ LOSSES = ("ce", "margin")
 
 
 class FixedBudgetAttack(Attack):
-    """Returns adversarial inputs with ||adv - x|| <= eps and pixels in [0, 1]."""
+    """Returns adversarial inputs with ||adv - x|| <= eps and pixels in [0, 1].
+
+    `model` maps pixels to logits: an nn.Module for gradient attacks; for SCORES/DECISIONS attacks any
+    callable (e.g. `Runtime.logits`), queried without gradients. Such attacks set `queries_per_sample`.
+    """
+
+    queries_per_sample: torch.Tensor | None = None
 
     @abstractmethod
-    def perturb(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor: ...
+    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor: ...
+
+
+class MinimalNormAttack(Attack):
+    """Returns, per sample, the smallest adversarial it found; x itself where it found none
+    (or the sample is already misclassified). No budget argument: the norm is the result."""
+
+    @abstractmethod
+    def minimize(self, model: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
+def realise_8bit(adv: torch.Tensor, x: torch.Tensor, eps: float | None, norm: str) -> torch.Tensor:
+    """Round adversarial pixels to 256 levels, as a deployment receives them, without leaving the budget.
+
+    x is assumed on the 8-bit grid (every dataset is loaded as 8-bit). Rounded steps that would exceed an
+    L-inf budget are clipped to the largest grid step inside it; an L2 sample whose rounded perturbation
+    exceeds eps is truncated towards x instead (which never increases any pixel's change).
+    """
+    delta = torch.round((adv - x) * 255.0)
+    if eps is not None and norm == "linf":
+        limit = float(int(eps * 255.0 + 1e-6))
+        delta = delta.clamp(-limit, limit)
+    elif eps is not None:
+        over = lp_norm(delta / 255.0, "l2") > eps + 1e-7
+        delta[over] = torch.trunc((adv - x)[over] * 255.0)
+    return (torch.round(x * 255.0) + delta).clamp(0.0, 255.0) / 255.0
 
 
 @torch.no_grad()
@@ -136,7 +169,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
         norm = lp_norm(grad, "l2").clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
         return x_adv + alpha * grad / norm
 
-    def perturb(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         result = x.clone()
         todo = predict(model, x) == y  # never attack a sample that is already wrong
