@@ -14,6 +14,7 @@ import typer
 
 from robustdeploy import options as opt
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.parity import ParityReport
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -87,17 +88,30 @@ def export(
     atol: Annotated[float, typer.Option(help="Parity: absolute logit tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Parity: relative logit tolerance.")] = 1e-3,
     min_agreement: Annotated[float, typer.Option(help="Parity: minimum top-1 agreement, percent.")] = 99.5,
+    precision: Annotated[list[str], typer.Option(help="Variants to build: fp32, fp16, int8 (repeatable).")]
+    = ["fp32"],  # noqa: B006
+    calibration: Annotated[str, typer.Option(help="int8 calibration: minmax, entropy or percentile.")] = "minmax",
+    calibration_samples: Annotated[int, typer.Option(help="int8 calibration samples from the train split.")] = 256,
+    fp16_min_agreement: Annotated[float, typer.Option(help="Parity: fp16 minimum top-1 agreement, %.")] = 99.0,
+    int8_min_agreement: Annotated[float, typer.Option(help="Parity: int8 minimum top-1 agreement, %.")] = 95.0,
     data_root: opt.DataRoot = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
 ) -> None:
     """Export a run to an ONNX deployment bundle and check ONNX Runtime CPU against PyTorch."""
     from robustdeploy.export import ExportConfig, export_bundle
     from robustdeploy.parity import ParityTolerance
+    from robustdeploy.variants import VariantConfig
 
+    tolerances = {"fp32": ParityTolerance(atol, rtol, min_agreement),
+                  "fp16": ParityTolerance(None, None, fp16_min_agreement),
+                  "int8": ParityTolerance(None, None, int8_min_agreement)}
+    variants = VariantConfig(precisions=tuple(dict.fromkeys(precision)), calibration=calibration,
+                             calibration_samples=calibration_samples, tolerances=tolerances)
     config = ExportConfig(run_dir=run_dir, out=out, opset=opset, exporter=exporter, data_root=data_root,
-                          tolerance=ParityTolerance(atol, rtol, min_agreement), force=force)
-    bundle, parity = export_bundle(config)
-    echo(parity.summary())
+                          tolerance=tolerances["fp32"], variants=variants, force=force)
+    bundle, _ = export_bundle(config)
+    for entry in bundle.variants.values():
+        echo(ParityReport.from_dict(entry["parity"]).summary())
     echo(f"bundle -> {bundle.path}")
 
 
@@ -172,6 +186,94 @@ def quickstart(
     echo(evaluation_table(result))
     echo(f"\nresults -> {result_file} (adversarial examples in {result_file.with_suffix('.adv.safetensors')})")
     echo(f"done in {time.perf_counter() - start:.1f}s")
+
+
+def _attack_specs(attacks: list[str], eps: list[float]) -> tuple:
+    from robustdeploy.compare import AttackSpec
+
+    if len(eps) not in (1, len(attacks)):
+        raise RobustDeployError("give one --eps for all attacks, or one per --attack")
+    budgets = eps * len(attacks) if len(eps) == 1 else eps
+    return tuple(AttackSpec(name, e) for name, e in zip(attacks, budgets, strict=True))
+
+
+@app.command()
+def compare(
+    bundle: opt.BundleDir,
+    runtime: Annotated[list[str], typer.Option("--runtime", "-r", help="Runtime[:variant] (default: torch and "
+                                               "every variant of the bundle on ort-cpu).")] = [],  # noqa: B006
+    attack: Annotated[list[str], typer.Option(help="Attacks crafted on PyTorch fp32 (repeatable).")]
+    = ["fgsm", "pgd"],  # noqa: B006
+    eps: opt.Epsilons = [0.1],  # noqa: B006
+    limit: opt.Limit = None,
+    batch_size: opt.BatchSize = 256,
+    out: Annotated[Path | None, typer.Option(help="JSON output (a .md table is written beside it).")] = None,
+    seed: opt.Seed = 0,
+    device: opt.Device = "cpu",
+    data_root: opt.DataRoot = None,
+) -> None:
+    """One row per runtime/variant: accuracy, agreement, transferred robustness and median latency."""
+    from robustdeploy.compare import CompareConfig
+    from robustdeploy.compare import compare as run_compare
+
+    result = run_compare(CompareConfig(bundle=bundle, runtimes=tuple(runtime), attacks=_attack_specs(attack, eps),
+                                       limit=limit, batch_size=batch_size, seed=seed, device=device,
+                                       data_root=data_root, out=out))
+    echo(result.table())
+    if out:
+        echo(f"results -> {out} and {out.with_suffix('.md')}")
+
+
+@app.command()
+def bench(
+    bundle: opt.BundleDir,
+    runtime: opt.Runtimes = ["torch", "ort-cpu"],  # noqa: B006
+    batch_size: Annotated[list[int], typer.Option(help="Batch sizes to time (repeatable).")] = [1, 64],  # noqa: B006
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
+    iterations: Annotated[int, typer.Option(help="Timed runs per row.")] = 100,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = its default).")] = 0,
+    graph_optimization: Annotated[str, typer.Option(help="disable, basic, extended or all.")] = "all",
+    out: opt.OutFile = None,
+    device: opt.Device = "cpu",
+) -> None:
+    """Latency after warm-up: p50/p90/p99, throughput, copy time and peak memory per runtime and batch size."""
+    from robustdeploy.bench import BENCH_HEADERS, BenchConfig, bench_table_rows
+    from robustdeploy.bench import bench as run_bench
+    from robustdeploy.report import table
+    from robustdeploy.runtimes.ort import SessionOptions
+
+    result = run_bench(BenchConfig(bundle=bundle, runtimes=tuple(runtime), batch_sizes=tuple(batch_size),
+                                   warmup=warmup, iterations=iterations, out=out, device=device,
+                                   session=SessionOptions(threads, 0, graph_optimization)))
+    echo(table(BENCH_HEADERS, bench_table_rows(result)))
+
+
+@app.command()
+def check(
+    bundle: opt.BundleDir,
+    runtime: Annotated[list[str], typer.Option("--runtime", "-r", help="Deployments to gate (default: every "
+                                               "variant of the bundle on ort-cpu).")] = [],  # noqa: B006
+    max_accuracy_drop: Annotated[float, typer.Option(help="Max clean accuracy drop vs torch, points.")] = 0.5,
+    min_agreement: Annotated[float, typer.Option(help="Min top-1 agreement with torch, percent.")] = 99.5,
+    max_robust_drop: Annotated[float, typer.Option(help="Max robust accuracy drop vs torch, points.")] = 2.0,
+    limit: opt.Limit = None,
+    markdown: Annotated[Path | None, typer.Option(help="Markdown summary file.")] = Path("check-summary.md"),
+    junit: Annotated[Path | None, typer.Option(help="JUnit XML file.")] = Path("check-junit.xml"),
+    seed: opt.Seed = 0,
+    device: opt.Device = "cpu",
+    data_root: opt.DataRoot = None,
+) -> None:
+    """CI gate: exit 0 when every deployment matches the training graph within tolerance, 1 when not."""
+    from robustdeploy.check import CheckConfig, run_check
+
+    report = run_check(CheckConfig(bundle=bundle, runtimes=tuple(runtime), max_accuracy_drop=max_accuracy_drop,
+                                   min_agreement=min_agreement, max_robust_drop=max_robust_drop, limit=limit,
+                                   markdown=markdown, junit=junit, seed=seed, device=device, data_root=data_root))
+    for line in report.lines():
+        echo(line)
+    echo(f"summary -> {markdown}, junit -> {junit}")
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 @app.command("list")

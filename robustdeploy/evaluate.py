@@ -170,7 +170,7 @@ def evaluate(config: EvalConfig, progress=None) -> EvaluationResult:
         result, stored = _resume(out, adv_path, result)
 
     reference = bundle.reference_model().to(config.device).requires_grad_(False)
-    torch_clean = _predict(reference, test.x, config.batch_size, config.device)
+    torch_clean = predict_labels(reference, test.x, config.batch_size, config.device)
     clean_preds = {r.label: r.predict(test.x, config.batch_size) for r in runtimes}
     done = {b.eps for b in result.budgets}
     for eps in sorted(set(config.epsilons) - done):
@@ -178,9 +178,9 @@ def evaluate(config: EvalConfig, progress=None) -> EvaluationResult:
         start, before = time.perf_counter(), attack.stats.gradients
         smaller = [b.eps for b in result.budgets if b.eps < eps]
         previous = stored[f"eps={max(smaller):g}"] if smaller else test.x
-        adv = _craft(attack, reference, test, previous, eps, config.batch_size, config.device)
+        adv = craft(attack, reference, test, previous, eps, config.batch_size, config.device)
         seconds = time.perf_counter() - start
-        torch_adv = _predict(reference, adv, config.batch_size, config.device)
+        torch_adv = predict_labels(reference, adv, config.batch_size, config.device)
         scores = [_score(r, adv, test.y, clean_preds[r.label], torch_clean, torch_adv, config.batch_size)
                   for r in runtimes]
         result.budgets.append(BudgetResult(eps, round(seconds, 4), attack.stats.gradients - before, scores))
@@ -194,17 +194,17 @@ def evaluate(config: EvalConfig, progress=None) -> EvaluationResult:
     return result
 
 
-def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
+def predict_labels(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(x[i : i + batch_size].to(device)).argmax(1).cpu()
                           for i in range(0, len(x), batch_size)])
 
 
-def _craft(attack: FixedBudgetAttack, model: torch.nn.Module, test: Split, previous: torch.Tensor, eps: float,
+def craft(attack: FixedBudgetAttack, model: torch.nn.Module, test: Split, previous: torch.Tensor, eps: float,
            batch_size: int, device: str) -> torch.Tensor:
     """Attack in batches; a sample already fooled at a smaller budget keeps that example (it fits this one)."""
     adv = previous.clone()
-    robust = _predict(model, previous, batch_size, device) == test.y
+    robust = predict_labels(model, previous, batch_size, device) == test.y
     index = robust.nonzero().flatten()
     for i in range(0, len(index), batch_size):
         chunk = index[i : i + batch_size]

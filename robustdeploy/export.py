@@ -20,6 +20,7 @@ from robustdeploy.parity import ParityReport, ParityTolerance, compare_logits
 from robustdeploy.runtimes.base import RuntimeSpec
 from robustdeploy.runtimes.ort import OrtRuntime
 from robustdeploy.train import load_run
+from robustdeploy.variants import VariantConfig, make_fp16, make_int8, variant_entry, variant_file
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
 EXPORTERS = ("dynamo", "torchscript")
@@ -32,6 +33,7 @@ class ExportConfig:
     opset: int = 18
     exporter: str = "dynamo"
     tolerance: ParityTolerance = field(default_factory=ParityTolerance)
+    variants: VariantConfig = field(default_factory=VariantConfig)
     data_root: str | None = None
     parity_limit: int | None = None
     force: bool = False
@@ -79,14 +81,18 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, x: torch.Tensor, toler
 
 
 def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
-    """Write `export/<run name>/` (or `config.out`): ONNX, reference weights, manifest with parity."""
+    """Write `export/<run name>/` (or `config.out`): ONNX graphs, reference weights, manifest with parity.
+
+    Returns the verified bundle and the fp32 parity report (every variant's report is in the manifest).
+    """
     model, record = load_run(config.run_dir)
     out = Path(config.out) if config.out else Path("export") / record.name
     if out.exists() and not config.force:
         raise RobustDeployError(f"bundle {out} already exists; pass --force to replace it or choose --out")
     data_config = record.data if config.data_root is None else DataConfig(
         **{**record.data.to_dict(), "data_root": config.data_root})
-    test = load_dataset(data_config).test.head(config.parity_limit)
+    dataset = load_dataset(data_config)
+    test = dataset.test.head(config.parity_limit)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -95,6 +101,21 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
         shutil.copyfile(Path(config.run_dir) / "model.safetensors", tmp / "reference.safetensors")
         export_seconds = time.perf_counter() - start
         parity = check_parity(model, tmp / "model.onnx", test.x, config.tolerance)
+        variants = {"fp32": variant_entry("fp32", config.variants, parity.to_dict())}
+        failed = [] if parity.passed else [parity]
+        for precision in config.variants.precisions:
+            if precision == "fp32":
+                continue
+            path = tmp / variant_file(precision)
+            if precision == "fp16":
+                make_fp16(tmp / "model.onnx", path)
+            else:
+                calibration = dataset.train.x[: config.variants.calibration_samples]
+                make_int8(tmp / "model.onnx", path, calibration, config.variants, INPUT_NAME)
+            report = check_parity(model, path, test.x, config.variants.tolerances[precision],
+                                  label=f"ort-cpu:{precision}")
+            variants[precision] = variant_entry(precision, config.variants, report.to_dict())
+            failed += [] if report.passed else [report]
         manifest = {
             "format": BUNDLE_FORMAT,
             "name": record.name,
@@ -108,16 +129,17 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
             "opset": config.opset,
             "exporter": config.exporter,
             "reference": "reference.safetensors",
-            "variants": {"fp32": {"file": "model.onnx", "precision": "fp32", "parity": parity.to_dict()}},
+            "variants": variants,
             "data": data_config.to_dict() | {"split": "test", "samples": len(test)},
             "run": {"metrics": record.metrics, "train": record.train},
             "export_seconds": round(export_seconds, 3),
             "versions": versions(),
-            "files": {name: sha256_file(tmp / name) for name in ("model.onnx", "reference.safetensors")},
+            "files": {name: sha256_file(tmp / name) for name in
+                      ["reference.safetensors", *(v["file"] for v in variants.values())]},
         }
         atomic_write_json(tmp / MANIFEST, manifest)
-        if not parity.passed:
-            raise CheckFailed(f"export parity check failed, no bundle written: {parity.summary()}")
+        if failed:
+            raise CheckFailed(f"export parity check failed, no bundle written: {failed[0].summary()}")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -11,14 +11,19 @@ from robustdeploy.errors import RobustDeployError
 
 @dataclass(frozen=True)
 class ParityTolerance:
-    """An element passes when |a - b| <= atol + rtol * |b| (numpy.allclose); top-1 agreement in percent."""
+    """An element passes when |a - b| <= atol + rtol * |b| (numpy.allclose); top-1 agreement in percent.
 
-    atol: float = 1e-4
-    rtol: float = 1e-3
+    atol = rtol = None judges on agreement alone (fp16/int8 variants change logits by design).
+    """
+
+    atol: float | None = 1e-4
+    rtol: float | None = 1e-3
     min_agreement: float = 99.5
 
     def __post_init__(self) -> None:
-        if self.atol < 0 or self.rtol < 0:
+        if (self.atol is None) != (self.rtol is None):
+            raise RobustDeployError("give both --atol and --rtol, or neither")
+        if self.atol is not None and (self.atol < 0 or self.rtol < 0):
             raise RobustDeployError("parity tolerances --atol and --rtol must be >= 0")
         if not 0.0 <= self.min_agreement <= 100.0:
             raise RobustDeployError("--min-agreement is a percentage in [0, 100]")
@@ -43,13 +48,17 @@ class ParityReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ParityReport:
+        return cls(**{**data, "tolerance": ParityTolerance(**data["tolerance"])})
+
     def summary(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
+        tol = self.tolerance
+        elements = "elements recorded only" if tol.atol is None else f"atol {tol.atol:g}, rtol {tol.rtol:g}"
         return (f"{verdict} {self.runtime} vs {self.reference} on {self.samples} samples: "
                 f"max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}, p99 abs {self.p99_abs:.3g}, "
-                f"top-1 agreement {self.agreement:.2f}% "
-                f"(atol {self.tolerance.atol:g}, rtol {self.tolerance.rtol:g}, "
-                f"min agreement {self.tolerance.min_agreement:g}%)")
+                f"top-1 agreement {self.agreement:.2f}% ({elements}, min agreement {tol.min_agreement:g}%)")
 
 
 def compare_logits(reference: torch.Tensor, target: torch.Tensor, tolerance: ParityTolerance,
@@ -60,7 +69,8 @@ def compare_logits(reference: torch.Tensor, target: torch.Tensor, tolerance: Par
     diff = (reference - target).abs().double()
     rel = diff / reference.abs().double().clamp_min(1e-12)
     flat = diff.flatten()
-    mismatched = int((diff > tolerance.atol + tolerance.rtol * reference.abs().double()).sum())
+    mismatched = 0 if tolerance.atol is None else \
+        int((diff > tolerance.atol + tolerance.rtol * reference.abs().double()).sum())
     disagree = (reference.argmax(1) != target.argmax(1)).nonzero().flatten().tolist()
     agreement = 100.0 * (1 - len(disagree) / max(1, len(reference)))
     passed = mismatched == 0 and agreement >= tolerance.min_agreement and bool(torch.isfinite(target).all())

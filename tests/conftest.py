@@ -39,6 +39,17 @@ def bundle_copy(bundle_dir, tmp_path) -> Path:
     return Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
 
 
+def rehash(bundle_dir: Path, name: str) -> None:
+    """Record a deliberately modified bundle file's new SHA-256, as an attacker or a broken tool would."""
+    import json
+
+    from robustdeploy.io import sha256_file
+
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["files"][name] = sha256_file(bundle_dir / name)
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "robustdeploy", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=300)
@@ -51,3 +62,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def variant_bundle_dir(run_dir, tmp_path_factory) -> Path:
+    """The digits CNN with fp32, fp16 and int8 variants."""
+    from robustdeploy.variants import VariantConfig
+
+    out = tmp_path_factory.mktemp("export") / "cnn-digits-variants"
+    export_bundle(ExportConfig(run_dir=run_dir, out=out, variants=VariantConfig(("fp32", "fp16", "int8"))))
+    return out

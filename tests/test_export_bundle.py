@@ -1,4 +1,3 @@
-import json
 
 import onnx
 import pytest
@@ -7,9 +6,9 @@ import torch
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import CheckFailed, RobustDeployError
 from robustdeploy.export import ExportConfig, export_bundle
-from robustdeploy.io import sha256_file
 from robustdeploy.parity import ParityTolerance
 from robustdeploy.runtimes import create_runtime
+from tests.conftest import rehash
 
 
 def test_bundle_has_manifest_and_passes_parity(bundle_dir):
@@ -56,15 +55,9 @@ def test_tampered_file_is_refused(bundle_copy):
         load_bundle(bundle_copy)
 
 
-def _rehash(bundle_dir, name):
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    manifest["files"][name] = sha256_file(bundle_dir / name)
-    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_corrupt_onnx_is_refused_even_with_matching_hash(bundle_copy):
     (bundle_copy / "model.onnx").write_bytes(b"this is not a protobuf \xff\xfe" * 10)
-    _rehash(bundle_copy, "model.onnx")
+    rehash(bundle_copy, "model.onnx")
     with pytest.raises(RobustDeployError, match="not a valid ONNX file"):
         load_bundle(bundle_copy)
 
@@ -77,7 +70,7 @@ def test_external_data_outside_the_bundle_is_refused(bundle_copy, tmp_path):
     tensor.external_data.add(key="location", value="../../etc/passwd")
     tensor.ClearField("raw_data")
     onnx.save(model, str(bundle_copy / "model.onnx"))
-    _rehash(bundle_copy, "model.onnx")
+    rehash(bundle_copy, "model.onnx")
     with pytest.raises(RobustDeployError, match="outside its folder"):
         load_bundle(bundle_copy)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,16 @@ class Runtime(ABC):
 
     def describe(self) -> dict:
         return {"runtime": self.label}
+
+    def timed_call(self, x: torch.Tensor) -> TimedCall:
+        """A zero-argument inference on `x` for latency measurement; device copies are timed apart."""
+        return TimedCall(lambda: self._logits(x), copy_seconds=None)
+
+
+@dataclass(frozen=True)
+class TimedCall:
+    run: Callable[[], object]
+    copy_seconds: float | None
 
 
 RUNTIMES: Registry = Registry("runtime")

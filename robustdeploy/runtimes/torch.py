@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import torch
 
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.runtimes.base import RUNTIMES, Capability, Runtime, RuntimeSpec
+from robustdeploy.runtimes.base import RUNTIMES, Capability, Runtime, RuntimeSpec, TimedCall
 
 if TYPE_CHECKING:
     from robustdeploy.bundle import Bundle
@@ -26,6 +27,23 @@ class TorchRuntime(Runtime):
     @torch.no_grad()
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.to(self.device)).float().cpu()
+
+    def timed_call(self, x: torch.Tensor) -> TimedCall:
+        start = time.perf_counter()
+        device_x = x.to(self.device)
+        self._sync()
+        copy = time.perf_counter() - start if self.device.type == "cuda" else None
+
+        def run() -> None:
+            with torch.no_grad():
+                self.model(device_x)
+            self._sync()
+
+        return TimedCall(run, copy)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def describe(self) -> dict:
         return {"runtime": self.label, "device": str(self.device), "torch": torch.__version__}

@@ -1,0 +1,118 @@
+"""Latency of each runtime/variant after warm-up: p50/p90/p99, throughput, memory, copy time apart."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from robustdeploy.bundle import load_bundle
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.io import atomic_write_json, versions
+from robustdeploy.runtimes import create_runtime
+from robustdeploy.runtimes.ort import SessionOptions
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    bundle: Path
+    runtimes: tuple[str, ...] = ("torch", "ort-cpu")
+    batch_sizes: tuple[int, ...] = (1, 64)
+    warmup: int = 10
+    iterations: int = 100
+    session: SessionOptions = field(default_factory=SessionOptions)
+    device: str = "cpu"
+    seed: int = 0
+    out: Path | None = None
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    runtime: str
+    batch_size: int
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # samples per second at the median latency
+    copy_ms: float | None  # host->device input copy (+ output back) when the runtime lives on a GPU
+    peak_memory_mb: float | None  # CUDA: max allocated by torch; CPU: process peak RSS (VmHWM)
+    providers: list[str] | None
+
+
+@dataclass
+class BenchResult:
+    bundle: str
+    rows: list[BenchRow]
+    session_options: dict
+    versions: dict = field(default_factory=versions)
+
+    def to_dict(self) -> dict:
+        return {"format": "robustdeploy-bench/1", **asdict(self)}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def bench(config: BenchConfig) -> BenchResult:
+    """Time every runtime at every batch size on random [0, 1] pixels of the bundle's input shape."""
+    if config.warmup < 0 or config.iterations < 1:
+        raise RobustDeployError("--warmup must be >= 0 and --iterations >= 1")
+    if not config.batch_sizes or min(config.batch_sizes) < 1:
+        raise RobustDeployError("--batch-size must be at least 1")
+    bundle = load_bundle(config.bundle)
+    generator = torch.Generator().manual_seed(config.seed)
+    rows = []
+    for name in config.runtimes:
+        runtime = create_runtime(bundle, name, device=config.device, session_options=config.session)
+        for batch in config.batch_sizes:
+            x = torch.rand(batch, *bundle.input_shape, generator=generator)
+            call = runtime.timed_call(x)
+            for _ in range(config.warmup):
+                call.run()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(config.iterations):
+                start = time.perf_counter()
+                call.run()
+                times.append((time.perf_counter() - start) * 1000)
+            p50 = _percentile(times, 50)
+            on_cuda = getattr(runtime, "device", None) is not None and runtime.device.type == "cuda"
+            rows.append(BenchRow(
+                runtime=runtime.label, batch_size=batch, iterations=config.iterations, p50_ms=p50,
+                p90_ms=_percentile(times, 90), p99_ms=_percentile(times, 99), mean_ms=statistics.fmean(times),
+                throughput=batch / (p50 / 1000),
+                copy_ms=None if call.copy_seconds is None else call.copy_seconds * 1000,
+                peak_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if on_cuda else _peak_rss_mb(),
+                providers=runtime.describe().get("providers"),
+            ))
+    result = BenchResult(str(bundle.path), rows, asdict(config.session))
+    if config.out:
+        atomic_write_json(Path(config.out), result.to_dict())
+    return result
+
+
+def bench_table_rows(result: BenchResult) -> list[list[object]]:
+    return [[r.runtime, r.batch_size, f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.throughput:.0f}",
+             "-" if r.copy_ms is None else f"{r.copy_ms:.3f}",
+             "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"] for r in result.rows]
+
+
+BENCH_HEADERS = ["runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "copy ms", "peak MB"]

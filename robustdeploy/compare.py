@@ -1,0 +1,108 @@
+"""One row per runtime/variant: clean accuracy, agreement with PyTorch fp32, transferred robustness, latency."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from robustdeploy.attacks import check_eps
+from robustdeploy.bench import BenchConfig, bench
+from robustdeploy.bundle import Bundle, load_bundle
+from robustdeploy.evaluate import craft, load_test_split, make_attack, open_runtimes, predict_labels
+from robustdeploy.io import atomic_write_json, atomic_write_text, versions
+from robustdeploy.report import table
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a comparison: crafted on PyTorch fp32 at `eps`, then transferred to every runtime."""
+
+    name: str = "pgd"
+    eps: float = 0.1
+    params: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.eps:g}"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    bundle: Path
+    runtimes: tuple[str, ...] = ()  # default: torch + every variant of the bundle on ort-cpu
+    attacks: tuple[AttackSpec, ...] = (AttackSpec("fgsm", 0.1), AttackSpec("pgd", 0.1))
+    limit: int | None = None
+    batch_size: int = 256
+    latency_batch: int = 1
+    latency_iterations: int = 50
+    seed: int = 0
+    device: str = "cpu"
+    data_root: str | None = None
+    out: Path | None = None
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    runtime: str
+    clean_accuracy: float
+    agreement_with_torch: float
+    robust_accuracy: dict[str, float]
+    median_latency_ms: float
+
+
+@dataclass
+class CompareResult:
+    bundle: str
+    samples: int
+    seed: int
+    attacks: list[dict]
+    rows: list[CompareRow]
+    versions: dict = field(default_factory=versions)
+
+    def to_dict(self) -> dict:
+        return {"format": "robustdeploy-compare/1", **asdict(self)}
+
+    def table(self, markdown: bool = False) -> str:
+        labels = [AttackSpec(**a).label for a in self.attacks]
+        headers = ["runtime", "clean %", "agree %", *[f"robust % {label}" for label in labels], "p50 ms"]
+        rows = [[r.runtime, r.clean_accuracy, r.agreement_with_torch, *[r.robust_accuracy[k] for k in labels],
+                 f"{r.median_latency_ms:.3f}"] for r in self.rows]
+        return table(headers, rows, markdown)
+
+
+def default_runtimes(bundle: Bundle) -> tuple[str, ...]:
+    return ("torch", *[f"ort-cpu:{v}" if v != "fp32" else "ort-cpu" for v in bundle.variants])
+
+
+def compare(config: CompareConfig) -> CompareResult:
+    bundle = load_bundle(config.bundle)
+    names = config.runtimes or default_runtimes(bundle)
+    runtimes = open_runtimes(bundle, names, config.device)
+    test = load_test_split(bundle, config.data_root, config.limit)
+    dim = int(torch.tensor(bundle.input_shape).prod())
+    reference = bundle.reference_model().to(config.device).requires_grad_(False)
+    torch_clean = predict_labels(reference, test.x, config.batch_size, config.device)
+    adversarials = {}
+    for spec in config.attacks:
+        attack = make_attack(spec.name, {"seed": config.seed, **spec.params})
+        check_eps(spec.eps, attack.norm, dim)
+        torch.manual_seed(config.seed)
+        adversarials[spec.label] = craft(attack, reference, test, test.x, spec.eps, config.batch_size, config.device)
+    latency = bench(BenchConfig(bundle.path, tuple(names), (config.latency_batch,), warmup=5,
+                                iterations=config.latency_iterations, device=config.device, seed=config.seed))
+    rows = []
+    for runtime, timing in zip(runtimes, latency.rows):
+        clean = runtime.predict(test.x, config.batch_size)
+        robust = {label: 100.0 * float((runtime.predict(adv, config.batch_size) == test.y).float().mean())
+                  for label, adv in adversarials.items()}
+        rows.append(CompareRow(runtime.label, 100.0 * float((clean == test.y).float().mean()),
+                               100.0 * float((clean == torch_clean).float().mean()), robust, timing.p50_ms))
+    result = CompareResult(str(bundle.path), len(test), config.seed,
+                           [asdict(a) for a in config.attacks], rows)
+    if config.out:
+        out = Path(config.out)
+        atomic_write_json(out, result.to_dict())
+        atomic_write_text(out.with_suffix(".md"), result.table(markdown=True) + "\n")
+    return result

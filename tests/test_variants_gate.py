@@ -1,0 +1,98 @@
+"""Precision variants, compare, bench and the CI gate on the digits CNN."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import onnx
+import pytest
+
+from robustdeploy.bench import BenchConfig, bench
+from robustdeploy.bundle import load_bundle
+from robustdeploy.check import CheckConfig, run_check
+from robustdeploy.compare import AttackSpec, CompareConfig, compare
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.runtimes import create_runtime
+from robustdeploy.variants import VariantConfig
+from tests.conftest import assert_one_line_error, cli, rehash
+
+
+def test_fp16_and_int8_variants_are_built_and_measured(variant_bundle_dir, digits):
+    bundle = load_bundle(variant_bundle_dir)
+    assert set(bundle.variants) == {"fp32", "fp16", "int8"}
+    fp16 = onnx.load(str(bundle.variant_path("fp16")))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 I/O kept
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+    int8 = onnx.load(str(bundle.variant_path("int8")))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}
+    assert bundle.variants["int8"]["recipe"]["format"] == "QDQ"
+    torch_pred = create_runtime(bundle, "torch").predict(digits.test.x)
+    for variant in ("fp16", "int8"):
+        parity = bundle.variants[variant]["parity"]
+        pred = create_runtime(bundle, f"ort-cpu:{variant}").predict(digits.test.x)
+        measured = 100.0 * (pred == torch_pred).float().mean().item()
+        assert parity["agreement"] == pytest.approx(measured)  # the manifest records what really happens
+        assert parity["max_abs"] > 0 and measured >= 95.0
+
+
+def test_bad_variant_requests(run_dir, variant_bundle_dir, bundle_dir):
+    with pytest.raises(RobustDeployError, match="unknown precision 'int4'"):
+        VariantConfig(("fp32", "int4"))
+    with pytest.raises(RobustDeployError, match="has no 'fp16' variant"):
+        create_runtime(load_bundle(bundle_dir), "ort-cpu:fp16")
+    assert_one_line_error(cli("bench", variant_bundle_dir, "-r", "torch:int8"), "only the fp32 graph")
+
+
+def test_compare_rows_per_variant(variant_bundle_dir, tmp_path):
+    out = tmp_path / "cmp.json"
+    result = compare(CompareConfig(variant_bundle_dir, attacks=(AttackSpec("fgsm", 0.1),), limit=80,
+                                   latency_iterations=5, out=out))
+    assert [r.runtime for r in result.rows] == ["torch", "ort-cpu", "ort-cpu:fp16", "ort-cpu:int8"]
+    torch_row = result.rows[0]
+    assert torch_row.agreement_with_torch == 100.0
+    assert torch_row.robust_accuracy["fgsm@0.1"] < torch_row.clean_accuracy
+    assert json.loads(out.read_text())["rows"][3]["runtime"] == "ort-cpu:int8"
+    assert "| ort-cpu:int8 |" in out.with_suffix(".md").read_text()
+
+
+def test_bench_reports_ordered_percentiles(variant_bundle_dir):
+    result = bench(BenchConfig(variant_bundle_dir, ("ort-cpu", "ort-cpu:int8"), (1, 8), warmup=2, iterations=15))
+    assert len(result.rows) == 4
+    for row in result.rows:
+        assert 0 < row.p50_ms <= row.p90_ms <= row.p99_ms and row.throughput > 0
+        assert row.providers == ["CPUExecutionProvider"]
+    assert result.session_options["graph_optimization"] == "all"
+
+
+def test_check_gate_verdicts_and_files(variant_bundle_dir, tmp_path):
+    report = run_check(CheckConfig(variant_bundle_dir, runtimes=("ort-cpu",), limit=100,
+                                   markdown=tmp_path / "s.md", junit=tmp_path / "j.xml"))
+    assert report.passed and {i.check for i in report.items} >= {"clean accuracy drop", "top-1 agreement"}
+    suite = ET.parse(tmp_path / "j.xml").getroot()
+    assert suite.tag == "testsuite" and int(suite.get("tests")) == len(report.items) and suite.get("failures") == "0"
+    assert "all checks passed" in (tmp_path / "s.md").read_text()
+
+
+def test_check_cli_exit_codes_follow_measured_drop(bundle_copy, tmp_path):
+    """A deployment that really departs (final bias shifted, as a broken export would) fails a tight gate."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.load(str(bundle_copy / "model.onnx"))
+    bias = next(t for t in reversed(model.graph.initializer) if list(t.dims) == [10])
+    shifted = numpy_helper.to_array(bias).copy()
+    shifted[0] += 6.0
+    bias.CopyFrom(numpy_helper.from_array(shifted.astype(np.float32), bias.name))
+    onnx.save(model, str(bundle_copy / "model.onnx"))
+    rehash(bundle_copy, "model.onnx")
+    report = run_check(CheckConfig(bundle_copy, runtimes=("ort-cpu",), limit=100))
+    agreement = next(i.measured for i in report.items if i.check == "top-1 agreement")
+    assert 0.0 < agreement < 100.0
+    common = ["check", bundle_copy, "--limit", "100", "--max-accuracy-drop", "100", "--max-robust-drop", "100",
+              "--markdown", tmp_path / "s.md", "--junit", tmp_path / "j.xml"]
+    tight = cli(*common, "--min-agreement", f"{agreement + 0.1:.2f}")
+    assert tight.returncode == 1 and "FAILED ort-cpu top-1 agreement" in tight.stdout
+    assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
+    assert "some checks failed" in (tmp_path / "s.md").read_text()
+    loose = cli(*common, "--min-agreement", f"{agreement - 0.1:.2f}")
+    assert loose.returncode == 0, loose.stdout + loose.stderr
+    assert_one_line_error(cli("check", bundle_copy, "--min-agreement", "120"), "percentage")
