@@ -75,3 +75,26 @@ def test_bad_minimal_and_budget_input_is_refused():
         ATTACKS.create("apgd", loss="hinge")
     with pytest.raises(RobustDeployError, match="low <= high"):
         ATTACKS.create("minimal", low=0.5, high=0.2)
+
+
+def test_evaluate_minimal_reports_norms_curve_and_runtime_checks(bundle_dir, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from robustdeploy.bundle import load_bundle
+    from robustdeploy.evaluate import EvalConfig, evaluate
+    from robustdeploy.runtimes import create_runtime
+
+    out = tmp_path / "ddn.json"
+    result = evaluate(EvalConfig(bundle=bundle_dir, attack="ddn", attack_params={"steps": 20}, epsilons=(0.0, 0.5, 5.0),
+                                 limit=40, out=out))
+    norms = torch.tensor(result.norms)
+    assert result.curve["0"] == pytest.approx(100.0 * float((norms > 0).float().mean()))
+    assert result.curve["0"] >= result.curve["0.5"] >= result.curve["5"] == 0.0
+    stored = load_file(str(tmp_path / result.adversarial_file))
+    ort = create_runtime(load_bundle(bundle_dir), "ort-cpu")
+    check = next(c for c in result.checks if c.runtime == "ort-cpu")
+    fooled_on_ort = int((ort.predict(stored["adv"]) != stored["y"]).sum()) - check.clean_misclassified
+    assert check.fooled + check.started_fooling == fooled_on_ort or check.stopped_fooling >= 0
+    assert json.loads(out.read_text())["median_norm"] == result.median_norm
