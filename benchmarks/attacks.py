@@ -7,7 +7,6 @@ The floor is one forward+backward pass over the same data times the number of st
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
