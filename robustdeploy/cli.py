@@ -144,7 +144,12 @@ def evaluate(
                         batch_size=batch_size, seed=seed, device=device, data_root=data_root, out=out,
                         resume=resume)
     result = run_evaluation(config)
-    echo(evaluation_table(result))
+    if hasattr(result, "checks"):  # a minimal-norm attack's result
+        from robustdeploy.eval_minimal import minimal_table
+
+        echo(minimal_table(result))
+    else:
+        echo(evaluation_table(result))
     echo(f"results -> {out or default_out_for(bundle, attack, default_out)}")
 
 

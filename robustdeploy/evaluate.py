@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from robustdeploy.attacks import ATTACKS, FixedBudgetAttack, check_eps
+from robustdeploy.attacks import ATTACKS, FixedBudgetAttack, MinimalNormAttack, check_eps
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import DataConfig, Split, load_dataset
 from robustdeploy.errors import RobustDeployError
@@ -94,8 +94,10 @@ class EvaluationResult:
         return next(s for s in budget.scores if s.runtime == runtime)
 
 
-def make_attack(name: str, params: dict) -> FixedBudgetAttack:
+def make_attack(name: str, params: dict) -> FixedBudgetAttack | MinimalNormAttack:
     attack = ATTACKS.get(name)
+    if "seed" not in {f.name for f in fields(attack)}:  # deterministic attacks take no seed
+        params = {k: v for k, v in params.items() if k != "seed"}
     try:
         return attack(**params)
     except TypeError as exc:
@@ -148,6 +150,13 @@ def evaluate(config: EvalConfig, progress=None) -> EvaluationResult:
     """Run `config.attack` at each budget on the PyTorch graph; score the examples on every runtime."""
     bundle = load_bundle(config.bundle)
     attack = make_attack(config.attack, {"seed": config.seed, **config.attack_params})
+    if isinstance(attack, MinimalNormAttack):  # --eps only picks the curve points to print
+        from robustdeploy.eval_minimal import evaluate_minimal
+
+        dim = int(torch.tensor(bundle.input_shape).prod())
+        for eps in config.epsilons:
+            check_eps(eps, attack.norm, dim)
+        return evaluate_minimal(config, attack)
     if not config.epsilons:
         raise RobustDeployError("give at least one --eps")
     dim = int(torch.tensor(bundle.input_shape).prod())

@@ -20,7 +20,7 @@ Attack = Annotated[str, typer.Option(help="Attack name (see `robustdeploy list`)
 Epsilons = Annotated[list[float], typer.Option("--eps", help="Budget(s) in pixel units; repeat for a curve.")]
 Norm = Annotated[str | None, typer.Option(help="Threat model: linf or l2 (attack default: linf).")]
 Steps = Annotated[int | None, typer.Option(help="Attack iterations (attack default).")]
-Loss = Annotated[str | None, typer.Option(help="Attack loss: ce or margin (attack default: ce).")]
+Loss = Annotated[str | None, typer.Option(help="Attack loss: ce, margin or dlr (attack default: ce).")]
 Restarts = Annotated[int | None, typer.Option(help="Random restarts (attack default: 1).")]
 AttackOpts = Annotated[
     list[str], typer.Option("--attack-opt", help="Any other attack knob as key=value (repeatable).")

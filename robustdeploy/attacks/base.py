@@ -62,27 +62,34 @@ def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Project onto the eps-ball around x, then onto the [0, 1] box."""
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
+    """Project onto the eps-ball around x (eps: one budget, or one per sample), then onto the [0, 1] box."""
     delta = x_adv - x
+    shape = (-1, *[1] * (x.dim() - 1))
     if norm == "linf":
-        delta = delta.clamp(-eps, eps)
+        delta = delta.clamp(-eps, eps) if not torch.is_tensor(eps) else \
+            torch.minimum(delta.abs(), eps.view(shape)) * delta.sign()
     else:
         scale = (eps / lp_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
-        delta = delta * scale.view(-1, *[1] * (x.dim() - 1))
+        delta = delta * scale.view(shape)
     return (x + delta).clamp(0.0, 1.0)
 
 
 def loss_per_sample(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """Loss to *maximise*: cross-entropy, or the C&W margin max_{j != y} z_j - z_y (Carlini & Wagner 2017)."""
+    """Loss to *maximise*: cross-entropy, the C&W margin max_{j != y} z_j - z_y (Carlini & Wagner 2017),
+    or DLR, the margin divided by z_pi1 - z_pi3 so that it ignores the logits' scale (Croce & Hein 2020)."""
     if loss == "ce":
         return torch.nn.functional.cross_entropy(logits, y, reduction="none")
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
-    return other.amax(1) - true
+    margin = other.amax(1) - true
+    if loss == "dlr":
+        top = logits.topk(3, dim=1).values
+        return margin / (top[:, 0] - top[:, 2] + 1e-12)
+    return margin
 
 
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", "dlr")
 
 
 class FixedBudgetAttack(Attack):

@@ -1,0 +1,94 @@
+"""Auto-PGD (Croce & Hein, ICML 2020, arXiv:2003.01690): PGD whose step size needs no tuning.
+
+Momentum 0.75; the step size starts at 2 * eps and is halved at checkpoints (p_0 = 0, p_1 = 0.22,
+p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)) where fewer than rho = 75% of the steps since the last
+checkpoint raised the loss, or where neither the step size nor the best loss changed; the iterate then
+restarts from the best point. Losses: cross-entropy, DLR (the paper's scale-invariant margin) or the
+C&W margin. Per-sample early stop as in PGD.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from robustdeploy.attacks.base import ATTACKS, IterativeGradientAttack, loss_per_sample, lp_norm, project
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Iterations at which APGD may halve its step size."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(q * steps) for q in p[1:] if q <= 1})
+
+
+@ATTACKS.register("apgd")
+@dataclass
+class APGD(IterativeGradientAttack):
+    """APGD-CE by default; `loss="dlr"` gives APGD-DLR. 100 steps as in the paper."""
+
+    steps: int = 100
+    momentum: float = 0.75
+    rho: float = 0.75
+
+    def _ascent_per_sample(self, x_adv: torch.Tensor, grad: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        eta = eta.view(-1, *[1] * (grad.dim() - 1))
+        if self.norm == "linf":
+            return x_adv + eta * grad.sign()
+        return x_adv + eta * grad / lp_norm(grad, "l2").clamp_min(1e-12).view_as(eta)
+
+    def _run(self, model, x, y, x_adv, eps):
+        """APGD from `x_adv`; returns (adversarial or best-loss iterate, fooled mask)."""
+        n, marks = len(x), set(checkpoints(self.steps))
+        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        result = x_adv.clone()
+        work = torch.arange(n, device=x.device)
+        eta = torch.full((n,), 2.0 * eps, device=x.device)
+        current, previous = x_adv, x_adv
+        best_loss = torch.full((n,), -float("inf"), device=x.device)
+        best_point, best_grad = x_adv.clone(), torch.zeros_like(x_adv)
+        ups = torch.zeros(n, device=x.device)  # loss increases since the last checkpoint
+        loss_at_mark, eta_halved = best_loss.clone(), torch.ones(n, dtype=torch.bool, device=x.device)
+        last_mark = 0
+        for step in range(self.steps + 1):
+            current = current.detach().requires_grad_(step < self.steps)
+            with torch.set_grad_enabled(step < self.steps):
+                logits = model(current)
+                loss = loss_per_sample(logits, y[work], self.loss)
+            wrong = (logits.argmax(1) != y[work]) & ~fooled[work]
+            result[work[wrong]] = current.detach()[wrong]
+            fooled[work[wrong]] = True
+            loss_d = loss.detach()
+            if step:
+                ups[work] += (loss_d > best_loss[work]).float()
+            improved = loss_d > best_loss[work]
+            best_loss[work] = torch.where(improved, loss_d, best_loss[work])
+            best_point[work[improved]] = current.detach()[improved]
+            if step == self.steps:
+                break
+            self.stats.gradients += len(work)
+            grad, = torch.autograd.grad(loss.sum(), current)
+            best_grad[work[improved]] = grad[improved]
+            keep = ~fooled[work] if self.early_stop else torch.ones_like(wrong)
+            if not keep.any():
+                break
+            work, current, previous, grad = work[keep], current.detach()[keep], previous[keep], grad[keep]
+            if step in marks:
+                span = step - last_mark
+                halve = (ups[work] < self.rho * span) | (~eta_halved[work] & (loss_at_mark[work] >= best_loss[work]))
+                eta[work] = torch.where(halve, eta[work] / 2, eta[work])
+                eta_halved[work], loss_at_mark[work], ups[work] = halve, best_loss[work], 0.0
+                back = halve.view(-1, *[1] * (x.dim() - 1))
+                current = torch.where(back, best_point[work], current)
+                grad = torch.where(back, best_grad[work], grad)
+                last_mark = step
+            z = project(self._ascent_per_sample(current, grad, eta[work]), x[work], eps, self.norm)
+            a = 1.0 if step == 0 else self.momentum
+            nxt = current + a * (z - current) + (1 - a) * (current - previous)
+            previous, current = current, project(nxt, x[work], eps, self.norm)
+        left = work[~fooled[work]]
+        result[left] = best_point[left]
+        return result, fooled
