@@ -71,7 +71,7 @@ def evaluate_minimal(config, attack: MinimalNormAttack) -> MinimalResult:
     import time
 
     from robustdeploy.bundle import load_bundle
-    from robustdeploy.evaluate import _predict, default_out, load_test_split, open_runtimes
+    from robustdeploy.evaluate import default_out, load_test_split, open_runtimes, predict_labels
 
     bundle = load_bundle(config.bundle)
     runtimes = open_runtimes(bundle, config.runtimes, config.device)
@@ -85,8 +85,8 @@ def evaluate_minimal(config, attack: MinimalNormAttack) -> MinimalResult:
                                      test.y[i : i + config.batch_size].to(config.device)).detach().cpu()
                      for i in range(0, len(test), config.batch_size)])
     seconds = time.perf_counter() - start
-    clean_ok = _predict(model, test.x, config.batch_size, config.device) == test.y
-    torch_fooled = clean_ok & (_predict(model, adv, config.batch_size, config.device) != test.y)
+    clean_ok = predict_labels(model, test.x, config.batch_size, config.device) == test.y
+    torch_fooled = clean_ok & (predict_labels(model, adv, config.batch_size, config.device) != test.y)
     norms = torch.where(torch_fooled, lp_norm(adv - test.x, attack.norm), torch.tensor(float("inf")))
     norms = torch.where(clean_ok, norms, torch.tensor(0.0))
     checks = [_check(r, test.x, adv, test.y, torch_fooled, config.batch_size) for r in runtimes]
