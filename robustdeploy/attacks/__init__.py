@@ -1,7 +1,9 @@
 """Attack registry: one file per attack, the shared loop in base.py."""
 
 from robustdeploy.attacks import fgsm as _fgsm  # noqa: F401
+from robustdeploy.attacks import hsj as _hsj  # noqa: F401
 from robustdeploy.attacks import pgd as _pgd  # noqa: F401
+from robustdeploy.attacks import square as _square  # noqa: F401
 from robustdeploy.attacks.base import (
     ATTACKS,
     Attack,
