@@ -5,6 +5,7 @@ Drawn with Pillow only, in the layout of seed 001's attack figures (one row per 
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import torch
@@ -48,8 +49,6 @@ def example_figure(path: Path, x: torch.Tensor, adv: torch.Tensor, y: torch.Tens
             draw.text((8, top + CELL + 2 + LINE * line),
                       f"{runtime}: {int(clean[row])} -> {int(attacked[row])}{'  fooled' if fooled else ''}",
                       fill="firebrick" if fooled else "black", font=font)
-    from io import BytesIO
-
     buffer = BytesIO()
     canvas.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())

@@ -38,7 +38,7 @@ def _pseudo_gaussian(rows: int, cols: int) -> torch.Tensor:
     delta = torch.zeros(rows, cols)
     r, c = rows // 2, cols // 2
     for k in range(max(rows // 2 + 1, cols // 2 + 1)):
-        delta[max(r - k, 0):min(r - k + 2 * k + 1, rows), max(c - k, 0):min(c - k + 2 * k + 1, cols)] += 1 / (k + 1) ** 2
+        delta[max(r - k, 0):min(r + k + 1, rows), max(c - k, 0):min(c + k + 1, cols)] += 1 / (k + 1) ** 2
     return delta / delta.norm().clamp_min(1e-12)
 
 
