@@ -31,7 +31,8 @@ def run_checks(result: dict, model: torch.nn.Module, x: torch.Tensor, y: torch.T
     if compare_with is not None:
         other = json.loads(Path(compare_with).read_text())
         blackbox = ATTACKS.get(result["attack"]).needs < Capability.GRADIENTS
-        if blackbox != (ATTACKS.get(other["attack"]).needs < Capability.GRADIENTS):
+        comparable = other["norm"] == result["norm"] and other["samples"] == result["samples"]
+        if comparable and blackbox != (ATTACKS.get(other["attack"]).needs < Capability.GRADIENTS):
             pair = (table, robust_table(other)) if blackbox else (robust_table(other), table)
             found.append(checks.blackbox_not_stronger(*pair))
     return [c.to_dict() for c in checks.collect(found)]
