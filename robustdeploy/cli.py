@@ -133,23 +133,29 @@ def evaluate(
     device: opt.Device = "cpu",
     data_root: opt.DataRoot = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run written to --out.")] = False,
+    realise: Annotated[bool, typer.Option(help="Round adversarial examples to 256 levels before scoring.")]
+    = True,
+    compare_with: Annotated[Path | None, typer.Option(help="Earlier result (white- or black-box) for the "
+                                                           "black-box-beats-white-box check.")] = None,
 ) -> None:
-    """Craft adversarial examples on PyTorch and score them on every runtime, side by side."""
+    """Craft adversarial examples on PyTorch (or, for square/hopskipjump, on each runtime) and score them."""
+    from robustdeploy.checks import warn
+    from robustdeploy.eval_blackbox import BlackBoxResult
+    from robustdeploy.eval_minimal import MinimalResult, minimal_table
     from robustdeploy.evaluate import EvalConfig, default_out
     from robustdeploy.evaluate import evaluate as run_evaluation
-    from robustdeploy.report import evaluation_table
+    from robustdeploy.report import blackbox_table, evaluation_table
 
     config = EvalConfig(bundle=bundle, runtimes=tuple(runtime), attack=attack, epsilons=tuple(eps),
                         attack_params=attack_params(norm, steps, loss, restarts, attack_opt), limit=limit,
                         batch_size=batch_size, seed=seed, device=device, data_root=data_root, out=out,
-                        resume=resume)
+                        resume=resume, realise=realise, compare_with=compare_with)
     result = run_evaluation(config)
-    if hasattr(result, "checks"):  # a minimal-norm attack's result
-        from robustdeploy.eval_minimal import minimal_table
-
+    if isinstance(result, MinimalResult):
         echo(minimal_table(result))
     else:
-        echo(evaluation_table(result))
+        echo(blackbox_table(result) if isinstance(result, BlackBoxResult) else evaluation_table(result))
+        warn(result.checks)
     echo(f"results -> {out or default_out_for(bundle, attack, default_out)}")
 
 

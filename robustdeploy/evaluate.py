@@ -19,8 +19,18 @@ from robustdeploy.attacks import ATTACKS, FixedBudgetAttack, MinimalNormAttack, 
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import DataConfig, Split, load_dataset
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.eval_blackbox import (
+    BLACKBOX_FORMAT,
+    BlackBoxResult,
+    adversarial_key,
+    evaluate_blackbox,
+    rescore_blackbox,
+    save_result,
+)
+from robustdeploy.eval_post import run_checks, write_figure
 from robustdeploy.io import atomic_write_bytes, atomic_write_json, versions
-from robustdeploy.runtimes import Runtime, create_runtime, parse_runtime
+from robustdeploy.realise import realise
+from robustdeploy.runtimes import Capability, Runtime, create_runtime, parse_runtime
 
 RESULT_FORMAT = "robustdeploy-evaluation/1"
 
@@ -39,6 +49,8 @@ class EvalConfig:
     data_root: str | None = None
     out: Path | None = None
     resume: bool = False
+    realise: bool = True
+    compare_with: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,7 @@ class BudgetResult:
     attack_seconds: float
     gradients: int
     scores: list[RuntimeScore]
+    rounding: dict | None = None
 
 
 @dataclass
@@ -77,6 +90,8 @@ class EvaluationResult:
     started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     complete: bool = False
     adversarial_file: str | None = None
+    checks: list[dict] = field(default_factory=list)
+    figure: str | None = None
 
     def to_dict(self) -> dict:
         return {"format": RESULT_FORMAT, **asdict(self)}
@@ -168,6 +183,8 @@ def evaluate(config: EvalConfig, progress=None) -> EvaluationResult:
     test = load_test_split(bundle, config.data_root, config.limit)
     out = Path(config.out) if config.out else default_out(bundle, config.attack)
     adv_path = out.with_suffix(".adv.safetensors")
+    if attack.needs < Capability.GRADIENTS:
+        return _evaluate_blackbox(config, attack, bundle, runtimes, test, out, progress)
 
     result = EvaluationResult(
         bundle=str(bundle.path), attack=config.attack, attack_params=attack.params(), norm=attack.norm,
@@ -189,17 +206,53 @@ def evaluate(config: EvalConfig, progress=None) -> EvaluationResult:
         previous = stored[f"eps={max(smaller):g}"] if smaller else test.x
         adv = craft(attack, reference, test, previous, eps, config.batch_size, config.device)
         seconds = time.perf_counter() - start
+        rounding = None
+        if config.realise:
+            raw = adv
+            adv, report = realise(lambda z: predict_labels(reference, z, config.batch_size, config.device), "torch",
+                                  test.x, test.y, raw, eps, attack.norm)
+            rounding, stored[f"eps={eps:g}/raw"] = report.to_dict(), raw
         torch_adv = predict_labels(reference, adv, config.batch_size, config.device)
         scores = [_score(r, adv, test.y, clean_preds[r.label], torch_clean, torch_adv, config.batch_size)
                   for r in runtimes]
-        result.budgets.append(BudgetResult(eps, round(seconds, 4), attack.stats.gradients - before, scores))
+        result.budgets.append(BudgetResult(eps, round(seconds, 4), attack.stats.gradients - before, scores,
+                                           rounding))
         result.budgets.sort(key=lambda b: b.eps)
         stored[f"eps={eps:g}"] = adv
         _save(out, adv_path, result, stored)
         if progress:
             progress(eps, scores)
+    result.checks = run_checks(result.to_dict(), reference, test.x.to(config.device), test.y.to(config.device),
+                               [_logits(reference, test.x, config.device)], config.compare_with)
+    last = result.budgets[-1].eps
+    result.figure = write_figure(out.with_suffix(".png"), runtimes, test.x, test.y, stored[f"eps={last:g}"],
+                                 f"{config.attack} {attack.norm} eps={last:g}, crafted on torch")
     result.complete = True
     _save(out, adv_path, result, stored)
+    return result
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor, device: str) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x.to(device)).cpu()
+
+
+def _evaluate_blackbox(config: EvalConfig, attack: FixedBudgetAttack, bundle: Bundle, runtimes: list[Runtime],
+                       test: Split, out: Path, progress=None) -> BlackBoxResult:
+    """Score- and decision-based attacks run against each runtime itself (see eval_blackbox)."""
+    if config.resume:
+        raise RobustDeployError(f"--resume is for white-box attacks; run {config.attack!r} again without it")
+    result, stored = evaluate_blackbox(config.attack, attack, bundle, runtimes, test, config.epsilons,
+                                       config.seed, config.batch_size, config.realise, out, progress)
+    reference = bundle.reference_model().to(config.device).requires_grad_(False)
+    result.checks = run_checks(result.to_dict(), reference, test.x.to(config.device), test.y.to(config.device),
+                               [r.logits(test.x) for r in runtimes], config.compare_with)
+    last = result.budgets[-1].eps
+    result.figure = write_figure(out.with_suffix(".png"), runtimes, test.x, test.y,
+                                 stored[adversarial_key(runtimes[0].label, last)],
+                                 f"{config.attack} {attack.norm} eps={last:g}, crafted on {runtimes[0].label}")
+    result.complete = True
+    save_result(out, result, stored)
     return result
 
 
@@ -245,7 +298,10 @@ def _resume(out: Path, adv_path: Path, fresh: EvaluationResult) -> tuple[Evaluat
 
 def rescore(result_path: Path, runtime: Runtime, batch_size: int = 256) -> dict[float, float]:
     """Robust accuracy per budget from the stored adversarial examples alone."""
-    result = EvaluationResult.from_dict(json.loads(Path(result_path).read_text()))
+    data = json.loads(Path(result_path).read_text())
+    if data.get("format") == BLACKBOX_FORMAT:
+        return rescore_blackbox(result_path, runtime, batch_size)
+    result = EvaluationResult.from_dict(data)
     stored = load_file(str(Path(result_path).parent / result.adversarial_file))
     y = stored["y"]
     return {b.eps: 100.0 * float((runtime.predict(stored[f"eps={b.eps:g}"], batch_size) == y).float().mean())

@@ -33,3 +33,13 @@ def evaluation_table(result, markdown: bool = False) -> str:
                          len(s.clean_differs_from_torch), len(s.adversarial_differs_from_torch)])
     headers = ["eps", "runtime", "clean %", "robust %", "success %", "clean≠torch", "adv≠torch"]
     return table(headers, rows, markdown)
+
+
+def blackbox_table(result, markdown: bool = False) -> str:
+    """One row per (budget, runtime) of a black-box run: accuracy, success and queries on that runtime."""
+    rows = [[f"{b.eps:g}", s.runtime, s.clean_accuracy, s.robust_accuracy, s.attack_success_rate, s.queries_mean,
+             s.queries_median, (s.rounding or {}).get("stopped_fooling", "-")]
+            for b in result.budgets for s in b.scores]
+    headers = ["eps", "runtime", "clean %", "robust %", "success %", "queries mean", "queries median",
+               "lost to rounding"]
+    return table(headers, rows, markdown)

@@ -4,8 +4,10 @@ from robustdeploy.attacks import apgd as _apgd  # noqa: F401
 from robustdeploy.attacks import ddn as _ddn  # noqa: F401
 from robustdeploy.attacks import dichotomy as _dichotomy  # noqa: F401
 from robustdeploy.attacks import fgsm as _fgsm  # noqa: F401
+from robustdeploy.attacks import hsj as _hsj  # noqa: F401
 from robustdeploy.attacks import minimal as _minimal  # noqa: F401
 from robustdeploy.attacks import pgd as _pgd  # noqa: F401
+from robustdeploy.attacks import square as _square  # noqa: F401
 from robustdeploy.attacks.base import (
     ATTACKS,
     Attack,

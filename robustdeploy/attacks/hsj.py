@@ -1,0 +1,155 @@
+"""HopSkipJump, decision-based, L2 and L-inf (Chen, Jordan & Wainwright, IEEE S&P 2020, arXiv:1904.02144).
+
+Uses only the top-1 label of the callable. From a random misclassified start it alternates a binary
+search to the decision boundary, a Monte-Carlo estimate of the boundary's normal (sqrt(t) * 100 probes at
+iteration t) and a geometric step along it. Defaults follow the paper's reference code: gamma 1,
+100 initial probes, 40 iterations. As a fixed-budget attack it succeeds when the boundary point it finds
+lies within eps; a sample whose next iteration could overrun `max_queries` stops, so the budget holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from robustdeploy.attacks.base import ATTACKS, FixedBudgetAttack, Model, lp_norm
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.runtimes.base import Capability
+
+STEP_HALVINGS = 15  # cap of the geometric step-size search (unbounded in the reference code)
+
+
+class _Oracle:
+    """Top-1 decisions of a callable, with a query count per sample."""
+
+    def __init__(self, model: Model, y: torch.Tensor) -> None:
+        self.model, self.y = model, y
+        self.used = torch.zeros(len(y), dtype=torch.long)
+
+    def adversarial(self, index: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Whether each row of z (belonging to sample index[i]) is misclassified."""
+        self.used.index_add_(0, index.cpu(), torch.ones(len(index), dtype=torch.long))
+        return self.model(z).argmax(1).to(self.y.device) != self.y[index]
+
+
+def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *[1] * (like.dim() - 1))
+
+
+@ATTACKS.register("hopskipjump")
+@dataclass
+class HopSkipJump(FixedBudgetAttack):
+    """HopSkipJump (untargeted) with a per-sample query budget that includes the clean check."""
+
+    max_queries: int = 10000
+    steps: int = 40
+    gamma: float = 1.0
+    init_evals: int = 100
+    max_evals: int = 10000
+    init_tries: int = 100
+    seed: int = 0
+
+    needs: ClassVar[Capability] = Capability.DECISIONS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_queries < 1:
+            raise RobustDeployError(f"max_queries must be at least 1, got {self.max_queries}")
+        if min(self.steps, self.init_evals, self.max_evals, self.init_tries) < 1 or self.gamma <= 0:
+            raise RobustDeployError("steps, init_evals, max_evals, init_tries and gamma must be positive")
+
+    def _project(self, x: torch.Tensor, adv: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        if self.norm == "l2":
+            return (1 - _view(alpha, x)) * x + _view(alpha, x) * adv
+        return torch.minimum(torch.maximum(adv, x - _view(alpha, x)), x + _view(alpha, x))
+
+    def _boundary(self, oracle: _Oracle, index: torch.Tensor, x: torch.Tensor, adv: torch.Tensor,
+                  theta: float) -> torch.Tensor:
+        """Binary search between x (clean) and adv (adversarial); returns the adversarial end."""
+        if self.norm == "l2":
+            high, threshold = torch.ones(len(x)), torch.full((len(x),), theta)
+        else:
+            high = lp_norm(adv - x, "linf").cpu()
+            threshold = (high * theta).clamp(max=theta)
+        low = torch.zeros(len(x))
+        while True:
+            open_ = ((high - low) / threshold > 1).nonzero().flatten()
+            if not len(open_):
+                return self._project(x, adv, high.to(x.device))
+            mid = (high[open_] + low[open_]) / 2
+            hit = oracle.adversarial(index[open_], self._project(x[open_], adv[open_], mid.to(x.device))).cpu()
+            high[open_] = torch.where(hit, mid, high[open_])
+            low[open_] = torch.where(hit, low[open_], mid)
+
+    def _gradient(self, oracle: _Oracle, index: torch.Tensor, point: torch.Tensor, delta: torch.Tensor,
+                  evals: int, generator: torch.Generator) -> torch.Tensor:
+        """Monte-Carlo estimate of the boundary normal at `point` (Eq. 9 with the baseline of Eq. 16)."""
+        shape = (len(point), evals, *point.shape[1:])
+        noise = torch.randn(shape, generator=generator) if self.norm == "l2" \
+            else torch.rand(shape, generator=generator) * 2 - 1
+        noise = noise.to(point.device)
+        noise /= noise.flatten(2).norm(dim=2).view(*shape[:2], *[1] * (point.dim() - 1))
+        scale = delta.view(-1, 1, *[1] * (point.dim() - 1))
+        probes = (point[:, None] + scale * noise).clamp(0, 1)
+        directions = (probes - point[:, None]) / scale
+        hit = oracle.adversarial(index.repeat_interleave(evals), probes.flatten(0, 1)).view(len(point), evals)
+        sign = hit.float() * 2 - 1
+        mean = sign.mean(1, keepdim=True)
+        weights = torch.where(mean.abs() == 1, mean, sign - mean)
+        grad = (weights.view(*shape[:2], *[1] * (point.dim() - 1)) * directions).mean(1)
+        return grad / _view(lp_norm(grad, "l2").clamp_min(1e-12), grad)
+
+    @torch.no_grad()
+    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        d = x[0].numel()
+        theta = self.gamma / (d**1.5 if self.norm == "l2" else d**2)
+        search = math.ceil(math.log2(1 / theta))  # most binary-search queries one search can take
+        oracle = _Oracle(model, y)
+        index = (~oracle.adversarial(torch.arange(len(x)), x)).nonzero().flatten().cpu()
+        start, found = x.clone(), torch.zeros(len(x), dtype=torch.bool)
+        for _ in range(self.init_tries):  # uniform noise until it is misclassified (the reference's start)
+            index = index[oracle.used[index] + 1 + search <= self.max_queries]
+            todo = index[~found[index]]
+            if not len(todo):
+                break
+            noise = torch.rand(x[todo].shape, generator=generator).to(x.device)
+            hit = oracle.adversarial(todo, noise).cpu()
+            start[todo[hit]], found[todo[hit]] = noise[hit], True
+        index = index[found[index]]
+        best = x.clone()
+        dist = torch.full((len(x),), float("inf"))
+        if len(index):
+            best[index] = self._boundary(oracle, index, x[index], start[index], theta)
+            dist[index] = lp_norm(best[index] - x[index], self.norm).cpu()
+        for t in range(1, self.steps + 1):
+            evals = int(min(self.init_evals * math.sqrt(t), self.max_evals))
+            index = index[(dist[index] > eps) & (oracle.used[index] + evals + STEP_HALVINGS + search
+                                                 <= self.max_queries)]
+            if not len(index):
+                break
+            xs, point = x[index], best[index]
+            delta = torch.full((len(index),), 0.1) if t == 1 else \
+                (math.sqrt(d) if self.norm == "l2" else d) * theta * dist[index]
+            grad = self._gradient(oracle, index, point, delta.to(x.device), evals, generator)
+            update = grad if self.norm == "l2" else grad.sign()
+            step = _view(dist[index] / math.sqrt(t), x).to(x.device)
+            moved = point.clone()
+            pending = torch.arange(len(index))
+            for _ in range(STEP_HALVINGS):  # geometric step-size search
+                candidate = (point[pending] + step[pending] * update[pending]).clamp(0, 1)
+                hit = oracle.adversarial(index[pending], candidate).cpu()
+                moved[pending[hit]] = candidate[hit]
+                pending = pending[~hit]
+                if not len(pending):
+                    break
+                step[pending] /= 2
+            best[index] = self._boundary(oracle, index, xs, moved, theta)
+            dist[index] = lp_norm(best[index] - xs, self.norm).cpu()
+        success = (dist <= eps).to(x.device)
+        self.queries_per_sample = oracle.used
+        self.stats.queries += int(oracle.used.sum())
+        return torch.where(_view(success, x), best, x)

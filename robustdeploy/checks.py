@@ -1,0 +1,97 @@
+"""Sanity checks run after every evaluation: the usual signs of a broken evaluation or gradient masking.
+
+After AutoAttack's checks (Croce & Hein, ICML 2020, `autoattack/checks.py`: probability outputs, zero
+gradients, a black-box attack stronger than the white-box one) and Carlini et al., "On evaluating
+adversarial robustness" (arXiv:1902.06705): accuracy must not rise with the budget and an unbounded
+attack must reach ~100% success.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from robustdeploy.attacks.base import loss_per_sample
+
+UNBOUNDED_SUCCESS = 99.0  # percent an unbounded attack must reach
+TOLERANCE = 1.0  # percentage points of accuracy we do not call a violation
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def monotone_budget(curves: dict[str, list[tuple[float, float]]]) -> Check:
+    """Robust accuracy (per runtime, as (eps, accuracy %) pairs) must not rise with a larger budget."""
+    rises = [f"{rt}: {a0:.2f}% at eps={e0:g} -> {a1:.2f}% at eps={e1:g}"
+             for rt, curve in curves.items()
+             for (e0, a0), (e1, a1) in zip(sorted(curve), sorted(curve)[1:]) if a1 > a0 + 1e-9]
+    return Check("monotone_budget", not rises,
+                 "robust accuracy rises with the budget (a weak or broken attack): " + "; ".join(rises) if rises
+                 else "robust accuracy never rises with the budget")
+
+
+def blackbox_not_stronger(blackbox: dict[tuple[str, float], float], whitebox: dict[tuple[str, float], float],
+                          tolerance: float = TOLERANCE) -> Check | None:
+    """A black-box attack beating the white-box one at the same (runtime, eps) hints at gradient masking."""
+    common = sorted(set(blackbox) & set(whitebox))
+    if not common:
+        return None
+    beaten = [f"{rt} eps={eps:g}: black-box {blackbox[rt, eps]:.2f}% < white-box {whitebox[rt, eps]:.2f}%"
+              for rt, eps in common if blackbox[rt, eps] < whitebox[rt, eps] - tolerance]
+    return Check("blackbox_not_stronger", not beaten,
+                 "a black-box attack beats the white-box one (gradient masking?): " + "; ".join(beaten) if beaten
+                 else f"white-box at least as strong on {len(common)} (runtime, eps) pair(s)")
+
+
+def unbounded_success(success: dict[tuple[str, float], float], norm: str, input_dim: int) -> Check | None:
+    """At the largest budget the norm allows on [0, 1] pixels every label is reachable: expect ~100%."""
+    limit = 1.0 if norm == "linf" else input_dim**0.5
+    rows = {k: v for k, v in success.items() if k[1] >= limit - 1e-9}
+    if not rows:
+        return None
+    low = [f"{rt} eps={eps:g}: {rate:.2f}%" for (rt, eps), rate in sorted(rows.items()) if rate < UNBOUNDED_SUCCESS]
+    return Check("unbounded_success", not low,
+                 f"an unbounded attack stays below {UNBOUNDED_SUCCESS:g}% success (broken attack or masking): "
+                 + "; ".join(low) if low else "the unbounded budget reaches ~100% success")
+
+
+def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, floor: float = 1e-10) -> Check:
+    """Fraction of samples whose margin-loss input gradient on the PyTorch graph is (near) zero."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        grad, = torch.autograd.grad(loss_per_sample(model(x), y, "margin").sum(), x)
+    zero = grad.flatten(1).norm(dim=1) <= floor
+    fraction = 100.0 * float(zero.float().mean())
+    return Check("input_gradients", not zero.any(),
+                 f"{int(zero.sum())} of {len(x)} samples ({fraction:.1f}%) have zero or vanishing input gradients "
+                 "(gradient masking: use a black-box attack)" if zero.any()
+                 else f"input gradients are non-zero on all {len(x)} samples")
+
+
+def outputs_are_logits(logits: torch.Tensor) -> Check:
+    """Rows that are non-negative and sum to 1 are probabilities; margin/CE attacks then see a squashed loss."""
+    probability = bool((logits >= 0).all()) and bool(((logits.sum(1) - 1).abs() < 1e-3).all())
+    return Check("outputs_are_logits", not probability,
+                 "the model outputs probabilities (rows >= 0 summing to 1), not logits; export the logits"
+                 if probability else "the model outputs logits")
+
+
+def collect(checks: Iterable[Check | None]) -> list[Check]:
+    return [c for c in checks if c is not None]
+
+
+def warn(checks: Iterable[dict], stream=sys.stderr) -> None:
+    """Print each failed check as one warning line."""
+    for check in checks:
+        if not check["passed"]:
+            print(f"warning: check {check['name']} failed: {check['detail']}", file=stream)

@@ -1,0 +1,42 @@
+"""Each sanity check fires on a constructed bad case and stays quiet on the good one."""
+
+import torch
+
+from robustdeploy import checks
+from robustdeploy.bundle import load_bundle
+
+
+class Rounded(torch.nn.Module):
+    """A model with a rounding input layer: zero gradients everywhere (gradient masking)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 4) / 4)
+
+
+def test_gradient_and_probability_checks(bundle_dir, digits):
+    model = load_bundle(bundle_dir).reference_model().requires_grad_(False)
+    x, y = digits.test.x[:50], digits.test.y[:50]
+    assert checks.input_gradients(model, x, y).passed
+    masked = checks.input_gradients(Rounded(model), x, y)
+    assert not masked.passed and "50 of 50" in masked.detail
+    with torch.no_grad():
+        logits = model(x)
+    assert checks.outputs_are_logits(logits).passed
+    assert not checks.outputs_are_logits(logits.softmax(1)).passed
+
+
+def test_budget_blackbox_and_unbounded_checks():
+    assert checks.monotone_budget({"ort-cpu": [(0.1, 60.0), (0.2, 30.0)]}).passed
+    rising = checks.monotone_budget({"ort-cpu": [(0.2, 40.0), (0.1, 30.0)]})
+    assert not rising.passed and "ort-cpu" in rising.detail
+    white = {("ort-cpu", 0.1): 40.0}
+    assert checks.blackbox_not_stronger({("ort-cpu", 0.1): 40.5}, white).passed
+    assert not checks.blackbox_not_stronger({("ort-cpu", 0.1): 20.0}, white).passed
+    assert checks.blackbox_not_stronger({("torch", 0.1): 20.0}, white) is None
+    assert checks.unbounded_success({("torch", 1.0): 100.0}, "linf", 64).passed
+    assert not checks.unbounded_success({("torch", 1.0): 80.0}, "linf", 64).passed
+    assert checks.unbounded_success({("torch", 0.3): 80.0}, "linf", 64) is None
