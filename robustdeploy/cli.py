@@ -89,15 +89,29 @@ def export(
     min_agreement: Annotated[float, typer.Option(help="Parity: minimum top-1 agreement, percent.")] = 99.5,
     data_root: opt.DataRoot = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    detector: Annotated[str | None, typer.Option(help="Add a detector graph: squeeze (feature squeezing).")]
+    = None,
+    squeeze_bits: Annotated[int, typer.Option(help="Squeeze: bit depth (0 = off; paper MNIST: 1).")] = 1,
+    median: Annotated[int, typer.Option(help="Squeeze: k x k median filter (0 = off; paper: 2).")] = 2,
+    resample: Annotated[int, typer.Option(help="Squeeze: down/up-sampling factor (0 = off).")] = 0,
+    target_fpr: Annotated[float, typer.Option(help="Squeeze: false-positive rate on clean val data.")] = 0.05,
 ) -> None:
     """Export a run to an ONNX deployment bundle and check ONNX Runtime CPU against PyTorch."""
+    from robustdeploy.defenses.squeeze import SqueezeConfig
     from robustdeploy.export import ExportConfig, export_bundle
     from robustdeploy.parity import ParityTolerance
 
+    squeeze = SqueezeConfig(bits=squeeze_bits, median=median, resample=resample, target_fpr=target_fpr)
     config = ExportConfig(run_dir=run_dir, out=out, opset=opset, exporter=exporter, data_root=data_root,
-                          tolerance=ParityTolerance(atol, rtol, min_agreement), force=force)
+                          tolerance=ParityTolerance(atol, rtol, min_agreement), force=force, detector=detector,
+                          squeeze=squeeze)
     bundle, parity = export_bundle(config)
     echo(parity.summary())
+    if "detector" in bundle.manifest:
+        d = bundle.manifest["detector"]
+        echo(f"detector {d['method']}: threshold {d['threshold']:.4g}, calibration FPR "
+             f"{100 * d['calibration']['fpr']:.1f}% (target {100 * d['target_fpr']:.1f}%), score parity max |diff| "
+             f"{d['parity']['score_max_abs']:.2e}")
     echo(f"bundle -> {bundle.path}")
 
 
@@ -119,6 +133,10 @@ def evaluate(
     device: opt.Device = "cpu",
     data_root: opt.DataRoot = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run written to --out.")] = False,
+    detector: Annotated[bool, typer.Option(help="Also score the bundle's detector, oblivious and adaptive.")]
+    = False,
+    adaptive_steps: Annotated[int, typer.Option(help="Adaptive detector attack: PGD steps.")] = 100,
+    adaptive_lam: Annotated[float, typer.Option(help="Adaptive detector attack: weight of the score.")] = 10.0,
 ) -> None:
     """Craft adversarial examples on PyTorch and score them on every runtime, side by side."""
     from robustdeploy.evaluate import EvalConfig, default_out
@@ -129,6 +147,13 @@ def evaluate(
                         attack_params=attack_params(norm, steps, loss, restarts, attack_opt), limit=limit,
                         batch_size=batch_size, seed=seed, device=device, data_root=data_root, out=out,
                         resume=resume)
+    if detector:
+        from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
+        from robustdeploy.eval_detector import DetectorEvalConfig, detector_table, evaluate_detector
+
+        adaptive = AdaptiveSqueezePGD(norm=norm or "linf", steps=adaptive_steps, lam=adaptive_lam, seed=seed)
+        echo(detector_table(evaluate_detector(DetectorEvalConfig(config, adaptive))))
+        return
     result = run_evaluation(config)
     echo(evaluation_table(result))
     echo(f"results -> {out or default_out_for(bundle, attack, default_out)}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustdeploy.attacks.base import lp_norm, loss_per_sample, project
+from robustdeploy.attacks.base import loss_per_sample, lp_norm, project
 from robustdeploy.defenses.squeeze import SqueezeDetector
 from robustdeploy.errors import RobustDeployError
 
