@@ -96,8 +96,15 @@ def export(
     int8_min_agreement: Annotated[float, typer.Option(help="Parity: int8 minimum top-1 agreement, %.")] = 95.0,
     data_root: opt.DataRoot = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    detector: Annotated[str | None, typer.Option(help="Add a detector graph: squeeze (feature squeezing).")]
+    = None,
+    squeeze_bits: Annotated[int, typer.Option(help="Squeeze: bit depth (0 = off; paper MNIST: 1).")] = 1,
+    median: Annotated[int, typer.Option(help="Squeeze: k x k median filter (0 = off; paper: 2).")] = 2,
+    resample: Annotated[int, typer.Option(help="Squeeze: down/up-sampling factor (0 = off).")] = 0,
+    target_fpr: Annotated[float, typer.Option(help="Squeeze: false-positive rate on clean val data.")] = 0.05,
 ) -> None:
     """Export a run to an ONNX deployment bundle and check ONNX Runtime CPU against PyTorch."""
+    from robustdeploy.defenses.squeeze import SqueezeConfig
     from robustdeploy.export import ExportConfig, export_bundle
     from robustdeploy.parity import ParityTolerance
     from robustdeploy.variants import VariantConfig
@@ -107,11 +114,18 @@ def export(
                   "int8": ParityTolerance(None, None, int8_min_agreement)}
     variants = VariantConfig(precisions=tuple(dict.fromkeys(precision)), calibration=calibration,
                              calibration_samples=calibration_samples, tolerances=tolerances)
+    squeeze = SqueezeConfig(bits=squeeze_bits, median=median, resample=resample, target_fpr=target_fpr)
     config = ExportConfig(run_dir=run_dir, out=out, opset=opset, exporter=exporter, data_root=data_root,
-                          tolerance=tolerances["fp32"], variants=variants, force=force)
+                          tolerance=tolerances["fp32"], variants=variants, force=force, detector=detector,
+                          squeeze=squeeze)
     bundle, _ = export_bundle(config)
     for entry in bundle.variants.values():
         echo(ParityReport.from_dict(entry["parity"]).summary())
+    if "detector" in bundle.manifest:
+        d = bundle.manifest["detector"]
+        echo(f"detector {d['method']}: threshold {d['threshold']:.4g}, calibration FPR "
+             f"{100 * d['calibration']['fpr']:.1f}% (target {100 * d['target_fpr']:.1f}%), score parity max |diff| "
+             f"{d['parity']['score_max_abs']:.2e}")
     echo(f"bundle -> {bundle.path}")
 
 
@@ -137,6 +151,10 @@ def evaluate(
     = True,
     compare_with: Annotated[Path | None, typer.Option(help="Earlier result (white- or black-box) for the "
                                                            "black-box-beats-white-box check.")] = None,
+    detector: Annotated[bool, typer.Option(help="Also score the bundle's detector, oblivious and adaptive.")]
+    = False,
+    adaptive_steps: Annotated[int, typer.Option(help="Adaptive detector attack: PGD steps.")] = 100,
+    adaptive_lam: Annotated[float, typer.Option(help="Adaptive detector attack: weight of the score.")] = 10.0,
 ) -> None:
     """Craft adversarial examples on PyTorch (or, for square/hopskipjump, on each runtime) and score them."""
     from robustdeploy.checks import warn
@@ -150,6 +168,13 @@ def evaluate(
                         attack_params=attack_params(norm, steps, loss, restarts, attack_opt), limit=limit,
                         batch_size=batch_size, seed=seed, device=device, data_root=data_root, out=out,
                         resume=resume, realise=realise, compare_with=compare_with)
+    if detector:
+        from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
+        from robustdeploy.eval_detector import DetectorEvalConfig, detector_table, evaluate_detector
+
+        adaptive = AdaptiveSqueezePGD(norm=norm or "linf", steps=adaptive_steps, lam=adaptive_lam, seed=seed)
+        echo(detector_table(evaluate_detector(DetectorEvalConfig(config, adaptive))))
+        return
     result = run_evaluation(config)
     if isinstance(result, MinimalResult):
         echo(minimal_table(result))

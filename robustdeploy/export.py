@@ -14,6 +14,7 @@ import torch
 
 from robustdeploy.bundle import BUNDLE_FORMAT, MANIFEST, Bundle, load_bundle
 from robustdeploy.data import DataConfig, load_dataset
+from robustdeploy.defenses.squeeze import SqueezeConfig
 from robustdeploy.errors import CheckFailed, RobustDeployError
 from robustdeploy.io import atomic_write_json, sha256_file, versions
 from robustdeploy.parity import ParityReport, ParityTolerance, compare_logits
@@ -37,6 +38,8 @@ class ExportConfig:
     data_root: str | None = None
     parity_limit: int | None = None
     force: bool = False
+    detector: str | None = None
+    squeeze: SqueezeConfig = field(default_factory=SqueezeConfig)
 
 
 def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path, opset: int,
@@ -91,6 +94,10 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
         raise RobustDeployError(f"bundle {out} already exists; pass --force to replace it or choose --out")
     data_config = record.data if config.data_root is None else DataConfig(
         **{**record.data.to_dict(), "data_root": config.data_root})
+    if config.detector is not None:
+        from robustdeploy.defenses import DEFENSES
+
+        DEFENSES.get(config.detector)
     dataset = load_dataset(data_config)
     test = dataset.test.head(config.parity_limit)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +144,12 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
             "files": {name: sha256_file(tmp / name) for name in
                       ["reference.safetensors", *(v["file"] for v in variants.values())]},
         }
+        if config.detector is not None:
+            from robustdeploy.defenses.detector_bundle import add_detector
+
+            manifest["detector"] = add_detector(tmp, model, record.spec.input_shape, dataset.val.x, test.x,
+                                                config.squeeze, config.opset)
+            manifest["files"][manifest["detector"]["file"]] = sha256_file(tmp / manifest["detector"]["file"])
         atomic_write_json(tmp / MANIFEST, manifest)
         if failed:
             raise CheckFailed(f"export parity check failed, no bundle written: {failed[0].summary()}")

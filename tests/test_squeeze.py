@@ -1,0 +1,119 @@
+"""Feature-squeezing detector: squeezer semantics, exported graph vs PyTorch, calibration, adaptive attack, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_one_line_error, cli
+
+from robustdeploy.bundle import load_bundle
+from robustdeploy.defenses.detector_bundle import open_detector
+from robustdeploy.defenses.squeeze import BitDepth, MedianFilter, Resample, SqueezeConfig
+from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
+from robustdeploy.eval_detector import DetectorEvalConfig, evaluate_detector, roc_auc
+from robustdeploy.evaluate import EvalConfig
+from robustdeploy.export import ExportConfig, export_bundle
+
+SCORE_ATOL = 1e-4  # exported score vs PyTorch, both fp32
+
+
+@pytest.fixture(scope="module")
+def all_squeezers_bundle(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("squeeze") / "all"
+    export_bundle(ExportConfig(run_dir=run_dir, out=out, detector="squeeze",
+                               squeeze=SqueezeConfig(bits=4, median=2, resample=2)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bits_bundle(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("squeeze") / "bits"
+    export_bundle(ExportConfig(run_dir=run_dir, out=out, detector="squeeze", squeeze=SqueezeConfig(bits=4, median=0)))
+    return out
+
+
+def test_median_matches_scipy_median_filter_of_xu_et_al(digits):
+    from scipy import ndimage
+
+    x = digits.test.x[:20]
+    for k in (2, 3):
+        expected = ndimage.median_filter(x.numpy(), size=(1, 1, k, k), mode="reflect")
+        assert np.array_equal(MedianFilter(k)(x).numpy(), expected)
+
+
+def test_bit_depth_and_resample_values(digits):
+    x = digits.test.x[:20]
+    assert BitDepth(1)(x).unique().tolist() in ([0.0, 1.0], [0.0], [1.0])
+    assert torch.equal(BitDepth(8)(x), x)  # the data is already on the 8-bit grid
+    up = Resample(2)(x)
+    assert torch.allclose(up[:, :, ::2, ::2], torch.nn.functional.avg_pool2d(x, 2))
+    assert torch.equal(up[:, :, 1::2, 1::2], up[:, :, ::2, ::2])
+
+
+def test_onnx_round_is_half_to_even_like_torch():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Round", ["x"], ["y"])], "round",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ties = torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5])
+    assert session.run(None, {"x": ties.numpy()})[0].tolist() == torch.round(ties).tolist()
+    assert torch.round(ties).tolist() == [-2.0, -2.0, -0.0, 0.0, 2.0, 2.0, 4.0]
+
+
+def test_exported_detector_matches_pytorch(all_squeezers_bundle, digits):
+    bundle = load_bundle(all_squeezers_bundle)
+    section = bundle.manifest["detector"]
+    assert section["file"] in bundle.manifest["files"]
+    assert [s["squeezer"] for s in section["squeezers"]] == ["BitDepth", "MedianFilter", "Resample"]
+    assert section["parity"]["passed"] and section["parity"]["score_max_abs"] <= SCORE_ATOL
+    x = torch.cat([digits.test.x, digits.val.x])
+    t_logits, t_score, t_flag = open_detector(bundle, "torch").run(x)
+    o_logits, o_score, o_flag = open_detector(bundle, "ort-cpu").run(x)
+    assert (o_score - t_score).abs().max() <= SCORE_ATOL
+    assert float((o_flag == t_flag).float().mean()) >= 0.99
+    assert torch.equal(o_logits.argmax(1), t_logits.argmax(1))
+    assert float(t_score.min()) >= 0.0 and float(t_score.max()) <= 2.0
+
+
+def test_calibration_gives_about_the_target_fpr_on_held_out_clean_data(bits_bundle, digits):
+    bundle = load_bundle(bits_bundle)
+    section = bundle.manifest["detector"]
+    assert section["target_fpr"] == 0.05 and section["calibration"]["fpr"] <= 0.05
+    _, _, flag = open_detector(bundle, "ort-cpu").run(digits.test.x)
+    assert 0.0 < float(flag.float().mean()) <= 0.10  # 270 held-out test images, target 5%
+
+
+def test_roc_auc():
+    assert roc_auc(torch.tensor([0.0, 0.1]), torch.tensor([0.2, 0.3])) == 1.0
+    assert roc_auc(torch.tensor([0.5, 0.5]), torch.tensor([0.5])) == 0.5
+
+
+def test_adaptive_attack_lowers_detection(bits_bundle, tmp_path):
+    config = EvalConfig(bundle=bits_bundle, epsilons=(0.1,), limit=60, out=tmp_path / "r.json",
+                        attack_params={"steps": 10})
+    report = evaluate_detector(DetectorEvalConfig(config, AdaptiveSqueezePGD(steps=30)))
+    saved = json.loads((tmp_path / "r-detector.json").read_text())
+    assert saved["scores"] == json.loads(json.dumps(report["scores"]))
+    rows = {(s["runtime"], s["attack"]): s for s in report["scores"]}
+    for runtime in ("torch", "ort-cpu"):
+        oblivious, adaptive = rows[(runtime, "oblivious")], rows[(runtime, "adaptive")]
+        assert oblivious["successful_adversarials"] > 5 and adaptive["successful_adversarials"] > 5
+        assert adaptive["detection_rate"] < oblivious["detection_rate"] - 20
+        assert adaptive["undetected_success_rate"] > oblivious["undetected_success_rate"]
+    assert rows[("ort-cpu", "adaptive")]["score_diff_vs_torch"]["max"] <= SCORE_ATOL
+
+
+def test_cli_detector_errors(run_dir, bundle_dir, tmp_path):
+    assert_one_line_error(cli("evaluate", bundle_dir, "--detector", "--limit", "5"), "has no detector")
+    assert_one_line_error(cli("export", run_dir, "--out", tmp_path / "b", "--detector", "squeeze",
+                              "--target-fpr", "1.5"), "--target-fpr")
+    assert_one_line_error(cli("export", run_dir, "--out", tmp_path / "b", "--detector", "squeez"),
+                          "did you mean 'squeeze'")
+    assert not (tmp_path / "b").exists()
