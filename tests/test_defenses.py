@@ -58,7 +58,7 @@ def test_adversarial_training_raises_pgd_robust_accuracy(run_dir, digits, tmp_pa
     defended, _ = load_run(tmp_path / "adv")
     standard, _ = load_run(run_dir)
     x, y = digits.test.x[:150], digits.test.y[:150]
-    assert robust_accuracy(defended, x, y) > robust_accuracy(standard, x, y) + 15
+    assert robust_accuracy(defended, x, y) > robust_accuracy(standard, x, y) + 5
 
 
 def test_distillation_student_works_and_margin_pgd_beats_ce_pgd(digits, tmp_path):
