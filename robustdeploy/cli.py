@@ -62,17 +62,25 @@ def train(
     = 0.15,
     seed: opt.Seed = 0,
     device: opt.Device = "cpu",
+    defense: Annotated[str, typer.Option(help="none, distillation, purifier or adv-train.")] = "none",
+    temperature: Annotated[float | None, typer.Option(help="Distillation temperature T (default 100).")] = None,
+    eps: Annotated[float | None, typer.Option(help="Adv-train L-inf budget in pixel units (required).")] = None,
+    attack_steps: Annotated[int | None, typer.Option(help="Adv-train PGD steps (default 40).")] = None,
+    base: Annotated[Path | None, typer.Option(help="Purifier: reuse this trained classifier run.")] = None,
 ) -> None:
-    """Train a classifier and write a run folder (safetensors weights + run.json)."""
+    """Train a classifier (optionally with a defense) and write a run folder (safetensors weights + run.json)."""
     from robustdeploy.data import DataConfig
     from robustdeploy.train import TrainConfig
     from robustdeploy.train import train as run_training
 
     data = DataConfig(name=dataset, data_root=data_root, seed=seed, val_fraction=val_fraction,
                       image_size=image_size, download=download)
+    given = {"temperature": temperature, "eps": eps, "attack_steps": attack_steps, "base": base}
     config = TrainConfig(arch=arch, data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         device=device)
-    out = out or Path("runs") / f"{arch.replace(':', '-')}-{dataset}"
+                         device=device, defense=defense,
+                         defense_params={k: str(v) if k == "base" else v for k, v in given.items() if v is not None})
+    suffix = "" if defense == "none" else f"-{defense}"
+    out = out or Path("runs") / f"{arch.replace(':', '-')}-{dataset}{suffix}"
     record = run_training(config, out)
     m = record.metrics
     echo(f"trained {arch} on {dataset}: val {m['val_accuracy']:.2f}%  test {m['test_accuracy']:.2f}%  "
@@ -182,6 +190,29 @@ def evaluate(
         echo(blackbox_table(result) if isinstance(result, BlackBoxResult) else evaluation_table(result))
         warn(result.checks)
     echo(f"results -> {out or default_out_for(bundle, attack, default_out)}")
+
+
+@app.command("defend-eval")
+def defend_eval(
+    bundle: opt.BundleDir,
+    baseline: Annotated[Path | None, typer.Option(help="Undefended run the oblivious attack is crafted on "
+                                                       "(default for a purifier: its own classifier).")] = None,
+    eps: Annotated[float, typer.Option(help="PGD L-inf budget in pixel units.")] = 0.1,
+    steps: Annotated[int, typer.Option(help="PGD steps.")] = 40,
+    runtime: opt.Runtimes = ["torch", "ort-cpu"],  # noqa: B006
+    limit: opt.Limit = None,
+    batch_size: opt.BatchSize = 256,
+    out: opt.OutFile = None,
+    seed: opt.Seed = 0,
+    data_root: opt.DataRoot = None,
+) -> None:
+    """Score a defended bundle under oblivious and adaptive PGD, on every runtime."""
+    from robustdeploy.eval_defense import DefenseEvalConfig, defense_table, evaluate_defense
+
+    result = evaluate_defense(DefenseEvalConfig(bundle=bundle, baseline=baseline, eps=eps, steps=steps,
+                                                runtimes=tuple(runtime), limit=limit, batch_size=batch_size,
+                                                seed=seed, data_root=data_root, out=out))
+    echo(defense_table(result))
 
 
 def default_out_for(bundle: Path, attack: str, default_out) -> Path:

@@ -95,9 +95,9 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
     data_config = record.data if config.data_root is None else DataConfig(
         **{**record.data.to_dict(), "data_root": config.data_root})
     if config.detector is not None:
-        from robustdeploy.defenses import DEFENSES
+        from robustdeploy.defenses import DETECTORS
 
-        DEFENSES.get(config.detector)
+        DETECTORS.get(config.detector)
     dataset = load_dataset(data_config)
     test = dataset.test.head(config.parity_limit)
     out.parent.mkdir(parents=True, exist_ok=True)

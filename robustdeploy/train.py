@@ -33,6 +33,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     device: str = "cpu"
+    defense: str = "none"  # a name in robustdeploy.defenses.DEFENSES
+    defense_params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +132,10 @@ def _validate(config: TrainConfig) -> None:
         raise RobustDeployError(f"--lr must be positive, got {config.lr}")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise RobustDeployError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    if config.defense != "none":
+        from robustdeploy.defenses import DEFENSES
+
+        DEFENSES.get(config.defense)
 
 
 def new_classifier(arch: str, data: Dataset) -> tuple[Classifier, ModelSpec]:
@@ -146,16 +152,23 @@ def train(config: TrainConfig, out: Path) -> RunRecord:
         raise RobustDeployError(f"run folder {out} already exists; choose another --out or delete it")
     torch.manual_seed(config.seed)
     data = load_dataset(config.data)
-    model, spec = new_classifier(config.arch, data)
-    model.to(config.device)
     start = time.perf_counter()
-    losses = fit(model, data, config)
+    defense_info = {}
+    if config.defense != "none":
+        from robustdeploy.defenses import DEFENSES
+
+        trained = DEFENSES.create(config.defense, config=config, data=data, **config.defense_params)
+        model, spec, losses, defense_info = trained.model, trained.spec, trained.losses, trained.info
+    else:
+        model, spec = new_classifier(config.arch, data)
+        model.to(config.device)
+        losses = fit(model, data, config)
     metrics = {
         "train_loss": losses,
         "train_seconds": round(time.perf_counter() - start, 3),
         "val_accuracy": accuracy(model, data.val, device=config.device),
         "test_accuracy": accuracy(model, data.test, device=config.device),
-    }
+    } | ({"defense": {"name": config.defense, **defense_info}} if config.defense != "none" else {})
     record = RunRecord(out.name, spec, config.data, data.classes, config.to_dict(), metrics, versions())
     save_run(model.cpu(), record, out)
     return record

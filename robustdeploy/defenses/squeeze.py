@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from robustdeploy.defenses import DEFENSES
+from robustdeploy.defenses import DETECTORS
 from robustdeploy.errors import RobustDeployError
 
 
@@ -146,7 +146,7 @@ def detector_scores(detector: SqueezeDetector, x: torch.Tensor, batch_size: int 
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-@DEFENSES.register("squeeze")
+@DETECTORS.register("squeeze")
 def build_squeeze(classifier: nn.Module, validation_x: torch.Tensor, config: SqueezeConfig | None = None
                   ) -> tuple[SqueezeDetector, float]:
     """A feature-squeezing detector calibrated on clean validation pixels; returns (detector, measured FPR)."""

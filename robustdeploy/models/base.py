@@ -61,7 +61,12 @@ def create_net(arch: str, input_shape: tuple[int, int, int], num_classes: int) -
     return MODELS.create(arch, input_shape=input_shape, num_classes=num_classes)
 
 
-def build_classifier(spec: ModelSpec) -> Classifier:
+def build_classifier(spec: ModelSpec) -> nn.Module:
+    """The classifier of `spec`; with `extra["purifier"]`, purifier followed by classifier."""
+    if spec.extra.get("purifier"):
+        from robustdeploy.defenses.purify import build_purified
+
+        return build_purified(spec)
     if len(spec.mean) != spec.input_shape[0] or len(spec.std) != spec.input_shape[0]:
         raise RobustDeployError(f"normalisation has {len(spec.mean)} channels, input has {spec.input_shape[0]}")
     return Classifier(create_net(spec.arch, spec.input_shape, spec.num_classes), spec.mean, spec.std)

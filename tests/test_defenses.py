@@ -1,0 +1,101 @@
+"""Training-side defenses on real digits: purifier ONNX parity, adversarial training, distillation, honest eval."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustdeploy.attacks import ATTACKS
+from robustdeploy.bundle import load_bundle
+from robustdeploy.defenses.purify import PurifiedClassifier
+from robustdeploy.eval_defense import DefenseEvalConfig, evaluate_defense
+from robustdeploy.export import ExportConfig, export_bundle
+from robustdeploy.runtimes import create_runtime
+from robustdeploy.train import TrainConfig, load_run, train
+from tests.conftest import assert_one_line_error, cli
+
+
+def robust_accuracy(model, x, y, eps=0.1, steps=10, loss="ce") -> float:
+    attack = ATTACKS.create("pgd", steps=steps, loss=loss, seed=0)
+    adv = attack.perturb(model.eval().requires_grad_(False), x, y, eps)
+    with torch.no_grad():
+        return 100.0 * float((model(adv).argmax(1) == y).float().mean())
+
+
+@pytest.fixture(scope="module")
+def purifier_bundle(run_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("purifier")
+    train(TrainConfig(epochs=3, defense="purifier", defense_params={"base": str(run_dir)}), root / "run")
+    bundle, parity = export_bundle(ExportConfig(run_dir=root / "run", out=root / "bundle"))
+    return bundle, parity
+
+
+def test_purifier_plus_classifier_is_one_onnx_graph_matching_torch(purifier_bundle, digits):
+    bundle, parity = purifier_bundle
+    assert parity.passed
+    assert bundle.manifest["model"]["extra"] == {"purifier": "conv-ae"}
+    reference = bundle.reference_model()
+    assert isinstance(reference, PurifiedClassifier)
+    x = digits.test.x[:100]
+    ort = create_runtime(bundle, "ort-cpu").logits(x)
+    with torch.no_grad():
+        torch_logits, bare = reference(x), reference.classifier(x)
+    assert (ort - torch_logits).abs().max() < 1e-4
+    assert (bare - torch_logits).abs().max() > 1e-2  # the purifier really is inside the exported graph
+
+
+def test_purifier_keeps_the_base_classifier_weights(purifier_bundle, run_dir):
+    base, _ = load_run(run_dir)
+    composite = purifier_bundle[0].reference_model()
+    for key, value in base.state_dict().items():
+        assert torch.equal(composite.classifier.state_dict()[key], value)
+
+
+def test_adversarial_training_raises_pgd_robust_accuracy(run_dir, digits, tmp_path):
+    record = train(TrainConfig(epochs=6, defense="adv-train", defense_params={"eps": 0.1, "attack_steps": 5}),
+                   tmp_path / "adv")
+    assert record.metrics["defense"]["eps"] == 0.1
+    defended, _ = load_run(tmp_path / "adv")
+    standard, _ = load_run(run_dir)
+    x, y = digits.test.x[:150], digits.test.y[:150]
+    assert robust_accuracy(defended, x, y) > robust_accuracy(standard, x, y) + 5
+
+
+def test_distillation_student_works_and_margin_pgd_beats_ce_pgd(digits, tmp_path):
+    record = train(TrainConfig(epochs=8, defense="distillation", defense_params={"temperature": 50}),
+                   tmp_path / "distilled")
+    assert record.metrics["test_accuracy"] > 80
+    assert record.metrics["defense"]["temperature"] == 50
+    student, _ = load_run(tmp_path / "distilled")
+    x, y = digits.test.x[:150], digits.test.y[:150]
+    assert robust_accuracy(student, x, y, loss="margin") < robust_accuracy(student, x, y, loss="ce")
+
+
+def test_defense_eval_reports_both_ways_on_both_runtimes(purifier_bundle, tmp_path):
+    bundle, _ = purifier_bundle
+    result = evaluate_defense(DefenseEvalConfig(bundle=bundle.path, eps=0.1, steps=10, limit=80,
+                                                out=tmp_path / "r.json"))
+    assert result.defense == "purifier" and result.samples == 80
+    assert [s.runtime for s in result.scores] == ["torch", "ort-cpu"]
+    torch_score, ort_score = result.scores
+    assert torch_score.adaptive < torch_score.oblivious <= 100  # crafting through the purifier is stronger
+    assert abs(torch_score.adaptive - ort_score.adaptive) <= 2.5
+    assert (tmp_path / "r.json").is_file()
+
+
+def test_defense_eval_needs_a_baseline_for_distillation(tmp_path):
+    run = tmp_path / "d"
+    train(TrainConfig(epochs=1, defense="distillation", defense_params={"temperature": 10}), run)
+    export_bundle(ExportConfig(run_dir=run, out=tmp_path / "b"))
+    proc = cli("defend-eval", tmp_path / "b", "--limit", "5")
+    assert_one_line_error(proc, "--baseline")
+    assert load_bundle(tmp_path / "b").manifest["run"]["train"]["defense"] == "distillation"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--defense", "distillation", "--temperature", "0"], "--temperature must be positive"),
+    (["--defense", "distilation"], "did you mean 'distillation'"),
+    (["--defense", "adv-train"], "needs --eps"),
+])
+def test_train_defense_bad_input_is_one_line(args, needle, tmp_path):
+    assert_one_line_error(cli("train", "--epochs", "1", "--out", tmp_path / "r", *args), needle)
