@@ -79,12 +79,11 @@ def apply_patch(x: torch.Tensor, patch: torch.Tensor, positions: torch.Tensor) -
     """Paste `patch` (C, s, s) into each image at its (row, col); differentiable in the patch."""
     h, w = x.shape[-2:]
     side = patch.shape[-1]
-    out = []
-    for image, (r, c) in zip(x, positions.tolist(), strict=True):
-        pad = (c, w - c - side, r, h - r - side)
-        mask = F.pad(torch.ones_like(patch), pad)
-        out.append(image * (1 - mask) + F.pad(patch, pad))
-    return torch.stack(out)
+    rel_r = torch.arange(h)[None, :] - positions[:, :1]  # (n, h)
+    rel_c = torch.arange(w)[None, :] - positions[:, 1:]  # (n, w)
+    inside = ((rel_r >= 0) & (rel_r < side))[:, :, None] & ((rel_c >= 0) & (rel_c < side))[:, None, :]
+    tiled = patch[:, rel_r.clamp(0, side - 1)[:, :, None], rel_c.clamp(0, side - 1)[:, None, :]]  # (C, n, h, w)
+    return torch.where(inside[:, None], tiled.transpose(0, 1), x)
 
 
 def default_layers(model: nn.Module) -> tuple[str, ...]:
