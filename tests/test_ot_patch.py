@@ -46,3 +46,14 @@ def test_bad_patch_config(kwargs):
 def test_cli_target_out_of_range(bundle_dir):
     assert_one_line_error(cli("patch", bundle_dir, "--target-class", "10", "--steps", "1"), "out of range")
     assert_one_line_error(cli("patch", bundle_dir, "--target-class", "1", "--patch-size", "1.5"), "patch-size")
+
+
+def test_sw_patch_raises_targeted_success_on_torch_and_ort(bundle_dir):
+    from robustdeploy.eval_patch import PatchEvalConfig, evaluate_patch
+
+    config = PatchConfig(target=3, patch_size=0.25, steps=60, lr=0.1, batch_size=64, n_projections=100)
+    result, patch = evaluate_patch(PatchEvalConfig(bundle_dir, config))
+    torch_score, ort_score = result.scores
+    assert patch.shape == (1, 4, 4)
+    assert torch_score.tsuc > torch_score.clean_target_rate + 0.05
+    assert abs(torch_score.tsuc - ort_score.tsuc) * torch_score.samples <= 1
