@@ -342,6 +342,32 @@ def check(
     if not report.passed:
         raise typer.Exit(1)
 
+@app.command()
+def patch(
+    source: opt.BundleDir,
+    target_class: Annotated[int, typer.Option(help="Class the patch should make every image look like.")],
+    transfer: Annotated[list[Path], typer.Option(help="Other bundles to score the patch on (repeatable).")] = [],  # noqa: B006
+    patch_size: Annotated[float, typer.Option(help="Patch area as a fraction of the image, in (0, 1).")] = 0.25,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 200,
+    layers: Annotated[list[str], typer.Option(help="Feature layers (module names; default all activations).")]
+    = [],  # noqa: B006
+    method: Annotated[str, typer.Option(help="sw (sliced-Wasserstein, seed 004) or ce (cross-entropy baseline).")]
+    = "sw",
+    lgs: Annotated[bool, typer.Option(help="Put Local Gradient Smoothing in front of every model.")] = False,
+    seed: opt.Seed = 0,
+    out: opt.OutFile = None,
+) -> None:
+    """Craft a universal targeted patch on SOURCE; print tSuc per model x runtime (torch, ort-cpu)."""
+    from robustdeploy.attacks.ot_patch import PatchConfig
+    from robustdeploy.eval_patch import PatchEvalConfig, evaluate_patch, patch_table
+
+    config = PatchConfig(target=target_class, method=method, patch_size=patch_size, steps=steps,
+                         layers=tuple(layers), seed=seed)
+    result, _ = evaluate_patch(PatchEvalConfig(source, config, tuple(transfer), lgs=lgs, seed=seed, out=out))
+    echo(patch_table(result))
+    if out is not None:
+        echo(f"results -> {out} (patch in {out.with_suffix('.patch.png')} and .patch.safetensors)")
+
 
 @app.command("list")
 def list_registries() -> None:
