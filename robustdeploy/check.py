@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-from robustdeploy.attacks import check_eps
 from robustdeploy.bundle import load_bundle
-from robustdeploy.compare import AttackSpec, default_runtimes
+from robustdeploy.compare import AttackSpec, craft_attack_set, default_runtimes
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluate import craft, load_test_split, make_attack, open_runtimes, predict_labels
+from robustdeploy.evaluate import load_test_split, open_runtimes, predict_labels
 from robustdeploy.io import atomic_write_bytes, atomic_write_text, versions
 from robustdeploy.report import table
 
@@ -107,14 +106,11 @@ def run_check(config: CheckConfig) -> CheckReport:
     reference = bundle.reference_model().to(config.device).requires_grad_(False)
     dim = int(torch.tensor(bundle.input_shape).prod())
     torch_clean = predict_labels(reference, test.x, config.batch_size, config.device)
-    adversarials = {}
-    for spec in config.attacks:
-        attack = make_attack(spec.name, {"seed": config.seed, **spec.params})
-        check_eps(spec.eps, attack.norm, dim)
-        torch.manual_seed(config.seed)
-        adv = craft(attack, reference, test, test.x, spec.eps, config.batch_size, config.device)
-        torch_adv = predict_labels(reference, adv, config.batch_size, config.device)
-        adversarials[spec.label] = (adv, _accuracy(torch_adv, test.y))
+    adversarials = {
+        label: (adv, _accuracy(predict_labels(reference, adv, config.batch_size, config.device), test.y))
+        for label, adv in craft_attack_set(config.attacks, reference, test, dim, config.seed, config.batch_size,
+                                           config.device).items()
+    }
     base = _accuracy(torch_clean, test.y)
     items = []
     for runtime in runtimes:

@@ -10,6 +10,7 @@ import torch
 from robustdeploy.attacks import check_eps
 from robustdeploy.bench import BenchConfig, bench
 from robustdeploy.bundle import Bundle, load_bundle
+from robustdeploy.data import Split
 from robustdeploy.evaluate import craft, load_test_split, make_attack, open_runtimes, predict_labels
 from robustdeploy.io import atomic_write_json, atomic_write_text, versions
 from robustdeploy.report import table
@@ -72,6 +73,18 @@ class CompareResult:
         return table(headers, rows, markdown)
 
 
+def craft_attack_set(attacks: tuple[AttackSpec, ...], reference: torch.nn.Module, test: Split, dim: int, seed: int,
+                     batch_size: int, device: str) -> dict[str, torch.Tensor]:
+    """Each attack crafted once on the PyTorch fp32 graph, to be transferred to every runtime."""
+    adversarials = {}
+    for spec in attacks:
+        attack = make_attack(spec.name, {"seed": seed, **spec.params})
+        check_eps(spec.eps, attack.norm, dim)
+        torch.manual_seed(seed)
+        adversarials[spec.label] = craft(attack, reference, test, test.x, spec.eps, batch_size, device)
+    return adversarials
+
+
 def default_runtimes(bundle: Bundle) -> tuple[str, ...]:
     return ("torch", *[f"ort-cpu:{v}" if v != "fp32" else "ort-cpu" for v in bundle.variants])
 
@@ -84,12 +97,8 @@ def compare(config: CompareConfig) -> CompareResult:
     dim = int(torch.tensor(bundle.input_shape).prod())
     reference = bundle.reference_model().to(config.device).requires_grad_(False)
     torch_clean = predict_labels(reference, test.x, config.batch_size, config.device)
-    adversarials = {}
-    for spec in config.attacks:
-        attack = make_attack(spec.name, {"seed": config.seed, **spec.params})
-        check_eps(spec.eps, attack.norm, dim)
-        torch.manual_seed(config.seed)
-        adversarials[spec.label] = craft(attack, reference, test, test.x, spec.eps, config.batch_size, config.device)
+    adversarials = craft_attack_set(config.attacks, reference, test, dim, config.seed, config.batch_size,
+                                    config.device)
     latency = bench(BenchConfig(bundle.path, tuple(names), (config.latency_batch,), warmup=5,
                                 iterations=config.latency_iterations, device=config.device, seed=config.seed))
     rows = []
