@@ -40,8 +40,10 @@ class APGD(IterativeGradientAttack):
             return x_adv + eta * grad.sign()
         return x_adv + eta * grad / lp_norm(grad, "l2").clamp_min(1e-12).view_as(eta)
 
-    def _run(self, model, x, y, x_adv, eps):
-        """APGD from `x_adv`; returns (adversarial or best-loss iterate, fooled mask)."""
+    def _run(self, model, x, y, x_adv, eps, check_last: bool = True):
+        """APGD from `x_adv`; returns (adversarial or best-loss iterate, fooled mask).
+
+        The last iterate is always scored (`check_last` is ignored): the result is the best-loss point."""
         n, marks = len(x), set(checkpoints(self.steps))
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         result = x_adv.clone()

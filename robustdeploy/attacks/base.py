@@ -179,26 +179,37 @@ class IterativeGradientAttack(FixedBudgetAttack):
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         result = x.clone()
-        todo = predict(model, x) == y  # never attack a sample that is already wrong
-        for _ in range(self.restarts):
+        # Never attack a sample that is already wrong. Without a random start the first step's forward pass
+        # is the clean one, and _run leaves wrong samples at x, so no separate clean pass is needed.
+        todo = predict(model, x) == y if self.random_start else torch.ones(len(x), dtype=torch.bool, device=x.device)
+        for restart in range(self.restarts):
             if not todo.any():
                 break
             start = self._start(x, eps, generator)  # drawn for the full batch: subsets stay reproducible
             index = todo.nonzero().flatten()
-            adv, fooled = self._run(model, x[index], y[index], start[index], eps)
+            last = restart == self.restarts - 1
+            adv, fooled = self._run(model, x[index], y[index], start[index], eps, check_last=not last)
             result[index] = adv
             todo[index[fooled]] = False
         return result
 
     def _run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-             eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ascent from `x_adv`; returns (adversarial or last iterate, fooled mask)."""
+             eps: float, check_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ascent from `x_adv`; returns (adversarial or last iterate, fooled mask).
+
+        Without `check_last` the last iterate is returned unscored (the caller re-scores every result), which
+        saves one forward pass; the fooled mask then misses samples fooled only by that iterate.
+        """
         alpha = self._alpha(eps)
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         best = x_adv.clone()
         work = torch.arange(len(x), device=x.device)
         current = x_adv
         for step in range(self.steps + 1):
+            if step == self.steps and not check_last:
+                unfooled = ~fooled[work]
+                best[work[unfooled]] = current.detach()[unfooled]
+                break
             current = current.detach().requires_grad_(step < self.steps)
             with torch.set_grad_enabled(step < self.steps):
                 logits = model(current)
