@@ -14,6 +14,8 @@ from robustdeploy.data import Split
 from robustdeploy.evaluate import craft, load_test_split, make_attack, open_runtimes, predict_labels
 from robustdeploy.io import atomic_write_json, atomic_write_text, versions
 from robustdeploy.report import table
+from robustdeploy.runtimes import Runtime
+from robustdeploy.runtimes.base import Capability
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,19 @@ def craft_attack_set(attacks: tuple[AttackSpec, ...], reference: torch.nn.Module
     for spec in attacks:
         attack = make_attack(spec.name, {"seed": seed, **spec.params})
         check_eps(spec.eps, attack.norm, dim)
+        if attack.needs < Capability.GRADIENTS:
+            continue  # black-box attacks run on each runtime itself (see run_on_runtime)
         torch.manual_seed(seed)
         adversarials[spec.label] = craft(attack, reference, test, test.x, spec.eps, batch_size, device)
     return adversarials
+
+
+def run_on_runtime(spec: AttackSpec, runtime: Runtime, test: Split, seed: int, batch_size: int) -> torch.Tensor:
+    """A score- or decision-based attack against the deployment itself, using only its outputs."""
+    attack = make_attack(spec.name, {"seed": seed, **spec.params})
+    torch.manual_seed(seed)
+    return torch.cat([attack.perturb(runtime.logits, test.x[i : i + batch_size], test.y[i : i + batch_size],
+                                     spec.eps) for i in range(0, len(test), batch_size)])
 
 
 def default_runtimes(bundle: Bundle) -> tuple[str, ...]:
@@ -90,6 +102,7 @@ def default_runtimes(bundle: Bundle) -> tuple[str, ...]:
 
 
 def compare(config: CompareConfig) -> CompareResult:
+    """Gradient attacks are crafted once on PyTorch fp32 and transferred; black-box ones run on each runtime."""
     bundle = load_bundle(config.bundle)
     names = config.runtimes or default_runtimes(bundle)
     runtimes = open_runtimes(bundle, names, config.device)
@@ -104,8 +117,10 @@ def compare(config: CompareConfig) -> CompareResult:
     rows = []
     for runtime, timing in zip(runtimes, latency.rows):
         clean = runtime.predict(test.x, config.batch_size)
+        own = {spec.label: run_on_runtime(spec, runtime, test, config.seed, config.batch_size)
+               for spec in config.attacks if spec.label not in adversarials}
         robust = {label: 100.0 * float((runtime.predict(adv, config.batch_size) == test.y).float().mean())
-                  for label, adv in adversarials.items()}
+                  for label, adv in (adversarials | own).items()}
         rows.append(CompareRow(runtime.label, 100.0 * float((clean == test.y).float().mean()),
                                100.0 * float((clean == torch_clean).float().mean()), robust, timing.p50_ms))
     result = CompareResult(str(bundle.path), len(test), config.seed,

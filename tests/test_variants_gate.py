@@ -96,3 +96,11 @@ def test_check_cli_exit_codes_follow_measured_drop(bundle_copy, tmp_path):
     loose = cli(*common, "--min-agreement", f"{agreement - 0.1:.2f}")
     assert loose.returncode == 0, loose.stdout + loose.stderr
     assert_one_line_error(cli("check", bundle_copy, "--min-agreement", "120"), "percentage")
+
+
+def test_compare_runs_a_blackbox_attack_on_each_variant_itself(variant_bundle_dir):
+    square = AttackSpec("square", 0.15, {"max_queries": 300})
+    result = compare(CompareConfig(variant_bundle_dir, runtimes=("ort-cpu", "ort-cpu:int8"), attacks=(square,),
+                                   limit=40, latency_iterations=3))
+    for row in result.rows:
+        assert row.robust_accuracy["square@0.15"] < row.clean_accuracy - 20
