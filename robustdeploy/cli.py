@@ -230,6 +230,7 @@ def quickstart(
     seed: opt.Seed = 0,
 ) -> None:
     """Train a small CNN on the built-in digits, export it, and evaluate PGD on torch and ort-cpu."""
+    from robustdeploy.checks import warn
     from robustdeploy.data import DataConfig
     from robustdeploy.evaluate import EvalConfig
     from robustdeploy.evaluate import evaluate as run_evaluation
@@ -251,6 +252,7 @@ def quickstart(
                                        epsilons=tuple(eps), seed=seed, out=result_file))
     echo(f"3/3 PGD (L-inf, 40 steps) on {result.samples} test samples:\n")
     echo(evaluation_table(result))
+    warn(result.checks)
     echo(f"\nresults -> {result_file} (adversarial examples in {result_file.with_suffix('.adv.safetensors')})")
     echo(f"done in {time.perf_counter() - start:.1f}s")
 
