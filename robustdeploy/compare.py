@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from robustdeploy.attacks import check_eps
+from robustdeploy.attacks import check_eps, realise_8bit
 from robustdeploy.bench import BenchConfig, bench
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import Split
@@ -85,16 +85,18 @@ def craft_attack_set(attacks: tuple[AttackSpec, ...], reference: torch.nn.Module
         if attack.needs < Capability.GRADIENTS:
             continue  # black-box attacks run on each runtime itself (see run_on_runtime)
         torch.manual_seed(seed)
-        adversarials[spec.label] = craft(attack, reference, test, test.x, spec.eps, batch_size, device)
+        adv = craft(attack, reference, test, test.x, spec.eps, batch_size, device)
+        adversarials[spec.label] = realise_8bit(adv, test.x, spec.eps, attack.norm)  # what a deployment receives
     return adversarials
 
 
 def run_on_runtime(spec: AttackSpec, runtime: Runtime, test: Split, seed: int, batch_size: int) -> torch.Tensor:
-    """A score- or decision-based attack against the deployment itself, using only its outputs."""
+    """A score- or decision-based attack against the deployment itself, using only its outputs (8-bit rounded)."""
     attack = make_attack(spec.name, {"seed": seed, **spec.params})
     torch.manual_seed(seed)
-    return torch.cat([attack.perturb(runtime.logits, test.x[i : i + batch_size], test.y[i : i + batch_size],
-                                     spec.eps) for i in range(0, len(test), batch_size)])
+    adv = torch.cat([attack.perturb(runtime.logits, test.x[i : i + batch_size], test.y[i : i + batch_size],
+                                    spec.eps) for i in range(0, len(test), batch_size)])
+    return realise_8bit(adv, test.x, spec.eps, attack.norm)
 
 
 def default_runtimes(bundle: Bundle) -> tuple[str, ...]:

@@ -98,3 +98,17 @@ def test_evaluate_minimal_reports_norms_curve_and_runtime_checks(bundle_dir, tmp
     fooled_on_ort = int((ort.predict(stored["adv"]) != stored["y"]).sum()) - check.clean_misclassified
     assert check.fooled + check.started_fooling == fooled_on_ort or check.stopped_fooling >= 0
     assert json.loads(out.read_text())["median_norm"] == result.median_norm
+
+
+def test_minimal_norm_evaluation_from_the_cli(bundle_dir, tmp_path):
+    import json
+
+    from tests.conftest import cli
+
+    out = tmp_path / "ddn.json"
+    proc = cli("evaluate", bundle_dir, "--attack", "ddn", "--attack-opt", "steps=20", "--eps", "0.5", "--eps", "1.0",
+               "--limit", "40", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "median norm" in proc.stdout and "stopped fooling" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["curve"]["0.5"] >= result["curve"]["1"] and len(result["norms"]) == 40
