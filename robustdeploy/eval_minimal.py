@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save
@@ -19,6 +20,10 @@ from robustdeploy.io import atomic_write_bytes, atomic_write_json, versions
 from robustdeploy.report import table
 
 RESULT_FORMAT = "robustdeploy-minimal/1"
+
+
+if TYPE_CHECKING:
+    from robustdeploy.bundle import Bundle
 
 
 @dataclass(frozen=True)
@@ -66,14 +71,12 @@ def default_grid(norms: torch.Tensor) -> tuple[float, ...]:
     return tuple(round(top * i / 8, 3) for i in range(9))
 
 
-def evaluate_minimal(config, attack: MinimalNormAttack) -> MinimalResult:
-    """Run `attack` on the bundle's PyTorch graph over the test split, then check each runtime."""
+def evaluate_minimal(config, attack: MinimalNormAttack, bundle: Bundle) -> MinimalResult:
+    """Run `attack` on the (already verified) bundle's PyTorch graph over the test split, then check each runtime."""
     import time
 
-    from robustdeploy.bundle import load_bundle
     from robustdeploy.evaluate import default_out, load_test_split, open_runtimes, predict_labels
 
-    bundle = load_bundle(config.bundle)
     runtimes = open_runtimes(bundle, config.runtimes, config.device)
     test = load_test_split(bundle, config.data_root, config.limit)
     out = Path(config.out) if config.out else default_out(bundle, config.attack)

@@ -165,18 +165,15 @@ def evaluate(config: EvalConfig, progress=None) -> EvaluationResult:
     """Run `config.attack` at each budget on the PyTorch graph; score the examples on every runtime."""
     bundle = load_bundle(config.bundle)
     attack = make_attack(config.attack, {"seed": config.seed, **config.attack_params})
-    if isinstance(attack, MinimalNormAttack):  # --eps only picks the curve points to print
-        from robustdeploy.eval_minimal import evaluate_minimal
-
-        dim = int(torch.tensor(bundle.input_shape).prod())
-        for eps in config.epsilons:
-            check_eps(eps, attack.norm, dim)
-        return evaluate_minimal(config, attack)
-    if not config.epsilons:
-        raise RobustDeployError("give at least one --eps")
     dim = int(torch.tensor(bundle.input_shape).prod())
     for eps in config.epsilons:
         check_eps(eps, attack.norm, dim)
+    if isinstance(attack, MinimalNormAttack):  # --eps only picks the curve points to print
+        from robustdeploy.eval_minimal import evaluate_minimal
+
+        return evaluate_minimal(config, attack, bundle)
+    if not config.epsilons:
+        raise RobustDeployError("give at least one --eps")
     if config.batch_size < 1:
         raise RobustDeployError(f"--batch-size must be at least 1, got {config.batch_size}")
     runtimes = open_runtimes(bundle, config.runtimes, config.device)
