@@ -16,8 +16,9 @@ from robustdeploy.data import DataConfig
 from robustdeploy.export import ExportConfig, export_bundle
 from robustdeploy.io import atomic_write_json, versions
 from robustdeploy.parity import ParityTolerance
+from robustdeploy.recipe import train
 from robustdeploy.report import table
-from robustdeploy.train import TrainConfig, train
+from robustdeploy.train import TrainConfig
 from robustdeploy.variants import DEFAULT_TOLERANCES, VariantConfig
 
 RUNTIMES = ("torch", "ort-cpu", "ort-cpu:fp16", "ort-cpu:int8")

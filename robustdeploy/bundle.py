@@ -14,7 +14,7 @@ from pathlib import Path
 from robustdeploy.data import DataConfig
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import sha256_file
-from robustdeploy.models import Classifier, ModelSpec
+from robustdeploy.models import Classifier, ModelSpec, load_weights
 
 BUNDLE_FORMAT = "robustdeploy-bundle/1"
 MANIFEST = "manifest.json"
@@ -134,8 +134,6 @@ class Bundle:
 
     def reference_model(self) -> Classifier:
         """The PyTorch training graph, rebuilt from the spec and safetensors weights."""
-        from robustdeploy.train import load_weights
-
         return load_weights(self.spec, self.path / self.manifest["reference"])
 
 

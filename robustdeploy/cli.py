@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -67,15 +65,18 @@ def train(
     eps: Annotated[float | None, typer.Option(help="Adv-train L-inf budget in pixel units (required).")] = None,
     attack_steps: Annotated[int | None, typer.Option(help="Adv-train PGD steps (default 40).")] = None,
     base: Annotated[Path | None, typer.Option(help="Purifier: reuse this trained classifier run.")] = None,
+    train_attack: Annotated[str | None, typer.Option(help="Adv-train: the gradient attack crafting the "
+                                                          "training examples (default pgd).")] = None,
 ) -> None:
     """Train a classifier (optionally with a defense) and write a run folder (safetensors weights + run.json)."""
     from robustdeploy.data import DataConfig
+    from robustdeploy.recipe import train as run_training
     from robustdeploy.train import TrainConfig
-    from robustdeploy.train import train as run_training
 
     data = DataConfig(name=dataset, data_root=data_root, seed=seed, val_fraction=val_fraction,
                       image_size=image_size, download=download)
-    given = {"temperature": temperature, "eps": eps, "attack_steps": attack_steps, "base": base}
+    given = {"temperature": temperature, "eps": eps, "attack_steps": attack_steps, "base": base,
+             "attack": train_attack}
     config = TrainConfig(arch=arch, data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, defense=defense,
                          defense_params={k: str(v) if k == "base" else v for k, v in given.items() if v is not None})
@@ -141,7 +142,7 @@ def export(
 def evaluate(
     bundle: opt.BundleDir,
     runtime: opt.Runtimes = ["torch", "ort-cpu"],  # noqa: B006 (typer needs a list default)
-    attack: opt.Attack = "pgd",
+    attack: opt.Attacks = ["pgd"],  # noqa: B006
     eps: opt.Epsilons = [0.1],  # noqa: B006
     norm: opt.Norm = None,
     steps: opt.Steps = None,
@@ -155,8 +156,8 @@ def evaluate(
     device: opt.Device = "cpu",
     data_root: opt.DataRoot = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run written to --out.")] = False,
-    realise: Annotated[bool, typer.Option(help="Round adversarial examples to 256 levels before scoring.")]
-    = True,
+    realise: Annotated[bool, typer.Option(help="Attack and score on the 8-bit grid the deployment receives "
+                                               "(--no-realise: float pixels).")] = True,
     compare_with: Annotated[Path | None, typer.Option(help="Earlier result (white- or black-box) for the "
                                                            "black-box-beats-white-box check.")] = None,
     detector: Annotated[bool, typer.Option(help="Also score the bundle's detector, oblivious and adaptive.")]
@@ -164,32 +165,48 @@ def evaluate(
     adaptive_steps: Annotated[int, typer.Option(help="Adaptive detector attack: PGD steps.")] = 100,
     adaptive_lam: Annotated[float, typer.Option(help="Adaptive detector attack: weight of the score.")] = 10.0,
 ) -> None:
-    """Craft adversarial examples on PyTorch (or, for square/hopskipjump, on each runtime) and score them."""
-    from robustdeploy.checks import warn
-    from robustdeploy.eval_blackbox import BlackBoxResult
-    from robustdeploy.eval_minimal import MinimalResult, minimal_table
-    from robustdeploy.evaluate import EvalConfig, default_out
-    from robustdeploy.evaluate import evaluate as run_evaluation
-    from robustdeploy.report import blackbox_table, evaluation_table
+    """Run an attack cascade (gradient attacks crafted on PyTorch, score/decision attacks on each runtime) and
+    score every runtime side by side."""
+    from robustdeploy.evaluation.checks import warn
+    from robustdeploy.evaluation.evaluate import EvalConfig
+    from robustdeploy.evaluation.evaluate import evaluate as run_evaluation
+    from robustdeploy.report import detector_table, evaluation_table
 
-    config = EvalConfig(bundle=bundle, runtimes=tuple(runtime), attack=attack, epsilons=tuple(eps),
+    config = EvalConfig(bundle=bundle, runtimes=tuple(runtime), attacks=tuple(attack), epsilons=tuple(eps),
                         attack_params=attack_params(norm, steps, loss, restarts, attack_opt), limit=limit,
                         batch_size=batch_size, seed=seed, device=device, data_root=data_root, out=out,
                         resume=resume, realise=realise, compare_with=compare_with)
     if detector:
         from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
-        from robustdeploy.eval_detector import DetectorEvalConfig, detector_table, evaluate_detector
+        from robustdeploy.evaluation.detector import evaluate_detector
 
-        adaptive = AdaptiveSqueezePGD(norm=norm or "linf", steps=adaptive_steps, lam=adaptive_lam, seed=seed)
-        echo(detector_table(evaluate_detector(DetectorEvalConfig(config, adaptive))))
+        adaptive = AdaptiveSqueezePGD(steps=adaptive_steps, lam=adaptive_lam, seed=seed)
+        echo(detector_table(evaluate_detector(config, adaptive)))
         return
     result = run_evaluation(config)
-    if isinstance(result, MinimalResult):
-        echo(minimal_table(result))
-    else:
-        echo(blackbox_table(result) if isinstance(result, BlackBoxResult) else evaluation_table(result))
-        warn(result.checks)
-    echo(f"results -> {out or default_out_for(bundle, attack, default_out)}")
+    echo(evaluation_table(result))
+    warn(result.checks)
+    echo(f"results -> {result.path} (examples in {result.adversarial_file})")
+
+
+@app.command()
+def rescore(
+    result: Annotated[Path, typer.Argument(help="A result JSON written by evaluate, defend-eval, compare, check "
+                                                "or patch.")],
+    device: opt.Device = "cpu",
+) -> None:
+    """Re-score a result from its stored examples alone; exit 1 if any number differs from the stored one."""
+    from robustdeploy.errors import CheckFailed
+    from robustdeploy.evaluation.rescore import rescore as run_rescore
+    from robustdeploy.evaluation.results import load_result
+
+    stored = load_result(result)[0].cells
+    fresh = run_rescore(result, device)
+    differ = sum(a != b for a, b in zip(fresh, stored)) + abs(len(fresh) - len(stored))
+    if differ:
+        raise CheckFailed(f"{differ} of {len(stored)} scored cells of {result} differ when re-scored from the "
+                          "stored examples")
+    echo(f"all {len(stored)} scored cells of {result} re-score exactly from its stored examples")
 
 
 @app.command("defend-eval")
@@ -197,28 +214,26 @@ def defend_eval(
     bundle: opt.BundleDir,
     baseline: Annotated[Path | None, typer.Option(help="Undefended run the oblivious attack is crafted on "
                                                        "(default for a purifier: its own classifier).")] = None,
-    eps: Annotated[float, typer.Option(help="PGD L-inf budget in pixel units.")] = 0.1,
-    steps: Annotated[int, typer.Option(help="PGD steps.")] = 40,
+    attack: opt.Attack = "pgd",
+    eps: Annotated[float, typer.Option(help="L-inf budget in pixel units.")] = 0.1,
+    steps: Annotated[int, typer.Option(help="Attack steps (where the attack has steps).")] = 40,
     runtime: opt.Runtimes = ["torch", "ort-cpu"],  # noqa: B006
     limit: opt.Limit = None,
     batch_size: opt.BatchSize = 256,
     out: opt.OutFile = None,
     seed: opt.Seed = 0,
+    device: opt.Device = "cpu",
     data_root: opt.DataRoot = None,
 ) -> None:
-    """Score a defended bundle under oblivious and adaptive PGD, on every runtime."""
-    from robustdeploy.eval_defense import DefenseEvalConfig, defense_table, evaluate_defense
+    """Score a defended bundle under oblivious and adaptive attacks, on every runtime."""
+    from robustdeploy.evaluation.defense import DefenseEvalConfig, evaluate_defense
+    from robustdeploy.report import defense_table
 
-    result = evaluate_defense(DefenseEvalConfig(bundle=bundle, baseline=baseline, eps=eps, steps=steps,
-                                                runtimes=tuple(runtime), limit=limit, batch_size=batch_size,
-                                                seed=seed, data_root=data_root, out=out))
+    result = evaluate_defense(DefenseEvalConfig(bundle=bundle, baseline=baseline, attack=attack, eps=eps,
+                                                steps=steps, runtimes=tuple(runtime), limit=limit,
+                                                batch_size=batch_size, seed=seed, device=device,
+                                                data_root=data_root, out=out))
     echo(defense_table(result))
-
-
-def default_out_for(bundle: Path, attack: str, default_out) -> Path:
-    from robustdeploy.bundle import load_bundle
-
-    return default_out(load_bundle(bundle), attack)
 
 
 @app.command()
@@ -230,40 +245,10 @@ def quickstart(
     seed: opt.Seed = 0,
 ) -> None:
     """Train a small CNN on the built-in digits, export it, and evaluate PGD on torch and ort-cpu."""
-    from robustdeploy.checks import warn
-    from robustdeploy.data import DataConfig
-    from robustdeploy.evaluate import EvalConfig
-    from robustdeploy.evaluate import evaluate as run_evaluation
-    from robustdeploy.export import ExportConfig, export_bundle
-    from robustdeploy.report import evaluation_table
-    from robustdeploy.train import TrainConfig
-    from robustdeploy.train import train as run_training
+    from robustdeploy.evaluation.checks import warn
+    from robustdeploy.quickstart import quickstart as run_quickstart
 
-    start = time.perf_counter()
-    run_dir, bundle_dir = workdir / "runs" / "cnn-digits", workdir / "export" / "cnn-digits"
-    result_file = workdir / "results" / "cnn-digits-pgd.json"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # the quickstart owns its folder and starts afresh
-    record = run_training(TrainConfig(arch="cnn", data=DataConfig(seed=seed), epochs=epochs, seed=seed), run_dir)
-    echo(f"1/3 trained cnn on digits: test accuracy {record.metrics['test_accuracy']:.2f}% -> {run_dir}")
-    bundle, parity = export_bundle(ExportConfig(run_dir=run_dir, out=bundle_dir, force=True))
-    echo(f"2/3 exported -> {bundle.path}\n    {parity.summary()}")
-    result = run_evaluation(EvalConfig(bundle=bundle_dir, runtimes=("torch", "ort-cpu"), attack="pgd",
-                                       epsilons=tuple(eps), seed=seed, out=result_file))
-    echo(f"3/3 PGD (L-inf, 40 steps) on {result.samples} test samples:\n")
-    echo(evaluation_table(result))
-    warn(result.checks)
-    echo(f"\nresults -> {result_file} (adversarial examples in {result_file.with_suffix('.adv.safetensors')})")
-    echo(f"done in {time.perf_counter() - start:.1f}s")
-
-
-def _attack_specs(attacks: list[str], eps: list[float]) -> tuple:
-    from robustdeploy.compare import AttackSpec
-
-    if len(eps) not in (1, len(attacks)):
-        raise RobustDeployError("give one --eps for all attacks, or one per --attack")
-    budgets = eps * len(attacks) if len(eps) == 1 else eps
-    return tuple(AttackSpec(name, e) for name, e in zip(attacks, budgets, strict=True))
+    warn(run_quickstart(workdir, epochs, tuple(eps), seed, echo).checks)
 
 
 @app.command()
@@ -271,9 +256,9 @@ def compare(
     bundle: opt.BundleDir,
     runtime: Annotated[list[str], typer.Option("--runtime", "-r", help="Runtime[:variant] (default: torch and "
                                                "every variant of the bundle on ort-cpu).")] = [],  # noqa: B006
-    attack: Annotated[list[str], typer.Option(help="Attacks crafted on PyTorch fp32 (repeatable).")]
-    = ["fgsm", "pgd"],  # noqa: B006
+    attack: opt.Attacks = ["fgsm", "pgd"],  # noqa: B006
     eps: opt.Epsilons = [0.1],  # noqa: B006
+    attack_opt: opt.AttackOpts = [],  # noqa: B006
     limit: opt.Limit = None,
     batch_size: opt.BatchSize = 256,
     out: Annotated[Path | None, typer.Option(help="JSON output (a .md table is written beside it).")] = None,
@@ -281,16 +266,16 @@ def compare(
     device: opt.Device = "cpu",
     data_root: opt.DataRoot = None,
 ) -> None:
-    """One row per runtime/variant: accuracy, agreement, transferred robustness and median latency."""
-    from robustdeploy.compare import CompareConfig
-    from robustdeploy.compare import compare as run_compare
+    """One row per runtime/variant: accuracy, agreement, robust accuracy after each attack, median latency."""
+    from robustdeploy.evaluation.compare import CompareConfig, compare_table
+    from robustdeploy.evaluation.compare import compare as run_compare
 
-    result = run_compare(CompareConfig(bundle=bundle, runtimes=tuple(runtime), attacks=_attack_specs(attack, eps),
+    result = run_compare(CompareConfig(bundle=bundle, runtimes=tuple(runtime), attacks=tuple(attack),
+                                       epsilons=tuple(eps), attack_params=_parse_attack_opts(attack_opt),
                                        limit=limit, batch_size=batch_size, seed=seed, device=device,
                                        data_root=data_root, out=out))
-    echo(result.table())
-    if out:
-        echo(f"results -> {out} and {out.with_suffix('.md')}")
+    echo(compare_table(result))
+    echo(f"results -> {result.path} and {result.path.with_suffix('.md')}")
 
 
 @app.command()
@@ -317,38 +302,53 @@ def bench(
     echo(table(BENCH_HEADERS, bench_table_rows(result)))
 
 
+
+
 @app.command()
 def check(
     bundle: opt.BundleDir,
     runtime: Annotated[list[str], typer.Option("--runtime", "-r", help="Deployments to gate (default: every "
                                                "variant of the bundle on ort-cpu).")] = [],  # noqa: B006
+    attack: Annotated[list[str], typer.Option(help="Attack cascade crafted on PyTorch fp32 (repeatable; "
+                                              "default fgsm, then 10-step pgd).")] = [],  # noqa: B006
+    eps: Annotated[list[float], typer.Option("--eps", help="Budget(s) of the robustness check.")]
+    = [0.05],  # noqa: B006
     max_accuracy_drop: Annotated[float, typer.Option(help="Max clean accuracy drop vs torch, points.")] = 0.5,
     min_agreement: Annotated[float, typer.Option(help="Min top-1 agreement with torch, percent.")] = 99.5,
-    max_robust_drop: Annotated[float, typer.Option(help="Max robust accuracy drop vs torch, points.")] = 2.0,
+    max_robust_drop: Annotated[float, typer.Option(help="Max worst-case robust accuracy drop vs torch, points.")]
+    = 2.0,
     limit: opt.Limit = None,
     markdown: Annotated[Path | None, typer.Option(help="Markdown summary file.")] = Path("check-summary.md"),
     junit: Annotated[Path | None, typer.Option(help="JUnit XML file.")] = Path("check-junit.xml"),
+    out: opt.OutFile = None,
     seed: opt.Seed = 0,
     device: opt.Device = "cpu",
     data_root: opt.DataRoot = None,
 ) -> None:
     """CI gate: exit 0 when every deployment matches the training graph within tolerance, 1 when not."""
-    from robustdeploy.check import CheckConfig, run_check
+    from robustdeploy.attacks import cascade
+    from robustdeploy.errors import CheckFailed
+    from robustdeploy.evaluation.gate import DEFAULT_ATTACKS, CheckConfig, lines, run_check
 
-    report = run_check(CheckConfig(bundle=bundle, runtimes=tuple(runtime), max_accuracy_drop=max_accuracy_drop,
-                                   min_agreement=min_agreement, max_robust_drop=max_robust_drop, limit=limit,
-                                   markdown=markdown, junit=junit, seed=seed, device=device, data_root=data_root))
-    for line in report.lines():
+    attacks = cascade(tuple(attack), {}) if attack else DEFAULT_ATTACKS
+    _, found = run_check(CheckConfig(bundle=bundle, runtimes=tuple(runtime), attacks=attacks, epsilons=tuple(eps),
+                                     max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
+                                     max_robust_drop=max_robust_drop, limit=limit, markdown=markdown, junit=junit,
+                                     out=out, seed=seed, device=device, data_root=data_root))
+    for line in lines(found):
         echo(line)
     echo(f"summary -> {markdown}, junit -> {junit}")
-    if not report.passed:
-        raise typer.Exit(1)
+    failed = sum(not i.passed for i in found)
+    if failed:
+        raise CheckFailed(f"{failed} of {len(found)} checks failed (see above)")
+
 
 @app.command()
 def patch(
     source: opt.BundleDir,
     target_class: Annotated[int, typer.Option(help="Class the patch should make every image look like.")],
-    transfer: Annotated[list[Path], typer.Option(help="Other bundles to score the patch on (repeatable).")] = [],  # noqa: B006
+    transfer: Annotated[list[Path], typer.Option(help="Other bundles to score the patch on (repeatable).")]
+    = [],  # noqa: B006
     patch_size: Annotated[float, typer.Option(help="Patch area as a fraction of the image, in (0, 1).")] = 0.25,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 200,
     layers: Annotated[list[str], typer.Option(help="Feature layers (module names; default all activations).")]
@@ -356,26 +356,32 @@ def patch(
     method: Annotated[str, typer.Option(help="sw (sliced-Wasserstein, seed 004) or ce (cross-entropy baseline).")]
     = "sw",
     lgs: Annotated[bool, typer.Option(help="Put Local Gradient Smoothing in front of every model.")] = False,
+    limit: opt.Limit = None,
     seed: opt.Seed = 0,
+    data_root: opt.DataRoot = None,
     out: opt.OutFile = None,
 ) -> None:
     """Craft a universal targeted patch on SOURCE; print tSuc per model x runtime (torch, ort-cpu)."""
     from robustdeploy.attacks.ot_patch import PatchConfig
-    from robustdeploy.eval_patch import PatchEvalConfig, evaluate_patch, patch_table
+    from robustdeploy.evaluation.patch import PatchEvalConfig, evaluate_patch
+    from robustdeploy.report import patch_table
 
     config = PatchConfig(target=target_class, method=method, patch_size=patch_size, steps=steps,
                          layers=tuple(layers), seed=seed)
-    result, _ = evaluate_patch(PatchEvalConfig(source, config, tuple(transfer), lgs=lgs, seed=seed, out=out))
+    result, _ = evaluate_patch(PatchEvalConfig(source, config, tuple(transfer), lgs=lgs, limit=limit, seed=seed,
+                                               data_root=data_root, out=out))
     echo(patch_table(result))
     if out is not None:
-        echo(f"results -> {out} (patch in {out.with_suffix('.patch.png')} and .patch.safetensors)")
+        echo(f"results -> {out} (patch in {out.with_suffix('.patch.png')}, patched images in "
+             f"{out.with_suffix('.adv.safetensors')})")
 
 
 @app.command("list")
 def list_registries() -> None:
-    """List the registered datasets, architectures, attacks and runtimes."""
+    """List the registered datasets, architectures, attacks, runtimes and defenses."""
     from robustdeploy.attacks import ATTACKS
     from robustdeploy.data import DATASETS
+    from robustdeploy.defenses import DEFENSES, DETECTORS, TRANSFORMS
     from robustdeploy.models import MODELS
     from robustdeploy.runtimes import RUNTIMES
 
@@ -383,6 +389,9 @@ def list_registries() -> None:
     echo("architectures: " + ", ".join(MODELS.names()) + ", timm:<any timm model>")
     echo("attacks:       " + ", ".join(ATTACKS.names()))
     echo("runtimes:      " + ", ".join(RUNTIMES.names()))
+    echo("defenses:      " + ", ".join(DEFENSES.names()))
+    echo("detectors:     " + ", ".join(DETECTORS.names()))
+    echo("transforms:    " + ", ".join(TRANSFORMS.names()))
 
 
 def main() -> None:

@@ -57,8 +57,8 @@ def example_figure(path: Path, x: torch.Tensor, adv: torch.Tensor, y: torch.Tens
 
 def pick_examples(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, adv_pred: torch.Tensor,
                   count: int = 4) -> torch.Tensor:
-    """Indices of up to `count` samples the attack changed and that fool, falling back to changed ones."""
+    """Indices of up to `count` samples the attack changed and that fool, then changed ones, then any."""
     changed = (adv != x).flatten(1).any(1)
     fooled = (changed & (adv_pred != y)).nonzero().flatten()
     rest = (changed & (adv_pred == y)).nonzero().flatten()
-    return torch.cat([fooled, rest])[:count]
+    return torch.cat([fooled, rest, (~changed).nonzero().flatten()])[:count]

@@ -9,12 +9,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from robustdeploy.errors import RobustDeployError
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise RobustDeployError(f"cannot write {path} ({exc.strerror}); choose another path") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -24,6 +29,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output(path: Path, option: str) -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder, under a file, read-only."""
+    path = Path(path)
+    if path.is_dir():
+        raise RobustDeployError(f"{option} {path} is a folder; give a file name, e.g. {path / 'result.json'}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RobustDeployError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise RobustDeployError(f"{option} {path} is not writable; choose a folder you can write to")
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:

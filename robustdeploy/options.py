@@ -17,6 +17,8 @@ Runtimes = Annotated[
     typer.Option("--runtime", "-r", help="Runtime[:variant]: torch, ort-cpu, ort-cuda, ort-trt (repeatable)."),
 ]
 Attack = Annotated[str, typer.Option(help="Attack name (see `robustdeploy list`).")]
+Attacks = Annotated[list[str], typer.Option("--attack", help="Attack name[:loss] (see `robustdeploy list`); repeat "
+                                            "for a cascade, each run on the samples the earlier ones left robust.")]
 Epsilons = Annotated[list[float], typer.Option("--eps", help="Budget(s) in pixel units; repeat for a curve.")]
 Norm = Annotated[str | None, typer.Option(help="Threat model: linf or l2 (attack default: linf).")]
 Steps = Annotated[int | None, typer.Option(help="Attack iterations (attack default).")]

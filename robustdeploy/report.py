@@ -1,7 +1,8 @@
-"""Terminal tables and Markdown from result dataclasses: views of the data, never the data itself."""
+"""Terminal tables and Markdown from results: views of the data, never the data itself."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 
@@ -21,25 +22,59 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], markdown: bo
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value)
+    return "-" if value is None else str(value)
 
 
 def evaluation_table(result, markdown: bool = False) -> str:
-    """One row per (budget, runtime): clean, robust, success, and samples that differ from PyTorch."""
+    """One row per (budget, runtime, attack of the cascade): robust accuracy after that attack (the last row of
+    each budget and runtime is the worst case), queries and examples lost to 8-bit rounding where they apply."""
+    sets = {(s["attack"], s["source"], s["eps"]): s for s in result.sets}
     rows = []
-    for budget in result.budgets:
-        for s in budget.scores:
-            rows.append([f"{budget.eps:g}", s.runtime, s.clean_accuracy, s.robust_accuracy, s.attack_success_rate,
-                         len(s.clean_differs_from_torch), len(s.adversarial_differs_from_torch)])
-    headers = ["eps", "runtime", "clean %", "robust %", "success %", "clean≠torch", "adv≠torch"]
-    return table(headers, rows, markdown)
+    for c in sorted(result.cells, key=lambda c: c["eps"]):
+        own = sets.get((c["attack"], c["runtime"], c["eps"])) or sets.get((c["attack"], "torch", c["eps"])) or {}
+        rows.append([f"{c['eps']:g}", c["runtime"], c["attack"], c["clean_accuracy"], c["robust_accuracy"],
+                     c["attack_success_rate"], own.get("queries_mean"), (own.get("rounding") or {}).get(
+                         "stopped_fooling"), len(c["clean_differs_from_torch"]),
+                     len(c["outcome_differs_from_torch"])])
+    headers = ["eps", "runtime", "after attack", "clean %", "robust %", "success %", "queries", "lost to rounding",
+               "clean≠torch", "outcome≠torch"]
+    text = table(headers, rows, markdown)
+    for name, norms in result.extra.get("norms", {}).items():
+        found = [n for n in norms if n is not None and n > 0]
+        if found:
+            text += f"\n{name}: median norm {statistics.median(found):.4g}, mean {statistics.fmean(found):.4g} " \
+                    f"over {len(found)} fooled samples ({sum(n is None for n in norms)} not fooled)"
+    return text
 
 
-def blackbox_table(result, markdown: bool = False) -> str:
-    """One row per (budget, runtime) of a black-box run: accuracy, success and queries on that runtime."""
-    rows = [[f"{b.eps:g}", s.runtime, s.clean_accuracy, s.robust_accuracy, s.attack_success_rate, s.queries_mean,
-             s.queries_median, (s.rounding or {}).get("stopped_fooling", "-")]
-            for b in result.budgets for s in b.scores]
-    headers = ["eps", "runtime", "clean %", "robust %", "success %", "queries mean", "queries median",
-               "lost to rounding"]
-    return table(headers, rows, markdown)
+def defense_table(result) -> str:
+    extra = result.extra
+    attack = result.attacks[0]
+    head = (f"{extra['defense']} | {attack['name']} {result.norm} eps={result.epsilons[0]:g}, {result.samples} "
+            f"samples | oblivious: crafted on {extra['oblivious_source']} | adaptive: through the defense, "
+            f"{extra['adaptive_loss']} loss")
+    rows = []
+    for runtime in result.runtime_labels():
+        robust = {c["attack"].split(":")[0]: c for c in result.cells if c["runtime"] == runtime}
+        rows.append([runtime, robust["oblivious"]["clean_accuracy"], robust["oblivious"]["robust_accuracy"],
+                     robust["adaptive"]["robust_accuracy"], extra["verdicts"][runtime]])
+    return head + "\n" + table(["runtime", "clean %", "oblivious %", "adaptive %", "verdict"], rows)
+
+
+def detector_table(result) -> str:
+    """One line per runtime, budget and attack set."""
+    d = result.extra["detector"]
+    rows = [[c["runtime"], f"{c['eps']:g}", c["attack"], c["successful_adversarials"], c["detection_rate"],
+             c["false_positive_rate"], c["roc_auc"], c["undetected_success_rate"],
+             f"{c['score_diff_vs_torch']['max']:.2e}", sum(len(v) for v in c["decision_differs_from_torch"].values())]
+            for c in result.cells]
+    head = (f"squeeze detector (threshold {d['threshold']:.4g}, target FPR {d['target_fpr']:.0%}) on "
+            f"{result.samples} test samples")
+    return head + "\n" + table(["runtime", "eps", "attack", "fooled", "detect %", "FPR %", "AUC", "evade %",
+                                "|ds| max", "flips"], rows)
+
+
+def patch_table(result) -> str:
+    rows = [[c["runtime"], c["defense"], c["samples"], c["clean_target_rate"], c["tsuc"], c["fooling_rate"]]
+            for c in result.cells]
+    return table(["bundle/runtime", "defense", "n", "clean->t %", "tSuc %", "fool %"], rows)

@@ -1,4 +1,4 @@
-"""Training loops and the run folder they write (weights in safetensors + a JSON record)."""
+"""The training loop and the run folder (weights in safetensors + a JSON record); defenses build on it."""
 
 from __future__ import annotations
 
@@ -6,19 +6,18 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from robustdeploy.data import DataConfig, Dataset, Split, load_dataset
+from robustdeploy.data import DataConfig, Dataset, Split
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_json, versions
-from robustdeploy.models import Classifier, ModelSpec, build_classifier
+from robustdeploy.io import atomic_write_json
+from robustdeploy.models import Classifier, ModelSpec, build_classifier, load_weights
 
 RUN_FORMAT = "robustdeploy-run/1"
 
@@ -123,55 +122,10 @@ def fit(
     return losses
 
 
-def _validate(config: TrainConfig) -> None:
-    if config.epochs < 1:
-        raise RobustDeployError(f"--epochs must be at least 1, got {config.epochs}")
-    if config.batch_size < 1:
-        raise RobustDeployError(f"--batch-size must be at least 1, got {config.batch_size}")
-    if config.lr <= 0:
-        raise RobustDeployError(f"--lr must be positive, got {config.lr}")
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RobustDeployError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    if config.defense != "none":
-        from robustdeploy.defenses import DEFENSES
-
-        DEFENSES.get(config.defense)
-
-
 def new_classifier(arch: str, data: Dataset) -> tuple[Classifier, ModelSpec]:
     mean, std = data.channel_stats()
     spec = ModelSpec(arch=arch, input_shape=data.input_shape, num_classes=len(data.classes), mean=mean, std=std)
     return build_classifier(spec), spec
-
-
-def train(config: TrainConfig, out: Path) -> RunRecord:
-    """Train `config.arch` on `config.data` and write a run folder at `out` (atomically)."""
-    _validate(config)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise RobustDeployError(f"run folder {out} already exists; choose another --out or delete it")
-    torch.manual_seed(config.seed)
-    data = load_dataset(config.data)
-    start = time.perf_counter()
-    defense_info = {}
-    if config.defense != "none":
-        from robustdeploy.defenses import DEFENSES
-
-        trained = DEFENSES.create(config.defense, config=config, data=data, **config.defense_params)
-        model, spec, losses, defense_info = trained.model, trained.spec, trained.losses, trained.info
-    else:
-        model, spec = new_classifier(config.arch, data)
-        model.to(config.device)
-        losses = fit(model, data, config)
-    metrics = {
-        "train_loss": losses,
-        "train_seconds": round(time.perf_counter() - start, 3),
-        "val_accuracy": accuracy(model, data.val, device=config.device),
-        "test_accuracy": accuracy(model, data.test, device=config.device),
-    } | ({"defense": {"name": config.defense, **defense_info}} if config.defense != "none" else {})
-    record = RunRecord(out.name, spec, config.data, data.classes, config.to_dict(), metrics, versions())
-    save_run(model.cpu(), record, out)
-    return record
 
 
 def save_run(model: nn.Module, record: RunRecord, out: Path) -> None:
@@ -202,13 +156,3 @@ def load_run(run_dir: Path) -> tuple[Classifier, RunRecord]:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise RobustDeployError(f"{record_path} is corrupt ({exc}); retrain or restore it") from None
     return load_weights(record.spec, weights), record
-
-
-def load_weights(spec: ModelSpec, weights: Path) -> Classifier:
-    model = build_classifier(spec)
-    try:
-        state = load_file(str(weights))
-        model.load_state_dict(state)
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise RobustDeployError(f"cannot load weights {weights}: {exc}") from None
-    return model.eval()

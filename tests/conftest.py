@@ -11,7 +11,8 @@ import pytest
 
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.export import ExportConfig, export_bundle
-from robustdeploy.train import TrainConfig, train
+from robustdeploy.recipe import train
+from robustdeploy.train import TrainConfig
 
 
 @pytest.fixture(scope="session")

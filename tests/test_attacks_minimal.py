@@ -77,29 +77,6 @@ def test_bad_minimal_and_budget_input_is_refused():
         ATTACKS.create("minimal", low=0.5, high=0.2)
 
 
-def test_evaluate_minimal_reports_norms_curve_and_runtime_checks(bundle_dir, tmp_path):
-    import json
-
-    from safetensors.torch import load_file
-
-    from robustdeploy.bundle import load_bundle
-    from robustdeploy.evaluate import EvalConfig, evaluate
-    from robustdeploy.runtimes import create_runtime
-
-    out = tmp_path / "ddn.json"
-    result = evaluate(EvalConfig(bundle=bundle_dir, attack="ddn", attack_params={"steps": 20}, epsilons=(0.0, 0.5, 5.0),
-                                 limit=40, out=out))
-    norms = torch.tensor(result.norms)
-    assert result.curve["0"] == pytest.approx(100.0 * float((norms > 0).float().mean()))
-    assert result.curve["0"] >= result.curve["0.5"] >= result.curve["5"] == 0.0
-    stored = load_file(str(tmp_path / result.adversarial_file))
-    ort = create_runtime(load_bundle(bundle_dir), "ort-cpu")
-    check = next(c for c in result.checks if c.runtime == "ort-cpu")
-    fooled_on_ort = int((ort.predict(stored["adv"]) != stored["y"]).sum()) - check.clean_misclassified
-    assert check.fooled + check.started_fooling == fooled_on_ort or check.stopped_fooling >= 0
-    assert json.loads(out.read_text())["median_norm"] == result.median_norm
-
-
 def test_minimal_norm_evaluation_from_the_cli(bundle_dir, tmp_path):
     import json
 
@@ -109,6 +86,7 @@ def test_minimal_norm_evaluation_from_the_cli(bundle_dir, tmp_path):
     proc = cli("evaluate", bundle_dir, "--attack", "ddn", "--attack-opt", "steps=20", "--eps", "0.5", "--eps", "1.0",
                "--limit", "40", "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert "median norm" in proc.stdout and "stopped fooling" in proc.stdout
+    assert "median norm" in proc.stdout
     result = json.loads(out.read_text())
-    assert result["curve"]["0.5"] >= result["curve"]["1"] and len(result["norms"]) == 40
+    robust = {(c["runtime"], c["eps"]): c["robust_accuracy"] for c in result["cells"]}
+    assert robust["ort-cpu", 0.5] >= robust["ort-cpu", 1.0] and len(result["extra"]["norms"]["ddn/torch"]) == 40

@@ -9,7 +9,8 @@ from PIL import Image
 from robustdeploy.attacks import ATTACKS, lp_norm
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluate import EvalConfig, evaluate, rescore
+from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+from robustdeploy.evaluation.rescore import rescore
 from robustdeploy.runtimes import create_runtime
 from tests.conftest import assert_one_line_error, cli
 
@@ -45,35 +46,27 @@ def test_hopskipjump_uses_labels_only(ort, digits):
     assert (ort.predict(runs[0]) != y).sum() > (ort.predict(x) != y).sum()
 
 
-def test_blackbox_evaluation_is_rescorable_and_reports_rounding(bundle_dir, ort, tmp_path):
-    out = tmp_path / "sq.json"
-    result = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("ort-cpu",), attack="square", epsilons=(0.1, 0.2),
-                                 limit=40, attack_params={"max_queries": 200}, out=out))
-    score = result.score(0.2, "ort-cpu")
-    assert score.robust_accuracy < score.clean_accuracy and 1 <= score.queries_median <= 200
-    assert rescore(out, ort) == {e: result.score(e, "ort-cpu").robust_accuracy for e in (0.1, 0.2)}
-    saved = json.loads(out.read_text())
-    rounding = saved["budgets"][0]["scores"][0]["rounding"]
-    assert rounding["fooled_before"] - rounding["stopped_fooling"] + rounding["started_fooling"] \
-        == rounding["fooled_after"]
-    assert {c["name"] for c in saved["checks"]} >= {"monotone_budget", "input_gradients", "outputs_are_logits"}
-    assert Image.open(tmp_path / saved["figure"]).size[0] > 100
-
-
-def test_whitebox_rounding_report_matches_stored_examples(bundle_dir, tmp_path, digits):
+def test_blackbox_evaluation_runs_on_each_runtime_on_the_grid_and_is_rescorable(bundle_dir, ort, tmp_path):
     from safetensors.torch import load_file
 
-    out = tmp_path / "pgd.json"
-    result = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("torch",), epsilons=(0.1,), limit=60, out=out))
-    stored = load_file(str(out.with_suffix(".adv.safetensors")))
-    model = load_bundle(bundle_dir).reference_model()
-    with torch.no_grad():
-        raw_fooled = int((model(stored["eps=0.1/raw"]).argmax(1) != stored["y"]).sum())
-        after = int((model(stored["eps=0.1"]).argmax(1) != stored["y"]).sum())
-    report = result.budgets[0].rounding
-    assert (report["fooled_before"], report["fooled_after"]) == (raw_fooled, after)
-    assert torch.equal(stored["eps=0.1"], (stored["eps=0.1"] * 255).round() / 255)  # on the 8-bit grid
-    assert 100.0 * (60 - after) / 60 == pytest.approx(result.score(0.1, "torch").robust_accuracy)
+    out = tmp_path / "sq.json"
+    result = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("torch", "ort-cpu"), attacks=("square",),
+                                 epsilons=(0.1, 0.2), limit=40, attack_params={"max_queries": 200}, out=out))
+    cell = result.cell("ort-cpu", 0.2)
+    assert cell["robust_accuracy"] < cell["clean_accuracy"]
+    mine = next(s for s in result.sets if s["source"] == "ort-cpu" and s["eps"] == 0.2)
+    assert 1 <= mine["queries_median"] <= 200 and {s["source"] for s in result.sets} == {"torch", "ort-cpu"}
+    rounding = mine["rounding"]
+    assert rounding["fooled_before"] - rounding["stopped_fooling"] + rounding["started_fooling"] \
+        == rounding["fooled_after"]
+    assert rounding["stopped_fooling"] == 0  # the queries were 8-bit images: nothing to lose to rounding
+    stored = load_file(str(tmp_path / result.adversarial_file))
+    adv = stored[mine["key"]]
+    assert torch.equal(adv, torch.round(adv * 255) / 255) and (adv - stored["x"]).abs().max() <= 0.2 + 1e-6
+    assert rescore(out) == result.cells
+    saved = json.loads(out.read_text())
+    assert {c["name"] for c in saved["checks"]} >= {"monotone_budget", "input_gradients", "outputs_are_logits"}
+    assert Image.open(tmp_path / saved["figure"]).size[0] > 100
 
 
 def test_bad_blackbox_settings(bundle_dir, tmp_path):

@@ -2,8 +2,8 @@
 
 import torch
 
-from robustdeploy import checks
 from robustdeploy.bundle import load_bundle
+from robustdeploy.evaluation import checks
 
 
 class Rounded(torch.nn.Module):
@@ -20,9 +20,9 @@ class Rounded(torch.nn.Module):
 def test_gradient_and_probability_checks(bundle_dir, digits):
     model = load_bundle(bundle_dir).reference_model().requires_grad_(False)
     x, y = digits.test.x[:50], digits.test.y[:50]
-    assert checks.input_gradients(model, x, y).passed
-    masked = checks.input_gradients(Rounded(model), x, y)
-    assert not masked.passed and "50 of 50" in masked.detail
+    assert checks.input_gradients(model, x, y).passed and checks.input_gradients(model, x, y, "ce").passed
+    masked = checks.input_gradients(Rounded(model), x, y, "ce")
+    assert not masked.passed and "50 of 50" in masked.detail and "ce loss" in masked.detail
     with torch.no_grad():
         logits = model(x)
     assert checks.outputs_are_logits(logits).passed

@@ -19,7 +19,14 @@ def test_train_export_evaluate_commands(tmp_path):
                "--eps", "0.2", "--limit", "50", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert "ort-cpu" in proc.stdout and "robust %" in proc.stdout
-    assert [b["eps"] for b in json.loads(out.read_text())["budgets"]] == [0.1, 0.2]
+    assert json.loads(out.read_text())["epsilons"] == [0.1, 0.2]
+    proc = cli("rescore", out)
+    assert proc.returncode == 0 and "re-score exactly" in proc.stdout, proc.stderr
+    tampered = json.loads(out.read_text())
+    tampered["cells"][0]["robust_accuracy"] += 1.0
+    out.write_text(json.dumps(tampered))
+    assert_one_line_error(cli("rescore", out), "differ when re-scored")
+    assert_one_line_error(cli("rescore", tmp_path / "none.json"), "not found")
 
 
 def test_user_mistakes_are_one_line(bundle_dir, tmp_path):
@@ -27,6 +34,10 @@ def test_user_mistakes_are_one_line(bundle_dir, tmp_path):
     assert_one_line_error(cli("evaluate", bundle_dir, "--runtime", "ort-cuda"), "ort-cuda", "not available")
     assert_one_line_error(cli("evaluate", bundle_dir, "--attack", "pgdd"), "did you mean 'pgd'")
     assert_one_line_error(cli("evaluate", bundle_dir, "--eps", "1.5"), "outside")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--attack-opt", "steps=many"), "steps")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--batch-size", "0", "--attack", "ddn"), "--batch-size")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--out", tmp_path), "is a folder")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--attack", "ddn", "--attack", "pgd"), "share a norm")
     assert_one_line_error(cli("train", "--dataset", "mnsit", "--out", tmp_path / "r"), "mnist")
     assert_one_line_error(cli("train", "--arch", "cnnn", "--out", tmp_path / "r"), "did you mean 'cnn'")
     assert_one_line_error(cli("export", tmp_path), "not a run folder")

@@ -7,11 +7,13 @@ import torch
 
 from robustdeploy.attacks import ATTACKS
 from robustdeploy.bundle import load_bundle
-from robustdeploy.defenses.purify import PurifiedClassifier
-from robustdeploy.eval_defense import DefenseEvalConfig, evaluate_defense
+from robustdeploy.evaluation.defense import DefenseEvalConfig, evaluate_defense
+from robustdeploy.evaluation.rescore import rescore
 from robustdeploy.export import ExportConfig, export_bundle
+from robustdeploy.models import Composite
+from robustdeploy.recipe import train
 from robustdeploy.runtimes import create_runtime
-from robustdeploy.train import TrainConfig, load_run, train
+from robustdeploy.train import TrainConfig, load_run
 from tests.conftest import assert_one_line_error, cli
 
 
@@ -35,7 +37,7 @@ def test_purifier_plus_classifier_is_one_onnx_graph_matching_torch(purifier_bund
     assert parity.passed
     assert bundle.manifest["model"]["extra"] == {"purifier": "conv-ae"}
     reference = bundle.reference_model()
-    assert isinstance(reference, PurifiedClassifier)
+    assert isinstance(reference, Composite)
     x = digits.test.x[:100]
     ort = create_runtime(bundle, "ort-cpu").logits(x)
     with torch.no_grad():
@@ -73,14 +75,23 @@ def test_distillation_student_works_and_margin_pgd_beats_ce_pgd(digits, tmp_path
 
 def test_defense_eval_reports_both_ways_on_both_runtimes(purifier_bundle, tmp_path):
     bundle, _ = purifier_bundle
-    result = evaluate_defense(DefenseEvalConfig(bundle=bundle.path, eps=0.1, steps=10, limit=80,
-                                                out=tmp_path / "r.json"))
-    assert result.defense == "purifier" and result.samples == 80
-    assert [s.runtime for s in result.scores] == ["torch", "ort-cpu"]
-    torch_score, ort_score = result.scores
-    assert torch_score.adaptive < torch_score.oblivious <= 100  # crafting through the purifier is stronger
-    assert abs(torch_score.adaptive - ort_score.adaptive) <= 2.5
-    assert (tmp_path / "r.json").is_file()
+    out = tmp_path / "r.json"
+    result = evaluate_defense(DefenseEvalConfig(bundle=bundle.path, eps=0.1, steps=10, limit=80, out=out))
+    assert result.extra["defense"] == "purifier" and result.samples == 80
+    robust = {(c["runtime"], c["attack"]): c["robust_accuracy"] for c in result.cells}
+    assert set(robust) == {(r, g) for r in ("torch", "ort-cpu") for g in ("oblivious:pgd", "adaptive:pgd")}
+    assert robust["torch", "adaptive:pgd"] < robust["torch", "oblivious:pgd"] <= 100  # through the purifier
+    assert abs(robust["torch", "adaptive:pgd"] - robust["ort-cpu", "adaptive:pgd"]) <= 2.5
+    assert {s["source"] for s in result.sets} == {"classifier", "torch"}
+    assert rescore(out) == result.cells
+
+
+def test_adversarial_training_takes_any_gradient_attack(tmp_path):
+    record = train(TrainConfig(epochs=1, defense="adv-train", defense_params={"eps": 0.1, "attack_steps": 2,
+                                                                             "attack": "apgd"}), tmp_path / "a")
+    assert record.metrics["defense"]["attack"] == "apgd"
+    assert_one_line_error(cli("train", "--epochs", "1", "--out", tmp_path / "b", "--defense", "adv-train", "--eps",
+                              "0.1", "--train-attack", "square"), "gradient attack")
 
 
 def test_defense_eval_needs_a_baseline_for_distillation(tmp_path):

@@ -3,7 +3,8 @@ import torch
 
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.models import MODELS, ModelSpec, build_classifier, create_net
-from robustdeploy.train import TrainConfig, load_run, train
+from robustdeploy.recipe import train
+from robustdeploy.train import TrainConfig, load_run
 
 
 @pytest.mark.parametrize("arch", ["mlp", "mlp-d", "mlp-bn", "cnn", "cnn-d", "cnn-bn", "timm:resnet18"])

@@ -7,9 +7,10 @@ import torch
 
 from robustdeploy.attacks.ot_patch import PatchConfig, apply_patch, sliced_wasserstein_sq
 from robustdeploy.bundle import load_bundle
-from robustdeploy.defenses.lgs import Defended, LocalGradientSmoothing
+from robustdeploy.defenses.lgs import LocalGradientSmoothing
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.eval_patch import lgs_runtimes
+from robustdeploy.evaluation.patch import lgs_runtimes
+from robustdeploy.models import Composite
 from tests.conftest import assert_one_line_error, cli
 
 
@@ -30,11 +31,11 @@ def test_apply_patch_places_patch_and_passes_gradient():
 
 def test_lgs_classifier_onnx_matches_torch(bundle_dir, digits, tmp_path):
     bundle = load_bundle(bundle_dir)
-    torch_rt, ort_rt = lgs_runtimes(bundle, tmp_path)
     x = digits.split("test").x[:64]
+    torch_rt, ort_rt = lgs_runtimes(bundle, x)
     assert torch.allclose(torch_rt.logits(x), ort_rt.logits(x), atol=1e-4, rtol=1e-3)
-    model = Defended(LocalGradientSmoothing.for_size(8), bundle.reference_model())
-    assert not torch.equal(model.defense(x), x)
+    model = Composite(LocalGradientSmoothing.for_size(8), bundle.reference_model())
+    assert not torch.equal(model.transform(x), x)
 
 
 @pytest.mark.parametrize("kwargs", [{"patch_size": 1.0}, {"patch_size": 0.0}, {"method": "l2"}])
@@ -48,12 +49,20 @@ def test_cli_target_out_of_range(bundle_dir):
     assert_one_line_error(cli("patch", bundle_dir, "--target-class", "1", "--patch-size", "1.5"), "patch-size")
 
 
-def test_sw_patch_raises_targeted_success_on_torch_and_ort(bundle_dir):
-    from robustdeploy.eval_patch import PatchEvalConfig, evaluate_patch
+def test_sw_patch_raises_targeted_success_on_torch_and_ort(bundle_dir, tmp_path):
+    from robustdeploy.evaluation.patch import PatchEvalConfig, evaluate_patch
+    from robustdeploy.evaluation.rescore import rescore
 
     config = PatchConfig(target=3, patch_size=0.25, steps=60, lr=0.1, batch_size=64, n_projections=100)
-    result, patch = evaluate_patch(PatchEvalConfig(bundle_dir, config))
-    torch_score, ort_score = result.scores
-    assert patch.shape == (1, 4, 4)
-    assert torch_score.tsuc > torch_score.clean_target_rate + 0.05
-    assert abs(torch_score.tsuc - ort_score.tsuc) * torch_score.samples <= 1
+    out = tmp_path / "patch.json"
+    result, patch = evaluate_patch(PatchEvalConfig(bundle_dir, config, out=out))
+    torch_score, ort_score = result.cells
+    assert patch.shape == (1, 4, 4) and torch.equal(patch, torch.round(patch * 255) / 255)
+    assert torch_score["tsuc"] > torch_score["clean_target_rate"] + 5
+    assert abs(torch_score["tsuc"] - ort_score["tsuc"]) * torch_score["samples"] <= 100
+    assert rescore(out) == result.cells and out.with_suffix(".patch.png").is_file()
+
+
+def test_patch_takes_data_root_and_checks_it(bundle_dir):
+    assert_one_line_error(cli("patch", bundle_dir, "--target-class", "1", "--steps", "1", "--data-root", "/tmp"),
+                          "built-in")

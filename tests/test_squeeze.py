@@ -13,8 +13,9 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.defenses.detector_bundle import open_detector
 from robustdeploy.defenses.squeeze import BitDepth, MedianFilter, Resample, SqueezeConfig
 from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
-from robustdeploy.eval_detector import DetectorEvalConfig, evaluate_detector, roc_auc
-from robustdeploy.evaluate import EvalConfig
+from robustdeploy.evaluation.detector import evaluate_detector, roc_auc
+from robustdeploy.evaluation.evaluate import EvalConfig
+from robustdeploy.evaluation.rescore import rescore
 from robustdeploy.export import ExportConfig, export_bundle
 
 SCORE_ATOL = 1e-4  # exported score vs PyTorch, both fp32
@@ -98,16 +99,27 @@ def test_roc_auc():
 def test_adaptive_attack_lowers_detection(bits_bundle, tmp_path):
     config = EvalConfig(bundle=bits_bundle, epsilons=(0.1,), limit=60, out=tmp_path / "r.json",
                         attack_params={"steps": 10})
-    report = evaluate_detector(DetectorEvalConfig(config, AdaptiveSqueezePGD(steps=30)))
-    saved = json.loads((tmp_path / "r-detector.json").read_text())
-    assert saved["scores"] == json.loads(json.dumps(report["scores"]))
-    rows = {(s["runtime"], s["attack"]): s for s in report["scores"]}
+    result = evaluate_detector(config, AdaptiveSqueezePGD(steps=30))
+    assert rescore(tmp_path / "r.json") == result.cells
+    rows = {(c["runtime"], c["attack"]): c for c in result.cells}
     for runtime in ("torch", "ort-cpu"):
-        oblivious, adaptive = rows[(runtime, "oblivious")], rows[(runtime, "adaptive")]
+        oblivious, adaptive = rows[(runtime, "oblivious:pgd")], rows[(runtime, "adaptive:squeeze-pgd")]
         assert oblivious["successful_adversarials"] > 5 and adaptive["successful_adversarials"] > 5
         assert adaptive["detection_rate"] < oblivious["detection_rate"] - 20
         assert adaptive["undetected_success_rate"] > oblivious["undetected_success_rate"]
-    assert rows[("ort-cpu", "adaptive")]["score_diff_vs_torch"]["max"] <= SCORE_ATOL
+    assert rows[("ort-cpu", "adaptive:squeeze-pgd")]["score_diff_vs_torch"]["max"] <= SCORE_ATOL
+
+
+@pytest.mark.parametrize("attack,opts", [("ddn", ["--attack-opt", "steps=10", "--eps", "1.0"]),
+                                         ("square", ["--attack-opt", "max_queries=50"])])
+def test_detector_works_with_every_attack_family(bits_bundle, tmp_path, attack, opts):
+    out = tmp_path / "d.json"
+    proc = cli("evaluate", bits_bundle, "--detector", "--attack", attack, *opts, "--limit", "30",
+               "--adaptive-steps", "5", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    cells = json.loads(out.read_text())["cells"]
+    assert {c["attack"] for c in cells} == {f"oblivious:{attack}", "adaptive:squeeze-pgd"}
+    assert rescore(out) == cells
 
 
 def test_cli_detector_errors(run_dir, bundle_dir, tmp_path):

@@ -1,6 +1,5 @@
 """Precision variants, compare, bench and the CI gate on the digits CNN."""
 
-import json
 import xml.etree.ElementTree as ET
 
 import onnx
@@ -8,9 +7,10 @@ import pytest
 
 from robustdeploy.bench import BenchConfig, bench
 from robustdeploy.bundle import load_bundle
-from robustdeploy.check import CheckConfig, run_check
-from robustdeploy.compare import AttackSpec, CompareConfig, compare
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation.compare import CompareConfig, compare
+from robustdeploy.evaluation.gate import CheckConfig, run_check
+from robustdeploy.evaluation.rescore import rescore
 from robustdeploy.runtimes import create_runtime
 from robustdeploy.variants import VariantConfig
 from tests.conftest import assert_one_line_error, cli, rehash
@@ -44,13 +44,13 @@ def test_bad_variant_requests(run_dir, variant_bundle_dir, bundle_dir):
 
 def test_compare_rows_per_variant(variant_bundle_dir, tmp_path):
     out = tmp_path / "cmp.json"
-    result = compare(CompareConfig(variant_bundle_dir, attacks=(AttackSpec("fgsm", 0.1),), limit=80,
+    result = compare(CompareConfig(variant_bundle_dir, attacks=("fgsm",), epsilons=(0.1,), limit=80,
                                    latency_iterations=5, out=out))
-    assert [r.runtime for r in result.rows] == ["torch", "ort-cpu", "ort-cpu:fp16", "ort-cpu:int8"]
-    torch_row = result.rows[0]
-    assert torch_row.agreement_with_torch == 100.0
-    assert torch_row.robust_accuracy["fgsm@0.1"] < torch_row.clean_accuracy
-    assert json.loads(out.read_text())["rows"][3]["runtime"] == "ort-cpu:int8"
+    assert result.runtime_labels() == ["torch", "ort-cpu", "ort-cpu:fp16", "ort-cpu:int8"]
+    assert result.extra["agreement_with_torch"]["torch"] == 100.0
+    torch_cell = result.cell("torch", 0.1, "fgsm")
+    assert torch_cell["robust_accuracy"] < torch_cell["clean_accuracy"]
+    assert rescore(out) == result.cells
     assert "| ort-cpu:int8 |" in out.with_suffix(".md").read_text()
 
 
@@ -64,12 +64,15 @@ def test_bench_reports_ordered_percentiles(variant_bundle_dir):
 
 
 def test_check_gate_verdicts_and_files(variant_bundle_dir, tmp_path):
-    report = run_check(CheckConfig(variant_bundle_dir, runtimes=("ort-cpu",), limit=100,
-                                   markdown=tmp_path / "s.md", junit=tmp_path / "j.xml"))
-    assert report.passed and {i.check for i in report.items} >= {"clean accuracy drop", "top-1 agreement"}
+    result, found = run_check(CheckConfig(variant_bundle_dir, runtimes=("ort-cpu",), limit=100, out=tmp_path / "c.json",
+                                          markdown=tmp_path / "s.md", junit=tmp_path / "j.xml"))
+    assert result.extra["passed"] and {i.check for i in found} >= {"clean accuracy drop", "top-1 agreement",
+                                                                     "robust accuracy drop eps=0.05"}
     suite = ET.parse(tmp_path / "j.xml").getroot()
-    assert suite.tag == "testsuite" and int(suite.get("tests")) == len(report.items) and suite.get("failures") == "0"
+    assert suite.tag == "testsuite" and int(suite.get("tests")) == len(found) and suite.get("failures") == "0"
     assert "all checks passed" in (tmp_path / "s.md").read_text()
+    assert [c["attack"] for c in result.cells if c["runtime"] == "ort-cpu"] == ["fgsm", "pgd"]  # worst case last
+    assert rescore(tmp_path / "c.json") == result.cells
 
 
 def test_check_cli_exit_codes_follow_measured_drop(bundle_copy, tmp_path):
@@ -84,13 +87,14 @@ def test_check_cli_exit_codes_follow_measured_drop(bundle_copy, tmp_path):
     bias.CopyFrom(numpy_helper.from_array(shifted.astype(np.float32), bias.name))
     onnx.save(model, str(bundle_copy / "model.onnx"))
     rehash(bundle_copy, "model.onnx")
-    report = run_check(CheckConfig(bundle_copy, runtimes=("ort-cpu",), limit=100))
-    agreement = next(i.measured for i in report.items if i.check == "top-1 agreement")
+    _, found = run_check(CheckConfig(bundle_copy, runtimes=("ort-cpu",), limit=100, out=tmp_path / "c.json"))
+    agreement = next(i.measured for i in found if i.check == "top-1 agreement")
     assert 0.0 < agreement < 100.0
     common = ["check", bundle_copy, "--limit", "100", "--max-accuracy-drop", "100", "--max-robust-drop", "100",
-              "--markdown", tmp_path / "s.md", "--junit", tmp_path / "j.xml"]
+              "--markdown", tmp_path / "s.md", "--junit", tmp_path / "j.xml", "--out", tmp_path / "c.json"]
     tight = cli(*common, "--min-agreement", f"{agreement + 0.1:.2f}")
     assert tight.returncode == 1 and "FAILED ort-cpu top-1 agreement" in tight.stdout
+    assert tight.stderr.strip() == "error: 1 of 3 checks failed (see above)"
     assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
     assert "some checks failed" in (tmp_path / "s.md").read_text()
     loose = cli(*common, "--min-agreement", f"{agreement - 0.1:.2f}")
@@ -98,9 +102,11 @@ def test_check_cli_exit_codes_follow_measured_drop(bundle_copy, tmp_path):
     assert_one_line_error(cli("check", bundle_copy, "--min-agreement", "120"), "percentage")
 
 
-def test_compare_runs_a_blackbox_attack_on_each_variant_itself(variant_bundle_dir):
-    square = AttackSpec("square", 0.15, {"max_queries": 300})
-    result = compare(CompareConfig(variant_bundle_dir, runtimes=("ort-cpu", "ort-cpu:int8"), attacks=(square,),
-                                   limit=40, latency_iterations=3))
-    for row in result.rows:
-        assert row.robust_accuracy["square@0.15"] < row.clean_accuracy - 20
+def test_compare_runs_a_blackbox_attack_on_each_variant_itself(variant_bundle_dir, tmp_path):
+    result = compare(CompareConfig(variant_bundle_dir, runtimes=("ort-cpu", "ort-cpu:int8"), attacks=("square",),
+                                   epsilons=(0.15,), attack_params={"max_queries": 300}, limit=40,
+                                   latency_iterations=3, out=tmp_path / "c.json"))
+    assert {s["source"] for s in result.sets} == {"ort-cpu", "ort-cpu:int8"}
+    for runtime in ("ort-cpu", "ort-cpu:int8"):
+        cell = result.cell(runtime, 0.15)
+        assert cell["robust_accuracy"] < cell["clean_accuracy"] - 20

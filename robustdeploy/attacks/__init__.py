@@ -16,8 +16,8 @@ from robustdeploy.attacks.base import (
     check_eps,
     lp_norm,
     predict,
-    realise_8bit,
 )
+from robustdeploy.attacks.spec import AttackSpec, cascade, make_attack
 
-__all__ = ["ATTACKS", "Attack", "FixedBudgetAttack", "MinimalNormAttack", "check_eps", "lp_norm", "predict",
-           "realise_8bit"]
+__all__ = ["ATTACKS", "Attack", "AttackSpec", "FixedBudgetAttack", "MinimalNormAttack", "cascade", "check_eps",
+           "lp_norm", "make_attack", "predict"]

@@ -51,6 +51,7 @@ class APGD(IterativeGradientAttack):
         eta = torch.full((n,), 2.0 * eps, device=x.device)
         current, previous = x_adv, x_adv
         best_loss = torch.full((n,), -float("inf"), device=x.device)
+        strongest = best_loss.clone()
         best_point, best_grad = x_adv.clone(), torch.zeros_like(x_adv)
         ups = torch.zeros(n, device=x.device)  # loss increases since the last checkpoint
         loss_at_mark, eta_halved = best_loss.clone(), torch.ones(n, dtype=torch.bool, device=x.device)
@@ -60,10 +61,13 @@ class APGD(IterativeGradientAttack):
             with torch.set_grad_enabled(step < self.steps):
                 logits = model(current)
                 loss = loss_per_sample(logits, y[work], self.loss)
-            wrong = (logits.argmax(1) != y[work]) & ~fooled[work]
-            result[work[wrong]] = current.detach()[wrong]
-            fooled[work[wrong]] = True
             loss_d = loss.detach()
+            last = torch.ones(len(work), dtype=torch.bool, device=x.device) if step == self.steps else None
+            wrong, seen_loss = self.fooled_as_seen(model, current, x[work], y[work], eps, logits, last)
+            wrong &= seen_loss > strongest[work]  # keep the fooling iterate of top loss, as the deployment sees it
+            result[work[wrong]] = current.detach()[wrong]
+            strongest[work[wrong]] = seen_loss[wrong]
+            fooled[work[wrong]] = True
             if step:
                 ups[work] += (loss_d > best_loss[work]).float()
             improved = loss_d > best_loss[work]

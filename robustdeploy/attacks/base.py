@@ -1,8 +1,10 @@
 """Attack contracts (foolbox 3's split) and the shared gradient loop: batching, early stop, projection.
 
 A fixed-budget attack maps (model, x, y, eps) to adversarial inputs inside the eps-ball and [0, 1].
-Samples the model already gets wrong are never attacked; a sample leaves the working set as soon as
-an iterate fools the model (that iterate is kept), which changes no robust-accuracy result.
+Samples the model already gets wrong are never attacked. With early stop a sample leaves the working set
+as soon as an iterate fools the model (that iterate is kept); without it the attack runs every step and
+keeps the fooling iterate of highest loss. The evaluation core hands attacks the model *on the 8-bit grid*
+(`evaluation.grid.OnGrid`), so "fools the model" means "fools it after rounding".
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import ClassVar
 
 import torch
 
+from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.registry import Registry
-from robustdeploy.runtimes.base import Capability
 
 NORMS = ("linf", "l2")
 Model = torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]
@@ -39,6 +41,9 @@ class Attack(ABC):
 
     norm: str = "linf"
     stats: AttackStats = field(default_factory=AttackStats, init=False, repr=False, compare=False)
+    # What the deployment receives for an iterate (adv, x, eps) -> adv, set by the evaluation core; gradient
+    # attacks count a sample as fooled only when this realised iterate fools the model.
+    realiser: Callable | None = field(default=None, init=False, repr=False, compare=False)
 
     needs: ClassVar[Capability] = Capability.GRADIENTS
     norms: ClassVar[tuple[str, ...]] = NORMS
@@ -48,7 +53,30 @@ class Attack(ABC):
             raise RobustDeployError(f"{type(self).__name__} supports {', '.join(self.norms)}, not {self.norm!r}")
 
     def params(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "stats"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("stats", "realiser")}
+
+    def seen(self, adv: torch.Tensor, x: torch.Tensor, eps: float | None) -> torch.Tensor:
+        """`adv` as the deployment receives it (itself where no realiser is set)."""
+        return adv if self.realiser is None else self.realiser(adv, x, eps)
+
+    def fooled_as_seen(self, model: Model, adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float | None,
+                       logits: torch.Tensor, candidates: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fooled, loss) of each iterate as the deployment receives it. `logits` are the float iterate's; only
+        `candidates` (default: the iterates whose float version fools) are re-checked after realisation."""
+        loss = loss_per_sample(logits, y, getattr(self, "loss", "margin")).detach()
+        wrong = logits.detach().argmax(1) != y
+        if self.realiser is None:
+            return wrong, loss
+        check = wrong if candidates is None else candidates
+        index = check.nonzero().flatten()
+        wrong = torch.zeros_like(wrong)
+        if len(index):
+            with torch.no_grad():
+                seen = model(self.seen(adv[index].detach(), x[index], eps))
+            wrong[index] = seen.argmax(1) != y[index]
+            loss[index] = loss_per_sample(seen, y[index], getattr(self, "loss", "margin"))
+        return wrong, loss
 
 
 def check_eps(eps: float, norm: str, input_dim: int) -> None:
@@ -111,23 +139,6 @@ class MinimalNormAttack(Attack):
 
     @abstractmethod
     def minimize(self, model: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
-
-
-def realise_8bit(adv: torch.Tensor, x: torch.Tensor, eps: float | None, norm: str) -> torch.Tensor:
-    """Round adversarial pixels to 256 levels, as a deployment receives them, without leaving the budget.
-
-    x is assumed on the 8-bit grid (every dataset is loaded as 8-bit). Rounded steps that would exceed an
-    L-inf budget are clipped to the largest grid step inside it; an L2 sample whose rounded perturbation
-    exceeds eps is truncated towards x instead (which never increases any pixel's change).
-    """
-    delta = torch.round((adv - x) * 255.0)
-    if eps is not None and norm == "linf":
-        limit = float(int(eps * 255.0 + 1e-6))
-        delta = delta.clamp(-limit, limit)
-    elif eps is not None:
-        over = lp_norm(delta / 255.0, "l2") > eps + 1e-7
-        delta[over] = torch.trunc((adv - x)[over] * 255.0)
-    return (torch.round(x * 255.0) + delta).clamp(0.0, 255.0) / 255.0
 
 
 @torch.no_grad()
@@ -202,6 +213,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
         """
         alpha = self._alpha(eps)
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        strongest = torch.full((len(x),), -float("inf"), device=x.device)  # loss of the kept fooling iterate
         best = x_adv.clone()
         work = torch.arange(len(x), device=x.device)
         current = x_adv
@@ -213,14 +225,18 @@ class IterativeGradientAttack(FixedBudgetAttack):
             current = current.detach().requires_grad_(step < self.steps)
             with torch.set_grad_enabled(step < self.steps):
                 logits = model(current)
-            wrong = (logits.argmax(1) != y[work]) & ~fooled[work]
+                loss = loss_per_sample(logits, y[work], self.loss)
+            last = torch.ones(len(work), dtype=torch.bool, device=x.device) if step == self.steps else None
+            wrong, seen_loss = self.fooled_as_seen(model, current, x[work], y[work], eps, logits, last)
+            wrong &= seen_loss > strongest[work]
             best[work[wrong]] = current.detach()[wrong]
+            strongest[work[wrong]] = seen_loss[wrong]
             fooled[work[wrong]] = True
             if step == self.steps:
                 best[work[~fooled[work]]] = current.detach()[~fooled[work]]
                 break
             self.stats.gradients += len(work)
-            grad, = torch.autograd.grad(loss_per_sample(logits, y[work], self.loss).sum(), current)
+            grad, = torch.autograd.grad(loss.sum(), current)
             keep = ~fooled[work] if self.early_stop else torch.ones_like(wrong)
             if not keep.any():
                 break

@@ -16,8 +16,8 @@ from typing import ClassVar
 import torch
 
 from robustdeploy.attacks.base import ATTACKS, FixedBudgetAttack, Model, lp_norm
+from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.runtimes.base import Capability
 
 STEP_HALVINGS = 15  # cap of the geometric step-size search (unbounded in the reference code)
 

@@ -15,8 +15,8 @@ from typing import ClassVar
 import torch
 
 from robustdeploy.attacks.base import ATTACKS, FixedBudgetAttack, Model, loss_per_sample
+from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.runtimes.base import Capability
 
 P_INIT = {"linf": 0.05, "l2": 0.1}
 

@@ -1,4 +1,7 @@
-"""What a training-side defense returns to `train.train`."""
+"""Defense registries and what a training-side defense returns.
+
+DEFENSES: training recipes (`train --defense`, standard training is `none`); DETECTORS: input detectors
+(`export --detector`); TRANSFORMS: input transformations placed in front of a classifier (`patch --lgs`)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,11 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from robustdeploy.models import ModelSpec
+from robustdeploy.registry import Registry
+
+DEFENSES: Registry = Registry("defense")
+DETECTORS: Registry = Registry("detector")
+TRANSFORMS: Registry = Registry("input transformation")
 
 
 @dataclass

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from robustdeploy.data import Dataset
-from robustdeploy.defenses import DEFENSES
-from robustdeploy.defenses.base import Trained
+from robustdeploy.defenses.base import DEFENSES, Trained
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.train import accuracy, fit, new_classifier
 
 
 def check_temperature(temperature: float) -> None:
@@ -37,8 +37,6 @@ def soft_label_loss(teacher: nn.Module, temperature: float):
 @DEFENSES.register("distillation")
 def distillation(config, data: Dataset, temperature: float = 100.0, **_: object) -> Trained:
     """Teacher at T, student on its soft labels at T, deployed at T = 1."""
-    from robustdeploy.train import accuracy, fit, new_classifier
-
     check_temperature(temperature)
     teacher, spec = new_classifier(config.arch, data)
     teacher.to(config.device)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustdeploy.defenses import TRANSFORMS
+from robustdeploy.defenses.base import TRANSFORMS
 from robustdeploy.errors import RobustDeployError
 
 PAPER_IMAGE_SIZE = 299
@@ -57,14 +57,3 @@ class LocalGradientSmoothing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x * (1.0 - self.smoothing * self.mask(x))).clamp(0.0, 1.0)
-
-
-class Defended(nn.Module):
-    """defense -> classifier, one graph to run in PyTorch or export to ONNX."""
-
-    def __init__(self, defense: nn.Module, classifier: nn.Module) -> None:
-        super().__init__()
-        self.defense, self.classifier = defense, classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.defense(x))

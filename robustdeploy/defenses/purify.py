@@ -14,60 +14,21 @@ import torch
 from torch import nn
 
 from robustdeploy.data import Dataset
-from robustdeploy.defenses import DEFENSES
-from robustdeploy.defenses.base import Trained
+from robustdeploy.defenses.base import DEFENSES, Trained
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.models import ModelSpec
+from robustdeploy.models import PURIFIERS, Composite
+from robustdeploy.train import fit, load_run, new_classifier
 
-PURIFIERS = ("conv-ae",)
-
-
-class ConvAutoencoder(nn.Module):
-    """conv 32 -> pool /2 -> conv 8 (bottleneck) -> nearest x2 -> conv 32 -> conv C -> sigmoid."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                     nn.Conv2d(32, 8, 3, padding=1), nn.ReLU())
-        self.decoder = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                     nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(),
-                                     nn.Conv2d(32, channels, 3, padding=1), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+PURIFIER = "conv-ae"
 
 
-class PurifiedClassifier(nn.Module):
-    """Pixels in [0, 1] -> purifier -> classifier -> logits."""
-
-    def __init__(self, purifier: nn.Module, classifier: nn.Module) -> None:
-        super().__init__()
-        self.purifier = purifier
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.purifier(x))
-
-
-def build_purified(spec: ModelSpec) -> PurifiedClassifier:
-    """Rebuild the composite from a spec whose `extra["purifier"]` names the purifier."""
-    from robustdeploy.models import build_classifier
-
-    name = spec.extra["purifier"]
-    if name not in PURIFIERS:
-        raise RobustDeployError(f"unknown purifier {name!r} in the model spec; known: {', '.join(PURIFIERS)}")
-    return PurifiedClassifier(ConvAutoencoder(spec.input_shape[0]), build_classifier(replace(spec, extra={})))
-
-
-def reconstruction_loss(model: PurifiedClassifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.mse_loss(model.purifier(x), x)
+def reconstruction_loss(model: Composite, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.mse_loss(model.transform(x), x)
 
 
 @DEFENSES.register("purifier")
 def purifier(config, data: Dataset, base: Path | None = None, **_: object) -> Trained:
     """Train (or load from `base`) a classifier, then a purifier on clean data with the classifier frozen."""
-    from robustdeploy.train import fit, load_run, new_classifier
-
     _, h, w = data.input_shape
     if h % 2 or w % 2:
         raise RobustDeployError(f"the conv-ae purifier needs even image sizes, got {h}x{w}; use --image-size")
@@ -83,9 +44,9 @@ def purifier(config, data: Dataset, base: Path | None = None, **_: object) -> Tr
         classifier.to(config.device)
         fit(classifier, data, config, desc="classifier")
     classifier.requires_grad_(False)
-    spec = replace(spec, extra={"purifier": PURIFIERS[0]})
-    model = PurifiedClassifier(ConvAutoencoder(data.input_shape[0]), classifier).to(config.device)
+    spec = replace(spec, extra={"purifier": PURIFIER})
+    model = Composite(PURIFIERS.create(PURIFIER, channels=data.input_shape[0]), classifier).to(config.device)
     losses = fit(model, data, config, loss_fn=reconstruction_loss, desc="purifier")
     model.requires_grad_(True)
-    return Trained(model, spec, losses, {"purifier": PURIFIERS[0], "base": str(base) if base else None,
+    return Trained(model, spec, losses, {"purifier": PURIFIER, "base": str(base) if base else None,
                                          "loss": "mse"})

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from robustdeploy.defenses import DETECTORS
+from robustdeploy.defenses.base import DETECTORS
 from robustdeploy.errors import RobustDeployError
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("architecture")
+PURIFIERS: Registry[nn.Module] = Registry("purifier")
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,37 @@ def create_net(arch: str, input_shape: tuple[int, int, int], num_classes: int) -
     return MODELS.create(arch, input_shape=input_shape, num_classes=num_classes)
 
 
+class Composite(nn.Module):
+    """transform -> classifier (a purifier, LGS, ...): one graph to train, attack end to end, and export."""
+
+    def __init__(self, transform: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.transform, self.classifier = transform, classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.transform(x))
+
+
 def build_classifier(spec: ModelSpec) -> nn.Module:
     """The classifier of `spec`; with `extra["purifier"]`, purifier followed by classifier."""
     if spec.extra.get("purifier"):
-        from robustdeploy.defenses.purify import build_purified
-
-        return build_purified(spec)
+        name = spec.extra["purifier"]
+        if name not in PURIFIERS:
+            raise RobustDeployError(f"unknown purifier {name!r} in the model spec; known: {', '.join(PURIFIERS)}")
+        plain = replace(spec, extra={})
+        return Composite(PURIFIERS.create(name, channels=spec.input_shape[0]), build_classifier(plain))
     if len(spec.mean) != spec.input_shape[0] or len(spec.std) != spec.input_shape[0]:
         raise RobustDeployError(f"normalisation has {len(spec.mean)} channels, input has {spec.input_shape[0]}")
     return Classifier(create_net(spec.arch, spec.input_shape, spec.num_classes), spec.mean, spec.std)
+
+
+def load_weights(spec: ModelSpec, weights: Path) -> nn.Module:
+    """The graph of `spec` with weights read from safetensors (never pickle), in eval mode."""
+    from safetensors.torch import load_file
+
+    model = build_classifier(spec)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise RobustDeployError(f"cannot load weights {weights}: {exc}") from None
+    return model.eval()

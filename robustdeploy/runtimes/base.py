@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,19 +9,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.registry import Registry
 
 if TYPE_CHECKING:
     from robustdeploy.bundle import Bundle
-
-
-class Capability(enum.IntEnum):
-    """What a runtime offers; an attack declares the least it needs (gradients > scores > decisions)."""
-
-    DECISIONS = 1
-    SCORES = 2
-    GRADIENTS = 3
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.runtimes.base import RUNTIMES, Capability, Runtime, RuntimeSpec, TimedCall
+from robustdeploy.runtimes.base import RUNTIMES, Runtime, RuntimeSpec, TimedCall
 
 if TYPE_CHECKING:
     from robustdeploy.bundle import Bundle

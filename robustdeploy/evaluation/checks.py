@@ -65,17 +65,19 @@ def unbounded_success(success: dict[tuple[str, float], float], norm: str, input_
                  + "; ".join(low) if low else "the unbounded budget reaches ~100% success")
 
 
-def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, floor: float = 1e-10) -> Check:
-    """Fraction of samples whose margin-loss input gradient on the PyTorch graph is (near) zero."""
+def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "margin",
+                    floor: float = 1e-10) -> Check:
+    """Fraction of samples whose input gradient of the attack's own loss on the PyTorch graph is (near) zero."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        grad, = torch.autograd.grad(loss_per_sample(model(x), y, "margin").sum(), x)
+        grad, = torch.autograd.grad(loss_per_sample(model(x), y, loss).sum(), x)
     zero = grad.flatten(1).norm(dim=1) <= floor
     fraction = 100.0 * float(zero.float().mean())
+    fix = "use --loss margin or dlr" if loss == "ce" else "use a black-box attack"
     return Check("input_gradients", not zero.any(),
                  f"{int(zero.sum())} of {len(x)} samples ({fraction:.1f}%) have zero or vanishing input gradients "
-                 "(gradient masking: use a black-box attack)" if zero.any()
-                 else f"input gradients are non-zero on all {len(x)} samples")
+                 f"of the {loss} loss (gradient masking: {fix})" if zero.any()
+                 else f"input gradients of the {loss} loss are non-zero on all {len(x)} samples")
 
 
 def outputs_are_logits(logits: torch.Tensor) -> Check:
@@ -88,6 +90,28 @@ def outputs_are_logits(logits: torch.Tensor) -> Check:
 
 def collect(checks: Iterable[Check | None]) -> list[Check]:
     return [c for c in checks if c is not None]
+
+
+def for_cells(cells: list[dict], attacks: list[dict], norm: str, dim: int) -> list[Check | None]:
+    """The checks read off scored cells: monotone budgets, unbounded success, black-box vs white-box."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    last = {(c["runtime"], c["eps"]): c for c in cells}
+    for (runtime, eps), cell in last.items():
+        curves.setdefault(runtime, []).append((eps, cell["robust_accuracy"]))
+    success = {key: cell["attack_success_rate"] for key, cell in last.items()}
+    needs = {a["label"]: a["needs"] for a in attacks}
+    own: dict[str, dict[tuple[str, float], float]] = {"black": {}, "white": {}}
+    for c in cells:
+        side = own["white" if needs.get(c["attack"]) == "gradients" else "black"]
+        key = (c["runtime"], c["eps"])
+        side[key] = min(side.get(key, 101.0), c["own_robust_accuracy"])
+    return [monotone_budget(curves), unbounded_success(success, norm, dim),
+            blackbox_not_stronger(own["black"], own["white"])]
+
+
+def worst_table(cells: list[dict]) -> dict[tuple[str, float], float]:
+    """(runtime, eps) -> robust accuracy against the whole cascade."""
+    return {(c["runtime"], c["eps"]): c["robust_accuracy"] for c in cells}
 
 
 def warn(checks: Iterable[dict], stream=sys.stderr) -> None:

@@ -1,0 +1,77 @@
+"""`compare`: one row per runtime/variant: clean accuracy, agreement with PyTorch fp32, robust accuracy after
+each attack of the cascade at each budget (the last column per budget is the worst case), median latency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from robustdeploy.attacks import cascade
+from robustdeploy.bench import BenchConfig, bench
+from robustdeploy.bundle import Bundle, load_bundle
+from robustdeploy.evaluation.craft import Plan
+from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans, runners
+from robustdeploy.evaluation.results import Result, save_result
+from robustdeploy.evaluation.score import percent
+from robustdeploy.evaluation.session import SessionConfig, open_session
+from robustdeploy.io import atomic_write_text, check_output
+from robustdeploy.report import table
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    bundle: Path
+    runtimes: tuple[str, ...] = ()  # default: torch + every variant of the bundle on ort-cpu
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    epsilons: tuple[float, ...] = (0.1,)
+    attack_params: dict = field(default_factory=dict)
+    limit: int | None = None
+    batch_size: int = 256
+    latency_batch: int = 1
+    latency_iterations: int = 50
+    seed: int = 0
+    device: str = "cpu"
+    data_root: str | None = None
+    out: Path | None = None
+
+
+def default_runtimes(bundle: Bundle) -> tuple[str, ...]:
+    return ("torch", *[f"ort-cpu:{v}" if v != "fp32" else "ort-cpu" for v in bundle.variants])
+
+
+def compare(config: CompareConfig) -> Result:
+    """The cascade crafted once per source, scored on every runtime, plus agreement and latency."""
+    bundle = load_bundle(config.bundle)
+    names = config.runtimes or default_runtimes(bundle)
+    session = open_session(SessionConfig(config.bundle, names, config.limit, config.batch_size, config.seed,
+                                         config.device, config.data_root), bundle)
+    out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-compare.json"
+    check_output(out, "--out")
+    result = new_result("compare", session)
+    plan = Plan(cascade(config.attacks, config.attack_params), config.epsilons)
+    _, stored = run_plans(result, session, [plan], out, resume=False)
+    result.cells = classify_cells(result, stored, runners(session))
+    latency = bench(BenchConfig(bundle.path, tuple(names), (config.latency_batch,), warmup=5,
+                                iterations=config.latency_iterations, device=config.device, seed=config.seed))
+    torch_clean = session.clean("torch")
+    result.extra = {
+        "agreement_with_torch": {r.label: percent(session.clean(r.label) == torch_clean) for r in session.runtimes},
+        "median_latency_ms": {row.runtime: row.p50_ms for row in latency.rows},
+        "latency_batch": config.latency_batch,
+    }
+    result.complete = True
+    save_result(out, result, stored)
+    atomic_write_text(out.with_suffix(".md"), compare_table(result, markdown=True) + "\n")
+    return result
+
+
+def compare_table(result: Result, markdown: bool = False) -> str:
+    """The comparison as a table: a view of the result's cells."""
+    columns = [(c["attack"], c["eps"]) for c in result.cells if c["runtime"] == result.runtime_labels()[0]]
+    headers = ["runtime", "clean %", "agree %", *[f"robust % {a}@{e:g}" for a, e in columns], "p50 ms"]
+    rows = []
+    for runtime in result.runtime_labels():
+        cells = [c for c in result.cells if c["runtime"] == runtime]
+        rows.append([runtime, cells[0]["clean_accuracy"], result.extra["agreement_with_torch"][runtime],
+                     *[c["robust_accuracy"] for c in cells], f"{result.extra['median_latency_ms'][runtime]:.3f}"])
+    return table(headers, rows, markdown)

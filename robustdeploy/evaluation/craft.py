@@ -1,0 +1,261 @@
+"""The one place that crafts: capability matching, the attack and budget cascades, seeding, 8-bit realisation.
+
+Gradient attacks are crafted on a PyTorch graph (the bundle's reference, or another source such as an
+undefended baseline) and transferred; score- and decision-based attacks run against each runtime itself.
+Attacks form a cascade (AutoAttack style): each attacks only the samples its source still gets right after
+the earlier attacks, and a sample fooled at a smaller budget keeps that example at larger ones. Fixed-budget
+and minimal-norm attacks share one contract here: a minimal-norm attack runs once and is clipped per budget.
+Every stored example is what the deployment receives (see `grid`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from robustdeploy.attacks import (
+    Attack,
+    AttackSpec,
+    FixedBudgetAttack,
+    MinimalNormAttack,
+    check_eps,
+    lp_norm,
+    make_attack,
+)
+from robustdeploy.capability import Capability
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation.grid import OnGrid, grid_budget, realise, rounding_report
+from robustdeploy.evaluation.session import Session
+
+REFERENCE = "torch"  # source name of sets crafted on the bundle's PyTorch graph
+
+
+@dataclass
+class CraftedSet:
+    """One stored set of examples: attack stage, source it was crafted on, budget, and how it went."""
+
+    key: str
+    stage: int
+    attack: str
+    source: str
+    eps: float | None  # None: a minimal-norm attack's unclipped examples
+    attacked: int
+    seconds: float
+    gradients: int
+    queries_mean: float | None = None
+    queries_median: float | None = None
+    rounding: dict | None = None
+    group: str = ""
+
+
+@dataclass
+class Plan:
+    """What to craft: a cascade of attacks at a set of budgets, on the 8-bit grid unless `realise` is off."""
+
+    attacks: tuple[AttackSpec, ...]
+    epsilons: tuple[float, ...]
+    realise: bool = True
+    source: str = REFERENCE
+    source_model: torch.nn.Module | None = None  # a gradient source other than the bundle's reference
+    group: str = ""  # names independent cascades stored side by side (e.g. oblivious / adaptive)
+
+
+@dataclass
+class Crafted:
+    """All sets crafted for a plan, the tensors under their keys, and minimal-norm norms per source."""
+
+    norm: str
+    epsilons: tuple[float, ...]
+    attacks: list[dict]
+    sets: list[CraftedSet] = field(default_factory=list)
+    norms: dict[str, list[float]] = field(default_factory=dict)
+
+
+def set_key(attack: str, source: str, eps: float | None) -> str:
+    """`[group:]attack/source/eps=E` (`.../minimal` for a minimal-norm attack's unclipped examples)."""
+    return f"{attack}/{source}/" + ("minimal" if eps is None else f"eps={eps:g}")
+
+
+def describe(plan: Plan, attacks: list[Attack]) -> list[dict]:
+    return [{"label": label(plan, s), "name": s.name, "params": a.params(), "needs": a.needs.name.lower()}
+            for s, a in zip(plan.attacks, attacks)]
+
+
+def label(plan: Plan, spec: AttackSpec) -> str:
+    return f"{plan.group}:{spec.label}" if plan.group else spec.label
+
+
+def build(plan: Plan, seed: int, dim: int) -> tuple[list[Attack], str]:
+    """The plan's attacks, checked: one norm for the cascade, budgets inside the norm's range."""
+    if not plan.attacks:
+        raise RobustDeployError("give at least one --attack")
+    labels = [a.label for a in plan.attacks]
+    if len(set(labels)) != len(labels):
+        raise RobustDeployError(f"an attack is listed twice in the cascade: {', '.join(labels)}")
+    attacks = [make_attack(spec, seed) for spec in plan.attacks]
+    norms = {a.norm for a in attacks}
+    if len(norms) > 1:
+        raise RobustDeployError(f"the attacks of one cascade must share a norm, got {', '.join(sorted(norms))}; "
+                                "set --norm")
+    norm = norms.pop()
+    for eps in plan.epsilons:
+        check_eps(eps, norm, dim)
+    if not plan.epsilons and any(isinstance(a, FixedBudgetAttack) for a in attacks):
+        raise RobustDeployError("give at least one --eps")
+    return attacks, norm
+
+
+def craft(session: Session, plan: Plan, stored: dict[str, torch.Tensor], done: list[CraftedSet] | None = None,
+          on_set: Callable[[Crafted], None] | None = None) -> Crafted:
+    """Craft every set of `plan` into `stored` (keys from `set_key`); sets listed in `done` are kept as they
+    are, so an interrupted run resumes. `on_set` is called after each new set (to save progress)."""
+    x, y = session.test.x, session.test.y
+    attacks, norm = build(plan, session.config.seed, x[0].numel())
+    crafted = Crafted(norm, tuple(sorted(set(plan.epsilons))), describe(plan, attacks))
+    finished = {s.key: s for s in done or [] if s.key in stored}
+    for stage, (spec, attack) in enumerate(zip(plan.attacks, attacks)):
+        for source, model, predict in _sources(session, plan, attack):
+            earlier = [s for s in crafted.sets if s.source == source or s.source == plan.source]
+            if isinstance(attack, MinimalNormAttack):
+                _minimal(session, plan, stage, spec, attack, source, model, predict, stored, crafted, finished,
+                         on_set)
+                continue
+            previous: torch.Tensor | None = None
+            for eps in crafted.epsilons:
+                key = set_key(label(plan, spec), source, eps)
+                if key in finished:
+                    crafted.sets.append(finished[key])
+                else:
+                    todo = _robust(session, predict, source, [stored[s.key] for s in earlier if s.eps == eps], y)
+                    if previous is not None:
+                        todo &= predict(previous) == y
+                    crafted.sets.append(craft_budget(session, plan, stage, spec, attack, source, model, predict, eps,
+                                               todo, previous, stored))
+                    if on_set:
+                        on_set(crafted)
+                previous = stored[key]
+    return crafted
+
+
+def _sources(session: Session, plan: Plan, attack: Attack):
+    """(source name, model the attack queries, label predictor) for each place the attack runs."""
+    if attack.needs >= Capability.GRADIENTS:
+        model = plan.source_model if plan.source_model is not None else session.reference
+        model = model.to(session.device).eval().requires_grad_(False)
+        yield plan.source, model, lambda z: _predict(model, z, session.batch_size, session.device)
+        return
+    for runtime in session.runtimes:
+        yield runtime.label, runtime.logits, lambda z, r=runtime: r.predict(z, session.batch_size)
+
+
+def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
+    with torch.no_grad():
+        parts = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+
+def _robust(session: Session, predict, source: str, sets: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Samples the source classifies correctly, clean and on every earlier set."""
+    opened = source == "torch" or any(r.label == source for r in session.runtimes)
+    ok = session.clean(source) == y if opened else predict(session.test.x) == y
+    for adv in sets:
+        ok &= predict(adv) == y
+    return ok
+
+
+def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack: FixedBudgetAttack, source: str,
+           model, predict, eps: float, todo: torch.Tensor, previous: torch.Tensor | None,
+           stored: dict[str, torch.Tensor]) -> CraftedSet:
+    """One budget of a fixed-budget attack on the samples in `todo`; the rest keep x or a smaller budget's
+    example."""
+    x, y = session.test.x, session.test.y
+    torch.manual_seed(session.config.seed)
+    index = todo.nonzero().flatten()
+    raw = (previous if previous is not None else x).clone()
+    queries = torch.zeros(len(index), dtype=torch.long)
+    start, before = time.perf_counter(), attack.stats.gradients
+    blackbox = attack.needs < Capability.GRADIENTS
+    attack.realiser = None
+    if plan.realise and not blackbox:  # the float trajectory, success judged on what the deployment receives
+        attack.realiser = lambda a, xb, e: realise(a, xb, e, attack.norm)
+    view = OnGrid(model) if plan.realise and blackbox else model  # queries are 8-bit images, as deployed
+    budget = grid_budget(eps, attack.norm) if plan.realise and blackbox else eps
+    for i in range(0, len(index), session.batch_size):
+        chunk = index[i : i + session.batch_size]
+        xb, yb = x[chunk].to(session.device), y[chunk].to(session.device)
+        raw[chunk] = attack.perturb(view, xb, yb, budget).detach().cpu()
+        if attack.queries_per_sample is not None:
+            queries[i : i + len(chunk)] = attack.queries_per_sample.cpu()
+    seconds = time.perf_counter() - start
+    adv, rounding = raw, None
+    if plan.realise:
+        adv = raw.clone()
+        adv[index] = realise(raw[index], x[index], eps, attack.norm)
+        rounding = rounding_report(predict, raw[index], adv[index], y[index])
+    key = set_key(label(plan, spec), source, eps)
+    stored[key] = adv
+    return CraftedSet(key, stage, label(plan, spec), source, eps, len(index), round(seconds, 4),
+                      attack.stats.gradients - before,
+                      round(statistics.fmean(queries.tolist()), 2) if blackbox and len(index) else None,
+                      float(statistics.median(queries.tolist())) if blackbox and len(index) else None, rounding,
+                      plan.group)
+
+
+def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack: MinimalNormAttack, source: str,
+             model, predict, stored: dict[str, torch.Tensor], crafted: Crafted, finished: dict[str, CraftedSet],
+             on_set) -> None:
+    """Run a minimal-norm attack once on the samples the source gets right; clip it to each budget."""
+    x, y = session.test.x, session.test.y
+    whole = set_key(label(plan, spec), source, None)
+    if whole not in finished:
+        torch.manual_seed(session.config.seed)
+        index = (_robust(session, predict, source, [], y)).nonzero().flatten()
+        found = x.clone()
+        start, before = time.perf_counter(), attack.stats.gradients
+        view = OnGrid(model) if plan.realise else model  # straight-through rounding: the norm found is realised
+        for i in range(0, len(index), session.batch_size):
+            chunk = index[i : i + session.batch_size]
+            found[chunk] = attack.minimize(view, x[chunk].to(session.device),
+                                           y[chunk].to(session.device)).detach().cpu()
+        seconds = time.perf_counter() - start
+        adv, rounding = found, None
+        if plan.realise:
+            adv = x.clone()
+            adv[index] = realise(found[index], x[index], None, attack.norm)
+            rounding = rounding_report(predict, found[index], adv[index], y[index])
+        stored[whole] = adv
+        finished[whole] = CraftedSet(whole, stage, label(plan, spec), source, None, len(index), round(seconds, 4),
+                                     attack.stats.gradients - before, rounding=rounding, group=plan.group)
+        crafted.sets.append(finished[whole])
+        if on_set:
+            on_set(crafted)
+    elif finished[whole] not in crafted.sets:
+        crafted.sets.append(finished[whole])
+    adv = stored[whole]
+    fooled = predict(adv) != y
+    clean_ok = predict(x) == y
+    norms = torch.where(fooled & clean_ok, lp_norm(adv - x, attack.norm), torch.tensor(float("inf")))
+    norms = torch.where(clean_ok, norms, torch.tensor(0.0))
+    crafted.norms[f"{label(plan, spec)}/{source}"] = [None if n == float("inf") else n for n in norms.tolist()]
+    if not crafted.epsilons:  # no --eps: the curve's points come from the first minimal-norm attack
+        crafted.epsilons = _grid_from_norms(norms)
+    for eps in crafted.epsilons:
+        key = set_key(label(plan, spec), source, eps)
+        if key not in stored:
+            inside = (norms <= eps + 1e-7).view(-1, *[1] * (x.dim() - 1))
+            stored[key] = torch.where(inside, adv, x)
+        if key not in finished:
+            finished[key] = CraftedSet(key, stage, label(plan, spec), source, eps, finished[whole].attacked, 0.0, 0,
+                                       group=plan.group)
+        crafted.sets.append(finished[key])
+
+
+def _grid_from_norms(norms: torch.Tensor) -> tuple[float, ...]:
+    """Nine budgets from 0 to the largest norm found, for a minimal-norm run given no --eps."""
+    finite = norms[torch.isfinite(norms)]
+    top = float(finite.max()) if len(finite) and float(finite.max()) > 0 else 1.0
+    return tuple(sorted({round(top * i / 8, 4) for i in range(9)}))

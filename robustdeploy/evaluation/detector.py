@@ -1,0 +1,107 @@
+"""`evaluate --detector`: the squeeze detector on every runtime, against the evaluation's own (oblivious)
+sets of any attack family and an adaptive attack through the detector; detection rate, FPR, ROC-AUC and
+PyTorch-vs-deployment score drift, all from stored sets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from robustdeploy.attacks import AttackSpec
+from robustdeploy.bundle import Bundle
+from robustdeploy.defenses.detector_bundle import detector_section, open_detector, reference_detector
+from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD, DetectorView
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation.craft import Plan, craft_budget
+from robustdeploy.evaluation.evaluate import EvalConfig, default_out, new_result, run_plans
+from robustdeploy.evaluation.results import Result, save_result
+from robustdeploy.evaluation.score import pick
+from robustdeploy.evaluation.session import open_session
+from robustdeploy.io import check_output
+
+ADAPTIVE = "adaptive"
+
+
+def open_detectors(bundle: Bundle, labels: list[str], device: str) -> dict:
+    """The detector graph on torch and on each listed runtime (fp32 only)."""
+    if any(":" in name for name in labels):
+        raise RobustDeployError("--detector runs the fp32 detector graph; give runtimes without a :variant")
+    detector_section(bundle)
+    return {name: open_detector(bundle, name, device) for name in dict.fromkeys(("torch", *labels))}
+
+
+def roc_auc(negatives: torch.Tensor, positives: torch.Tensor) -> float | None:
+    """P(positive score > negative score) + 0.5 P(tie): the Mann-Whitney form of the ROC area."""
+    if not len(negatives) or not len(positives):
+        return None
+    greater = (positives[:, None] > negatives[None, :]).double().mean()
+    ties = (positives[:, None] == negatives[None, :]).double().mean()
+    return float(greater + 0.5 * ties)
+
+
+def _cell(label: str, s: dict, y: torch.Tensor, clean: tuple, adv: tuple, ref_clean: tuple, ref_adv: tuple) -> dict:
+    (clean_logits, clean_score, clean_flag), (adv_logits, adv_score, adv_flag) = clean, adv
+    correct = clean_logits.argmax(1) == y
+    success = correct & (adv_logits.argmax(1) != y)
+    n = int(success.sum())
+    diff = (torch.cat([clean_score, adv_score]) - torch.cat([ref_clean[1], ref_adv[1]])).abs().double()
+    return {
+        "runtime": label, "eps": s["eps"], "attack": s["attack"], "set": s["key"], "successful_adversarials": n,
+        "detection_rate": 100.0 * float(adv_flag[success].float().mean()) if n else None,
+        "false_positive_rate": 100.0 * float(clean_flag.float().mean()),
+        "roc_auc": roc_auc(clean_score, adv_score[success]),
+        "undetected_success_rate": 100.0 * float((success & ~adv_flag).sum()) / max(1, int(correct.sum())),
+        "score_diff_vs_torch": {"max": float(diff.max()), "mean": float(diff.mean()),
+                                "p99": float(diff.quantile(0.99))},
+        "decision_differs_from_torch": {"clean": (clean_flag != ref_clean[2]).nonzero().flatten().tolist(),
+                                        "adversarial": (adv_flag != ref_adv[2]).nonzero().flatten().tolist()},
+    }
+
+
+def detect_cells(result: Result, stored: dict[str, torch.Tensor], detectors: dict, batch_size: int) -> list[dict]:
+    """One cell per runtime, budget and set that applies to it (each attack stage, and the adaptive attack)."""
+    cache: dict = {}
+
+    def run(label: str, key: str) -> tuple:
+        if (label, key) not in cache:
+            cache[label, key] = detectors[label].run(stored[key], batch_size)
+        return cache[label, key]
+
+    cells = []
+    for label in result.runtime_labels():
+        for eps in result.epsilons:
+            for group in dict.fromkeys(s["group"] for s in result.sets):
+                for s in pick([s for s in result.sets if s["group"] == group], label, eps):
+                    cells.append(_cell(label, s, stored["y"], run(label, "x"), run(label, s["key"]),
+                                       run("torch", "x"), run("torch", s["key"])))
+    return cells
+
+
+def evaluate_detector(config: EvalConfig, adaptive: AdaptiveSqueezePGD) -> Result:
+    """Craft the evaluation's cascade (oblivious: it does not know the detector) and the adaptive attack through
+    the PyTorch detector at each budget; score both on every runtime's detector graph."""
+    session = open_session(config.session)
+    detectors = open_detectors(session.bundle, [r.label for r in session.runtimes], config.device)
+    out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
+    out = out if config.out else out.with_name(f"{out.stem}-detector.json")
+    check_output(out, "--out")
+    result = new_result("detector", session, scorer="detect")
+    result.extra = {"detector": detector_section(session.bundle), "adaptive_attack": adaptive.params()}
+    plan = replace(config.plan(), group="oblivious")
+    _, stored = run_plans(result, session, [plan], out, config.resume)
+    view = DetectorView(reference_detector(session.bundle).to(config.device).eval())
+    adaptive = replace(adaptive, norm=result.norm, threshold=view.threshold)
+    spec, adaptive_plan = AttackSpec("squeeze-pgd"), Plan((), (), config.realise, group=ADAPTIVE)
+    logits = detectors["torch"].run
+    clean_ok = logits(session.test.x, session.batch_size)[0].argmax(1) == session.test.y
+    for eps in result.epsilons:
+        new = craft_budget(session, adaptive_plan, 0, spec, adaptive, "torch", view,
+                           lambda z: logits(z, session.batch_size)[0].argmax(1), eps, clean_ok.clone(), None, stored)
+        result.sets.append(asdict(new))
+    result.seconds["adaptive"] = round(sum(s["seconds"] for s in result.sets if s["group"] == ADAPTIVE), 4)
+    result.cells = detect_cells(result, stored, detectors, session.batch_size)
+    result.complete = True
+    save_result(out, result, stored)
+    return result

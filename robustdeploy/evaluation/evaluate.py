@@ -1,0 +1,161 @@
+"""`evaluate`: a cascade of attacks at a set of budgets, crafted once, scored on every runtime side by side.
+
+Sets are written (atomically) as they are crafted, so an interrupted run keeps its work and `resume=True`
+continues it; the cells are computed from the stored sets, by the same code `rescore` uses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from robustdeploy.attacks import cascade
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation import checks
+from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe
+from robustdeploy.evaluation.results import Result, resume_from, save_result
+from robustdeploy.evaluation.score import Predictions, score_cascade
+from robustdeploy.evaluation.session import Session, SessionConfig, open_session
+from robustdeploy.figures import example_figure, pick_examples
+from robustdeploy.io import check_output
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    bundle: Path
+    runtimes: tuple[str, ...] = ("torch", "ort-cpu")
+    attacks: tuple[str, ...] = ("pgd",)
+    epsilons: tuple[float, ...] = (0.1,)
+    attack_params: dict = field(default_factory=dict)
+    limit: int | None = None
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    data_root: str | None = None
+    out: Path | None = None
+    resume: bool = False
+    realise: bool = True
+    compare_with: Path | None = None
+
+    @property
+    def session(self) -> SessionConfig:
+        return SessionConfig(self.bundle, self.runtimes, self.limit, self.batch_size, self.seed, self.device,
+                             self.data_root)
+
+    def plan(self) -> Plan:
+        return Plan(cascade(self.attacks, self.attack_params), self.epsilons, self.realise)
+
+
+def default_out(bundle_name: str, attacks: tuple[str, ...]) -> Path:
+    return Path("results") / f"{bundle_name}-{'+'.join(a.replace(':', '-') for a in attacks)}.json"
+
+
+def new_result(kind: str, session: Session, scorer: str = "classify") -> Result:
+    return Result(kind=kind, scorer=scorer, **session.header())
+
+
+def runners(session: Session) -> dict:
+    """Label -> predict function for every runtime and the PyTorch reference."""
+    found = {r.label: (lambda z, r=r: r.predict(z, session.batch_size)) for r in session.runtimes}
+    return {"torch": lambda z: session.torch.predict(z, session.batch_size), **found}
+
+
+def classify_cells(result: Result, stored: dict[str, torch.Tensor], predict: dict) -> list[dict]:
+    """The cells of a classification result, per group of sets: the scorer `rescore` reruns."""
+    cells, predictions = [], Predictions(predict, stored)
+    for group in dict.fromkeys(s["group"] for s in result.sets):
+        sets = [s for s in result.sets if s["group"] == group]
+        cells += [asdict(c) for c in score_cascade(result.runtime_labels(), sets, result.epsilons, stored["y"],
+                                                   predictions)]
+    return cells
+
+
+def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool,
+              stored: dict[str, torch.Tensor] | None = None) -> tuple[list[Crafted], dict[str, torch.Tensor]]:
+    """Craft every plan into one store, saving after each set; with `resume`, keep what `out` already has."""
+    stored = stored if stored is not None else {"x": session.test.x, "y": session.test.y}
+    built = [build(p, session.config.seed, session.test.x[0].numel()) for p in plans]
+    result.attacks = [a for p, (attacks, _) in zip(plans, built) for a in describe(p, attacks)]
+    result.norm = built[0][1]
+    done: list = []
+    if resume and Path(out).exists():
+        previous, kept = resume_from(out, result)
+        stored.update(kept)
+        done = [CraftedSet(**s) for s in previous]
+    crafted: list[Crafted] = []
+
+    def progress(current: Crafted) -> None:
+        result.sets = [asdict(s) for c in [*crafted, current] for s in c.sets]
+        save_result(out, result, stored)
+
+    for plan in plans:
+        crafted.append(craft(session, plan, stored, done, progress))
+    result.sets = [asdict(s) for c in crafted for s in c.sets]
+    result.epsilons = list(crafted[0].epsilons)
+    result.extra["norms"] = {k: v for c in crafted for k, v in c.norms.items()}
+    result.seconds["attack"] = round(sum(s.seconds for c in crafted for s in c.sets), 4)
+    return crafted, stored
+
+
+def evaluate(config: EvalConfig) -> Result:
+    """Run the cascade on every runtime it applies to; score every runtime; checks, figure, one result file."""
+    session = open_session(config.session)
+    out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
+    check_output(out, "--out")
+    if config.compare_with is not None and not Path(config.compare_with).is_file():
+        raise RobustDeployError(f"--compare-with {config.compare_with} not found; give an earlier result JSON")
+    result = new_result("evaluate", session)
+    plan = config.plan()
+    _, stored = run_plans(result, session, [plan], out, config.resume)
+    result.cells = classify_cells(result, stored, runners(session))
+    result.checks = run_checks(result, session, config.compare_with)
+    result.figure = write_figure(out.with_suffix(".png"), session, stored, result)
+    result.complete = True
+    save_result(out, result, stored)
+    return result
+
+
+def run_checks(result: Result, session: Session, compare_with: Path | None = None) -> list[dict]:
+    """Every sanity check that applies: masking signs on the reference, budget and cascade signs on the cells."""
+    x, y = session.test.x.to(session.device), session.test.y.to(session.device)
+    losses = {a["params"].get("loss") for a in result.attacks if a["needs"] == "gradients"} - {None}
+    found = [checks.input_gradients(session.reference, x, y, loss) for loss in sorted(losses or {"margin"})]
+    found += [checks.outputs_are_logits(session.runtimes[0].logits(session.test.x, session.batch_size))]
+    found += checks.for_cells(result.cells, result.attacks, result.norm or "linf", session.test.x[0].numel())
+    if compare_with is not None:
+        found.append(_compare_check(result, Path(compare_with)))
+    return [c.to_dict() for c in checks.collect(found)]
+
+
+def _compare_check(result: Result, other_path: Path) -> checks.Check | None:
+    """An earlier result of the other family (black-box vs white-box) on the same samples and norm."""
+    try:
+        other = Result.from_dict({k: v for k, v in json.loads(other_path.read_text()).items()})
+    except Exception as exc:  # a foreign file: one line
+        raise RobustDeployError(f"--compare-with {other_path} is not a result of this version ({exc})") from None
+    if other.norm != result.norm or other.samples != result.samples:
+        return None
+    blackbox = {a["needs"] != "gradients" for a in result.attacks}
+    theirs = {a["needs"] != "gradients" for a in other.attacks}
+    if blackbox == theirs or len(blackbox) != 1 or len(theirs) != 1:
+        return None
+    mine, their = checks.worst_table(result.cells), checks.worst_table(other.cells)
+    return checks.blackbox_not_stronger(*((mine, their) if blackbox == {True} else (their, mine)))
+
+
+def write_figure(path: Path, session: Session, stored: dict[str, torch.Tensor], result: Result) -> str | None:
+    """A PNG of a few examples of the last set scored on the first runtime, predictions of every runtime."""
+    first = session.runtimes[0].label
+    sets = [s for s in result.sets if s["eps"] is not None and s["source"] in ("torch", first)]
+    if not sets:
+        return None
+    last = max(sets, key=lambda s: (s["eps"], s["stage"]))
+    x, y, adv = session.test.x, session.test.y, stored[last["key"]]
+    index = pick_examples(x, adv, y, session.runtimes[0].predict(adv))
+    predictions = {r.label: (r.predict(x[index]), r.predict(adv[index])) for r in session.runtimes}
+    example_figure(path, x[index], adv[index], y[index], predictions,
+                   f"{last['attack']} {result.norm} eps={last['eps']:g}, crafted on {last['source']}")
+    return path.name

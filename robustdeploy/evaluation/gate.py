@@ -1,0 +1,143 @@
+"""`check`, the CI gate: every deployment against the PyTorch training graph, with a verdict per check.
+
+Clean accuracy drop, top-1 agreement, and the drop of worst-case robust accuracy over the attack cascade
+(crafted on PyTorch fp32, 8-bit realised) at each budget. Writes a Markdown summary (fit for a CI job
+summary), JUnit XML and the re-scorable result; the CLI exits 0 when all pass, 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from robustdeploy.attacks import AttackSpec
+from robustdeploy.bundle import load_bundle
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation.compare import default_runtimes
+from robustdeploy.evaluation.craft import Plan
+from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans, runners
+from robustdeploy.evaluation.results import Result, save_result
+from robustdeploy.evaluation.score import Cell, percent, worst
+from robustdeploy.evaluation.session import SessionConfig, open_session
+from robustdeploy.io import atomic_write_bytes, atomic_write_text, check_output
+from robustdeploy.report import table
+
+# A small fixed cascade: cheap enough for every CI run, strong enough to expose a robustness gap.
+DEFAULT_ATTACKS = (AttackSpec("fgsm"), AttackSpec("pgd", {"steps": 10}))
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    bundle: Path
+    runtimes: tuple[str, ...] = ()  # default: every variant of the bundle on ort-cpu
+    max_accuracy_drop: float = 0.5  # points
+    min_agreement: float = 99.5  # percent
+    max_robust_drop: float = 2.0  # points
+    attacks: tuple[AttackSpec, ...] = DEFAULT_ATTACKS
+    epsilons: tuple[float, ...] = (0.05,)
+    limit: int | None = None
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    data_root: str | None = None
+    markdown: Path | None = None
+    junit: Path | None = None
+    out: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_accuracy_drop < 0 or self.max_robust_drop < 0:
+            raise RobustDeployError("--max-accuracy-drop and --max-robust-drop are points >= 0")
+        if not 0 <= self.min_agreement <= 100:
+            raise RobustDeployError("--min-agreement is a percentage in [0, 100]")
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    runtime: str
+    check: str
+    measured: float
+    limit: float
+    passed: bool
+    detail: str
+
+
+def items(result: Result, config: CheckConfig) -> list[CheckItem]:
+    """The verdicts, read off the result's cells and agreement."""
+    found, last = [], worst([Cell(**c) for c in result.cells])
+    eps0 = result.epsilons[0]
+    base = last["torch", eps0].clean_accuracy
+    for runtime in result.runtime_labels():
+        if runtime == "torch":
+            continue
+        clean = last[runtime, eps0].clean_accuracy
+        drop = base - clean
+        found.append(CheckItem(runtime, "clean accuracy drop", drop, config.max_accuracy_drop,
+                               drop <= config.max_accuracy_drop, f"torch {base:.2f}% -> {clean:.2f}% "
+                               f"(drop {drop:.2f} points, max {config.max_accuracy_drop:g})"))
+        agreement = result.extra["agreement_with_torch"][runtime]
+        found.append(CheckItem(runtime, "top-1 agreement", agreement, config.min_agreement,
+                               agreement >= config.min_agreement,
+                               f"{agreement:.2f}% of predictions match torch (min {config.min_agreement:g}%)"))
+        for eps in result.epsilons:
+            reference, robust = last["torch", eps].robust_accuracy, last[runtime, eps].robust_accuracy
+            rdrop = reference - robust
+            found.append(CheckItem(runtime, f"robust accuracy drop eps={eps:g}", rdrop, config.max_robust_drop,
+                                   rdrop <= config.max_robust_drop,
+                                   f"torch {reference:.2f}% -> {robust:.2f}% worst case over "
+                                   f"{'+'.join(a['label'] for a in result.attacks)} at eps={eps:g} "
+                                   f"(drop {rdrop:.2f} points, max {config.max_robust_drop:g})"))
+    return found
+
+
+def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
+    """Measure clean accuracy drop, agreement and worst-case robust accuracy drop of each deployment."""
+    bundle = load_bundle(config.bundle)
+    names = config.runtimes or tuple(n for n in default_runtimes(bundle) if n != "torch")
+    if "torch" in names:
+        raise RobustDeployError("check compares deployments with the torch graph; drop --runtime torch")
+    for path, option in ((config.markdown, "--markdown"), (config.junit, "--junit"), (config.out, "--out")):
+        if path is not None:
+            check_output(path, option)
+    session = open_session(SessionConfig(config.bundle, ("torch", *names), config.limit, config.batch_size,
+                                         config.seed, config.device, config.data_root), bundle)
+    out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-check.json"
+    result = new_result("check", session)
+    _, stored = run_plans(result, session, [Plan(config.attacks, config.epsilons)], out, resume=False)
+    result.cells = classify_cells(result, stored, runners(session))
+    torch_clean = session.clean("torch")
+    result.extra = {"agreement_with_torch": {r.label: percent(session.clean(r.label) == torch_clean)
+                                             for r in session.runtimes}}
+    found = items(result, config)
+    result.extra["items"] = [asdict(i) for i in found]
+    result.extra["passed"] = all(i.passed for i in found)
+    result.complete = True
+    save_result(out, result, stored)
+    if config.markdown:
+        atomic_write_text(Path(config.markdown), markdown(result, found))
+    if config.junit:
+        atomic_write_bytes(Path(config.junit), junit(found))
+    return result, found
+
+
+def lines(found: list[CheckItem]) -> list[str]:
+    return [f"{'PASSED' if i.passed else 'FAILED'} {i.runtime} {i.check}: {i.detail}" for i in found]
+
+
+def markdown(result: Result, found: list[CheckItem]) -> str:
+    verdict = "✅ all checks passed" if all(i.passed for i in found) else "❌ some checks failed"
+    rows = [[i.runtime, i.check, f"{i.measured:.2f}", f"{i.limit:g}", "PASSED" if i.passed else "FAILED"]
+            for i in found]
+    head = f"## robustdeploy check: {verdict}\n\nBundle `{result.bundle}`, {result.samples} test samples.\n\n"
+    return head + table(["runtime", "check", "measured", "limit", "verdict"], rows, markdown=True) + "\n"
+
+
+def junit(found: list[CheckItem]) -> bytes:
+    failures = sum(not i.passed for i in found)
+    suite = ET.Element("testsuite", name="robustdeploy.check", tests=str(len(found)), failures=str(failures),
+                       errors="0")
+    for item in found:
+        case = ET.SubElement(suite, "testcase", classname=f"robustdeploy.{item.runtime}", name=item.check)
+        if not item.passed:
+            ET.SubElement(case, "failure", message=item.detail).text = item.detail
+    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)

@@ -1,0 +1,136 @@
+"""`patch`: a universal patch crafted on a source bundle, scored on torch and ort-cpu of it and of transfer bundles.
+
+tSuc (seed 004): fraction of patched test images, not of the target class, classified as the target.
+Fooling rate: fraction of those patched images not classified as their true class. The same patched images
+(random positions, fixed seed; the patch and the images are on the 8-bit grid) are stored and scored on
+every model and runtime; with `lgs`, Local Gradient Smoothing sits in front of each model, on torch and in an
+exported, parity-checked LGS + classifier ONNX graph.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from robustdeploy.attacks.ot_patch import PatchConfig, apply_patch, check_target, craft_patch, random_positions
+from robustdeploy.bundle import Bundle, load_bundle
+from robustdeploy.data import load_dataset
+from robustdeploy.defenses.lgs import LocalGradientSmoothing
+from robustdeploy.errors import CheckFailed, RobustDeployError
+from robustdeploy.evaluation.evaluate import new_result
+from robustdeploy.evaluation.results import Result, save_result
+from robustdeploy.evaluation.score import percent
+from robustdeploy.evaluation.session import SessionConfig, open_session
+from robustdeploy.io import atomic_write_bytes, check_output
+from robustdeploy.models import Composite
+from robustdeploy.parity import ParityTolerance
+from robustdeploy.runtimes import Runtime, RuntimeSpec, create_runtime
+from robustdeploy.runtimes.ort import OrtRuntime
+from robustdeploy.runtimes.torch import TorchRuntime
+
+RUNTIMES = ("torch", "ort-cpu")
+PATCHED = "patch/torch/patched"
+
+
+@dataclass(frozen=True)
+class PatchEvalConfig:
+    source: Path
+    patch: PatchConfig
+    transfer: tuple[Path, ...] = ()
+    lgs: bool = False
+    limit: int | None = None
+    seed: int = 0
+    data_root: str | None = None
+    out: Path | None = None
+
+
+def lgs_runtimes(bundle: Bundle, probe: torch.Tensor) -> list[Runtime]:
+    """torch and ort-cpu runtimes of LGS + the bundle's classifier; the ONNX graph is parity-checked."""
+    from robustdeploy.export import check_parity, export_onnx
+
+    model = Composite(LocalGradientSmoothing.for_size(bundle.input_shape[-1]), bundle.reference_model()).eval()
+    with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph in memory once opened
+        path = Path(tmp) / f"{bundle.name}-lgs.onnx"
+        export_onnx(model, bundle.input_shape, path, opset=18, exporter="dynamo")
+        report = check_parity(model, path, probe, ParityTolerance(), label="ort-cpu")
+        if not report.passed:
+            raise CheckFailed(f"LGS + {bundle.name} ONNX graph fails parity: {report.summary()}")
+        return [TorchRuntime(RuntimeSpec("torch", "fp32"), model), OrtRuntime(RuntimeSpec("ort-cpu", "fp32"), path)]
+
+
+def patch_runners(result: Result, probe: torch.Tensor, device: str = "cpu") -> dict[str, Runtime]:
+    """`bundle name/runtime` -> runtime for every model the patch is scored on (rebuilt from the result)."""
+    found: dict[str, Runtime] = {}
+    for path in result.extra["bundles"]:
+        bundle = load_bundle(Path(path))
+        opened = lgs_runtimes(bundle, probe) if result.extra["lgs"] \
+            else [create_runtime(bundle, name, device=device) for name in RUNTIMES]
+        found.update({f"{bundle.name}/{r.label}": r for r in opened})
+    return found
+
+
+def patch_cells(result: Result, stored: dict[str, torch.Tensor], runners: dict[str, Runtime],
+                batch_size: int = 256) -> list[dict]:
+    """Clean target rate, tSuc and fooling rate of every model x runtime on the stored patched images."""
+    target, y = result.extra["target"], stored["y"]
+    cells = []
+    for name, runtime in runners.items():
+        clean, patched = runtime.predict(stored["x"], batch_size), runtime.predict(stored[PATCHED], batch_size)
+        cells.append({"runtime": name, "defense": "lgs" if result.extra["lgs"] else "none", "samples": len(y),
+                      "clean_target_rate": percent(clean == target), "tsuc": percent(patched == target),
+                      "fooling_rate": percent(patched != y)})
+    return cells
+
+
+def evaluate_patch(config: PatchEvalConfig) -> tuple[Result, torch.Tensor]:
+    """Craft on the source bundle's train split (PyTorch graph), score on every bundle x runtime; returns the patch."""
+    session = open_session(SessionConfig(config.source, RUNTIMES, config.limit, seed=config.seed,
+                                         data_root=config.data_root))
+    source = session.bundle
+    check_target(config.patch.target, len(source.classes))
+    if config.out is not None:
+        check_output(config.out, "--out")
+    bundles = [source] + [load_bundle(path) for path in config.transfer]
+    for other in bundles[1:]:
+        if other.input_shape != source.input_shape or len(other.classes) != len(source.classes):
+            raise RobustDeployError(f"transfer bundle {other.name!r} has input {other.input_shape} and "
+                                    f"{len(other.classes)} classes; the source has {source.input_shape} and "
+                                    f"{len(source.classes)}: train it on the same data")
+    data_config = source.data if config.data_root is None else \
+        type(source.data)(**{**source.data.to_dict(), "data_root": config.data_root})
+    train = load_dataset(data_config).split("train")
+    crafted = craft_patch(session.reference, train.x, train.y, config.patch)
+    keep = session.test.y != config.patch.target
+    x, y = session.test.x[keep], session.test.y[keep]
+    generator = torch.Generator().manual_seed(config.seed)
+    positions = random_positions(len(x), x.shape[-2:], crafted.patch.shape[-1], generator)
+    stored = {"x": x, "y": y, PATCHED: apply_patch(x, crafted.patch, positions), "patch": crafted.patch}
+    result = new_result("patch", session, scorer="target")
+    result.samples = len(x)
+    result.attacks = [{"label": "patch", "name": config.patch.method, "params": config.patch.to_dict(),
+                       "needs": "gradients"}]
+    result.extra = {"target": config.patch.target, "lgs": config.lgs, "bundles": [str(b.path) for b in bundles],
+                    "layers": list(crafted.layers), "losses": crafted.losses}
+    result.cells = patch_cells(result, stored, patch_runners(result, x[:256]))
+    result.complete = True
+    if config.out is not None:
+        save_result(config.out, result, stored)
+        save_png(crafted.patch, Path(config.out).with_suffix(".patch.png"))
+    return result, crafted.patch
+
+
+def save_png(patch: torch.Tensor, path: Path) -> None:
+    """The patch as an 8-bit PNG."""
+    from PIL import Image
+
+    pixels = (patch * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+

@@ -1,0 +1,108 @@
+"""An evaluation session: bundle, test split, reference graph and runtimes, opened and validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from robustdeploy.bundle import Bundle, load_bundle
+from robustdeploy.data import DataConfig, Split, load_dataset
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.runtimes import Runtime, RuntimeSpec, create_runtime, parse_runtime
+from robustdeploy.runtimes.torch import TorchRuntime
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """What every kind of evaluation needs to open; defaults live here, not in the CLI."""
+
+    bundle: Path
+    runtimes: tuple[str, ...] = ("torch", "ort-cpu")
+    limit: int | None = None
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    data_root: str | None = None
+
+
+@dataclass
+class Session:
+    """The opened pieces; `reference` is the PyTorch graph attacks differentiate, `torch` its runtime view."""
+
+    config: SessionConfig
+    bundle: Bundle
+    test: Split
+    runtimes: list[Runtime]
+    reference: torch.nn.Module
+    torch: Runtime
+    _clean: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def device(self) -> str:
+        return self.config.device
+
+    def runtime(self, label: str) -> Runtime:
+        return self.torch if label == "torch" else next(r for r in self.runtimes if r.label == label)
+
+    def clean(self, label: str) -> torch.Tensor:
+        """Clean predictions of a runtime (or `torch`), computed once."""
+        if label not in self._clean:
+            self._clean[label] = self.runtime(label).predict(self.test.x, self.batch_size)
+        return self._clean[label]
+
+    def header(self) -> dict:
+        return {"bundle": str(self.bundle.path), "seed": self.config.seed, "samples": len(self.test),
+                "limit": self.config.limit, "data": {**self.bundle.data.to_dict(), "data_root": self.data_root},
+                "runtimes": [r.describe() for r in self.runtimes]}
+
+    @property
+    def data_root(self) -> str | None:
+        return self.config.data_root or self.bundle.data.data_root
+
+
+def validate(config: SessionConfig) -> None:
+    """Checks that need nothing opened: limits, batch size, runtime list, device."""
+    if config.limit is not None and config.limit < 1:
+        raise RobustDeployError(f"--limit must be at least 1, got {config.limit}")
+    if config.batch_size < 1:
+        raise RobustDeployError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if not config.runtimes:
+        raise RobustDeployError("give at least one --runtime (e.g. --runtime torch --runtime ort-cpu)")
+    labels = [parse_runtime(n).label for n in config.runtimes]
+    if len(set(labels)) != len(labels):
+        raise RobustDeployError(f"a runtime is listed twice: {', '.join(labels)}")
+    if config.device not in ("cpu", "cuda") and not config.device.startswith("cuda:"):
+        raise RobustDeployError(f"--device must be cpu, cuda or cuda:N, not {config.device!r}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RobustDeployError(f"--device {config.device}: PyTorch sees no CUDA GPU; use --device cpu")
+
+
+def load_test_split(bundle: Bundle, data_root: str | None, limit: int | None) -> Split:
+    """The bundle's test split, checked against the bundle's input shape."""
+    if data_root is not None and bundle.data.name == "digits":
+        raise RobustDeployError("--data-root is for datasets read from disk; the bundle uses the built-in "
+                                "digits, drop --data-root")
+    config = bundle.data if data_root is None else DataConfig(**{**bundle.data.to_dict(), "data_root": data_root})
+    data = load_dataset(config)
+    if data.input_shape != bundle.input_shape:
+        raise RobustDeployError(f"dataset {config.name!r} gives inputs of shape {data.input_shape}, the bundle "
+                                f"expects {bundle.input_shape}; use the dataset the model was trained on")
+    return data.test.head(limit)
+
+
+def open_session(config: SessionConfig, bundle: Bundle | None = None) -> Session:
+    """Validate `config`, verify the bundle, load the split, open every runtime."""
+    validate(config)
+    bundle = bundle or load_bundle(config.bundle)
+    test = load_test_split(bundle, config.data_root, config.limit)
+    runtimes = [create_runtime(bundle, name, device=config.device) for name in config.runtimes]
+    reference = bundle.reference_model().to(config.device).requires_grad_(False)
+    torch_rt = next((r for r in runtimes if r.label == "torch"), None) or \
+        TorchRuntime(RuntimeSpec("torch"), reference, config.device)
+    return Session(config, bundle, test, runtimes, reference, torch_rt)

@@ -1,0 +1,49 @@
+"""A training run: standard training or a registered defense's recipe, then the run folder it writes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from robustdeploy.data import load_dataset
+from robustdeploy.defenses import DEFENSES
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.io import versions
+from robustdeploy.train import RunRecord, TrainConfig, accuracy, save_run
+
+
+def _validate(config: TrainConfig) -> None:
+    if config.epochs < 1:
+        raise RobustDeployError(f"--epochs must be at least 1, got {config.epochs}")
+    if config.batch_size < 1:
+        raise RobustDeployError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.lr <= 0:
+        raise RobustDeployError(f"--lr must be positive, got {config.lr}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RobustDeployError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    DEFENSES.get(config.defense)
+
+
+
+def train(config: TrainConfig, out: Path) -> RunRecord:
+    """Train `config.arch` on `config.data` and write a run folder at `out` (atomically)."""
+    _validate(config)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise RobustDeployError(f"run folder {out} already exists; choose another --out or delete it")
+    torch.manual_seed(config.seed)
+    data = load_dataset(config.data)
+    start = time.perf_counter()
+    trained = DEFENSES.create(config.defense, config=config, data=data, **config.defense_params)
+    model, spec, losses, defense_info = trained.model, trained.spec, trained.losses, trained.info
+    metrics = {
+        "train_loss": losses,
+        "train_seconds": round(time.perf_counter() - start, 3),
+        "val_accuracy": accuracy(model, data.val, device=config.device),
+        "test_accuracy": accuracy(model, data.test, device=config.device),
+    } | ({"defense": {"name": config.defense, **defense_info}} if config.defense != "none" else {})
+    record = RunRecord(out.name, spec, config.data, data.classes, config.to_dict(), metrics, versions())
+    save_run(model.cpu(), record, out)
+    return record
