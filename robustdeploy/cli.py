@@ -39,6 +39,11 @@ def _parse_attack_opts(items: list[str]) -> dict:
     return params
 
 
+def given(**options) -> dict:
+    """The options the user gave (lists as tuples); the rest take the library's defaults."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if v not in (None, [])}
+
+
 def attack_params(norm, steps, loss, restarts, extra: list[str]) -> dict:
     given = {"norm": norm, "steps": steps, "loss": loss, "restarts": restarts}
     return {k: v for k, v in given.items() if v is not None} | _parse_attack_opts(extra)
@@ -46,8 +51,7 @@ def attack_params(norm, steps, loss, restarts, extra: list[str]) -> dict:
 
 @app.command()
 def train(
-    arch: Annotated[str, typer.Option(help="Architecture: mlp, mlp-d, mlp-bn, cnn, cnn-d, cnn-bn, timm:<name>.")]
-    = "cnn",
+    arch: opt.Arch = "cnn",
     dataset: Annotated[str, typer.Option(help="Dataset name (see `robustdeploy list`).")] = "digits",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     batch_size: opt.BatchSize = 64,
@@ -141,19 +145,19 @@ def export(
 @app.command()
 def evaluate(
     bundle: opt.BundleDir,
-    runtime: opt.Runtimes = ["torch", "ort-cpu"],  # noqa: B006 (typer needs a list default)
-    attack: opt.Attacks = ["pgd"],  # noqa: B006
-    eps: opt.Epsilons = [0.1],  # noqa: B006
+    runtime: opt.Runtimes = None,
+    attack: opt.Attacks = None,
+    eps: opt.Epsilons = None,
     norm: opt.Norm = None,
     steps: opt.Steps = None,
     loss: opt.Loss = None,
     restarts: opt.Restarts = None,
     attack_opt: opt.AttackOpts = [],  # noqa: B006
     limit: opt.Limit = None,
-    batch_size: opt.BatchSize = 256,
+    batch_size: opt.BatchSize = None,
     out: opt.OutFile = None,
-    seed: opt.Seed = 0,
-    device: opt.Device = "cpu",
+    seed: opt.Seed = None,
+    device: opt.Device = None,
     data_root: opt.DataRoot = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run written to --out.")] = False,
     realise: Annotated[bool, typer.Option(help="Attack and score on the 8-bit grid the deployment receives "
@@ -172,15 +176,16 @@ def evaluate(
     from robustdeploy.evaluation.evaluate import evaluate as run_evaluation
     from robustdeploy.report import detector_table, evaluation_table
 
-    config = EvalConfig(bundle=bundle, runtimes=tuple(runtime), attacks=tuple(attack), epsilons=tuple(eps),
-                        attack_params=attack_params(norm, steps, loss, restarts, attack_opt), limit=limit,
-                        batch_size=batch_size, seed=seed, device=device, data_root=data_root, out=out,
-                        resume=resume, realise=realise, compare_with=compare_with)
+    config = EvalConfig(bundle=bundle, attack_params=attack_params(norm, steps, loss, restarts, attack_opt),
+                        resume=resume, realise=realise, **given(runtimes=runtime, attacks=attack, epsilons=eps,
+                                                                limit=limit, batch_size=batch_size, seed=seed,
+                                                                device=device, data_root=data_root, out=out,
+                                                                compare_with=compare_with))
     if detector:
         from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
         from robustdeploy.evaluation.detector import evaluate_detector
 
-        adaptive = AdaptiveSqueezePGD(steps=adaptive_steps, lam=adaptive_lam, seed=seed)
+        adaptive = AdaptiveSqueezePGD(steps=adaptive_steps, lam=adaptive_lam, seed=config.seed)
         echo(detector_table(evaluate_detector(config, adaptive)))
         return
     result = run_evaluation(config)
@@ -214,25 +219,25 @@ def defend_eval(
     bundle: opt.BundleDir,
     baseline: Annotated[Path | None, typer.Option(help="Undefended run the oblivious attack is crafted on "
                                                        "(default for a purifier: its own classifier).")] = None,
-    attack: opt.Attack = "pgd",
-    eps: Annotated[float, typer.Option(help="L-inf budget in pixel units.")] = 0.1,
-    steps: Annotated[int, typer.Option(help="Attack steps (where the attack has steps).")] = 40,
-    runtime: opt.Runtimes = ["torch", "ort-cpu"],  # noqa: B006
+    attack: opt.Attack = None,
+    eps: Annotated[float | None, typer.Option(help="L-inf budget in pixel units (default 0.1).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Attack steps, where the attack has steps (default 40).")]
+    = None,
+    runtime: opt.Runtimes = None,
     limit: opt.Limit = None,
-    batch_size: opt.BatchSize = 256,
+    batch_size: opt.BatchSize = None,
     out: opt.OutFile = None,
-    seed: opt.Seed = 0,
-    device: opt.Device = "cpu",
+    seed: opt.Seed = None,
+    device: opt.Device = None,
     data_root: opt.DataRoot = None,
 ) -> None:
     """Score a defended bundle under oblivious and adaptive attacks, on every runtime."""
     from robustdeploy.evaluation.defense import DefenseEvalConfig, evaluate_defense
     from robustdeploy.report import defense_table
 
-    result = evaluate_defense(DefenseEvalConfig(bundle=bundle, baseline=baseline, attack=attack, eps=eps,
-                                                steps=steps, runtimes=tuple(runtime), limit=limit,
-                                                batch_size=batch_size, seed=seed, device=device,
-                                                data_root=data_root, out=out))
+    result = evaluate_defense(DefenseEvalConfig(bundle=bundle, **given(
+        baseline=baseline, attack=attack, eps=eps, steps=steps, runtimes=runtime, limit=limit, batch_size=batch_size,
+        seed=seed, device=device, data_root=data_root, out=out)))
     echo(defense_table(result))
 
 
@@ -241,39 +246,38 @@ def quickstart(
     workdir: Annotated[Path, typer.Option(help="Folder for the quickstart's run, bundle and results.")]
     = Path("quickstart"),
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
-    eps: opt.Epsilons = [0.05, 0.1, 0.2],  # noqa: B006
-    seed: opt.Seed = 0,
+    eps: opt.Epsilons = None,
+    seed: opt.Seed = None,
 ) -> None:
     """Train a small CNN on the built-in digits, export it, and evaluate PGD on torch and ort-cpu."""
     from robustdeploy.evaluation.checks import warn
     from robustdeploy.quickstart import quickstart as run_quickstart
 
-    warn(run_quickstart(workdir, epochs, tuple(eps), seed, echo).checks)
+    warn(run_quickstart(workdir, echo=echo, **given(epochs=epochs, epsilons=eps, seed=seed)).checks)
 
 
 @app.command()
 def compare(
     bundle: opt.BundleDir,
-    runtime: Annotated[list[str], typer.Option("--runtime", "-r", help="Runtime[:variant] (default: torch and "
-                                               "every variant of the bundle on ort-cpu).")] = [],  # noqa: B006
-    attack: opt.Attacks = ["fgsm", "pgd"],  # noqa: B006
-    eps: opt.Epsilons = [0.1],  # noqa: B006
+    runtime: Annotated[list[str] | None, typer.Option("--runtime", "-r", help="Runtime[:variant] (default: torch "
+                                                      "and every variant of the bundle on ort-cpu).")] = None,
+    attack: opt.Attacks = None,
+    eps: opt.Epsilons = None,
     attack_opt: opt.AttackOpts = [],  # noqa: B006
     limit: opt.Limit = None,
-    batch_size: opt.BatchSize = 256,
+    batch_size: opt.BatchSize = None,
     out: Annotated[Path | None, typer.Option(help="JSON output (a .md table is written beside it).")] = None,
-    seed: opt.Seed = 0,
-    device: opt.Device = "cpu",
+    seed: opt.Seed = None,
+    device: opt.Device = None,
     data_root: opt.DataRoot = None,
 ) -> None:
     """One row per runtime/variant: accuracy, agreement, robust accuracy after each attack, median latency."""
     from robustdeploy.evaluation.compare import CompareConfig, compare_table
     from robustdeploy.evaluation.compare import compare as run_compare
 
-    result = run_compare(CompareConfig(bundle=bundle, runtimes=tuple(runtime), attacks=tuple(attack),
-                                       epsilons=tuple(eps), attack_params=_parse_attack_opts(attack_opt),
-                                       limit=limit, batch_size=batch_size, seed=seed, device=device,
-                                       data_root=data_root, out=out))
+    result = run_compare(CompareConfig(bundle=bundle, attack_params=_parse_attack_opts(attack_opt), **given(
+        runtimes=runtime, attacks=attack, epsilons=eps, limit=limit, batch_size=batch_size, seed=seed, device=device,
+        data_root=data_root, out=out)))
     echo(compare_table(result))
     echo(f"results -> {result.path} and {result.path.with_suffix('.md')}")
 
@@ -307,34 +311,35 @@ def bench(
 @app.command()
 def check(
     bundle: opt.BundleDir,
-    runtime: Annotated[list[str], typer.Option("--runtime", "-r", help="Deployments to gate (default: every "
-                                               "variant of the bundle on ort-cpu).")] = [],  # noqa: B006
-    attack: Annotated[list[str], typer.Option(help="Attack cascade crafted on PyTorch fp32 (repeatable; "
-                                              "default fgsm, then 10-step pgd).")] = [],  # noqa: B006
-    eps: Annotated[list[float], typer.Option("--eps", help="Budget(s) of the robustness check.")]
-    = [0.05],  # noqa: B006
-    max_accuracy_drop: Annotated[float, typer.Option(help="Max clean accuracy drop vs torch, points.")] = 0.5,
-    min_agreement: Annotated[float, typer.Option(help="Min top-1 agreement with torch, percent.")] = 99.5,
-    max_robust_drop: Annotated[float, typer.Option(help="Max worst-case robust accuracy drop vs torch, points.")]
-    = 2.0,
+    runtime: Annotated[list[str] | None, typer.Option("--runtime", "-r", help="Deployments to gate (default: "
+                                                      "every variant of the bundle on ort-cpu).")] = None,
+    attack: Annotated[list[str] | None, typer.Option(help="Attack cascade crafted on PyTorch fp32 (repeatable; "
+                                                     "default fgsm, then 10-step pgd).")] = None,
+    eps: Annotated[list[float] | None, typer.Option("--eps", help="Budget(s) of the robustness check (default "
+                                                    "0.05).")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="Max clean accuracy drop vs torch, points "
+                                                            "(default 0.5).")] = None,
+    min_agreement: Annotated[float | None, typer.Option(help="Min top-1 agreement with torch, percent (default "
+                                                        "99.5).")] = None,
+    max_robust_drop: Annotated[float | None, typer.Option(help="Max worst-case robust accuracy drop vs torch, "
+                                                          "points (default 2).")] = None,
     limit: opt.Limit = None,
     markdown: Annotated[Path | None, typer.Option(help="Markdown summary file.")] = Path("check-summary.md"),
     junit: Annotated[Path | None, typer.Option(help="JUnit XML file.")] = Path("check-junit.xml"),
     out: opt.OutFile = None,
-    seed: opt.Seed = 0,
-    device: opt.Device = "cpu",
+    seed: opt.Seed = None,
+    device: opt.Device = None,
     data_root: opt.DataRoot = None,
 ) -> None:
     """CI gate: exit 0 when every deployment matches the training graph within tolerance, 1 when not."""
     from robustdeploy.attacks import cascade
     from robustdeploy.errors import CheckFailed
-    from robustdeploy.evaluation.gate import DEFAULT_ATTACKS, CheckConfig, lines, run_check
+    from robustdeploy.evaluation.gate import CheckConfig, lines, run_check
 
-    attacks = cascade(tuple(attack), {}) if attack else DEFAULT_ATTACKS
-    _, found = run_check(CheckConfig(bundle=bundle, runtimes=tuple(runtime), attacks=attacks, epsilons=tuple(eps),
-                                     max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
-                                     max_robust_drop=max_robust_drop, limit=limit, markdown=markdown, junit=junit,
-                                     out=out, seed=seed, device=device, data_root=data_root))
+    _, found = run_check(CheckConfig(bundle=bundle, markdown=markdown, junit=junit, **given(
+        runtimes=runtime, attacks=cascade(tuple(attack), {}) if attack else None, epsilons=eps,
+        max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_robust_drop=max_robust_drop,
+        limit=limit, out=out, seed=seed, device=device, data_root=data_root)))
     for line in lines(found):
         echo(line)
     echo(f"summary -> {markdown}, junit -> {junit}")

@@ -7,19 +7,26 @@ from typing import Annotated
 
 import typer
 
-Seed = Annotated[int, typer.Option(help="Random seed (recorded in every result).")]
-Device = Annotated[str, typer.Option(help="PyTorch device for training and crafting attacks: cpu or cuda.")]
+from robustdeploy.attacks import ATTACKS
+from robustdeploy.models import MODELS
+from robustdeploy.runtimes import RUNTIMES
+
+Seed = Annotated[int | None, typer.Option(help="Random seed (recorded in every result; default 0).")]
+Device = Annotated[str | None, typer.Option(help="PyTorch device for training and crafting attacks: cpu (default), "
+                                                 "cuda or cuda:N.")]
 DataRoot = Annotated[str | None, typer.Option(help="Folder holding the dataset (not needed for digits).")]
-BatchSize = Annotated[int, typer.Option(help="Samples per batch.")]
+BatchSize = Annotated[int | None, typer.Option(help="Samples per batch.")]
 Limit = Annotated[int | None, typer.Option(help="Evaluate only the first N test samples.")]
 Runtimes = Annotated[
-    list[str],
-    typer.Option("--runtime", "-r", help="Runtime[:variant]: torch, ort-cpu, ort-cuda, ort-trt (repeatable)."),
+    list[str] | None,
+    typer.Option("--runtime", "-r", help=f"Runtime[:variant]: {', '.join(RUNTIMES.names())} (repeatable)."),
 ]
-Attack = Annotated[str, typer.Option(help="Attack name (see `robustdeploy list`).")]
-Attacks = Annotated[list[str], typer.Option("--attack", help="Attack name[:loss] (see `robustdeploy list`); repeat "
-                                            "for a cascade, each run on the samples the earlier ones left robust.")]
-Epsilons = Annotated[list[float], typer.Option("--eps", help="Budget(s) in pixel units; repeat for a curve.")]
+Attack = Annotated[str | None, typer.Option(help=f"Attack: {', '.join(ATTACKS.names())}.")]
+Attacks = Annotated[list[str] | None, typer.Option("--attack", help=f"Attack[:loss]: {', '.join(ATTACKS.names())}; "
+                                                   "repeat for a cascade, each attack run on the samples the earlier "
+                                                   "ones left robust.")]
+Epsilons = Annotated[list[float] | None, typer.Option("--eps", help="Budget(s) in pixel units; repeat for a curve.")]
+Arch = Annotated[str, typer.Option(help=f"Architecture: {', '.join(MODELS.names())}, timm:<name>.")]
 Norm = Annotated[str | None, typer.Option(help="Threat model: linf or l2 (attack default: linf).")]
 Steps = Annotated[int | None, typer.Option(help="Attack iterations (attack default).")]
 Loss = Annotated[str | None, typer.Option(help="Attack loss: ce, margin or dlr (attack default: ce).")]

@@ -40,3 +40,16 @@ def test_budget_blackbox_and_unbounded_checks():
     assert checks.unbounded_success({("torch", 1.0): 100.0}, "linf", 64).passed
     assert not checks.unbounded_success({("torch", 1.0): 80.0}, "linf", 64).passed
     assert checks.unbounded_success({("torch", 0.3): 80.0}, "linf", 64) is None
+
+
+def test_cascade_gain_flags_black_box_attacks_that_beat_the_gradient_ones():
+    attacks = [{"label": "pgd", "needs": "gradients"}, {"label": "square", "needs": "scores"}]
+
+    def cells(after_square):
+        return [{"runtime": "ort-cpu", "eps": 0.1, "attack": "pgd", "robust_accuracy": 60.0},
+                {"runtime": "ort-cpu", "eps": 0.1, "attack": "square", "robust_accuracy": after_square}]
+
+    assert checks.cascade_gain(cells(59.5), attacks).passed
+    masked = checks.cascade_gain(cells(40.0), attacks)
+    assert not masked.passed and "60.00% after the gradient attacks -> 40.00%" in masked.detail
+    assert checks.cascade_gain(cells(40.0), attacks[:1]) is None
