@@ -105,9 +105,13 @@ def test_adaptive_attack_lowers_detection(bits_bundle, tmp_path):
     for runtime in ("torch", "ort-cpu"):
         oblivious, adaptive = rows[(runtime, "oblivious:pgd")], rows[(runtime, "adaptive:squeeze-pgd")]
         assert oblivious["successful_adversarials"] > 5 and adaptive["successful_adversarials"] > 5
-        assert adaptive["detection_rate"] < oblivious["detection_rate"] - 20
+        assert adaptive["detection_rate"] < oblivious["detection_rate"] - 10  # on 8-bit images, as deployed
         assert adaptive["undetected_success_rate"] > oblivious["undetected_success_rate"]
     assert rows[("ort-cpu", "adaptive:squeeze-pgd")]["score_diff_vs_torch"]["max"] <= SCORE_ATOL
+    for runtime in ("torch", "ort-cpu"):  # the worst case takes, per sample, the attacker's best example
+        worst = rows[(runtime, "worst case")]["undetected_success_rate"]
+        assert worst >= max(rows[(runtime, a)]["undetected_success_rate"]
+                            for a in ("oblivious:pgd", "adaptive:squeeze-pgd"))
 
 
 @pytest.mark.parametrize("attack,opts", [("ddn", ["--attack-opt", "steps=10", "--eps", "1.0"]),
@@ -118,7 +122,7 @@ def test_detector_works_with_every_attack_family(bits_bundle, tmp_path, attack, 
                "--adaptive-steps", "5", "--out", out)
     assert proc.returncode == 0, proc.stderr
     cells = json.loads(out.read_text())["cells"]
-    assert {c["attack"] for c in cells} == {f"oblivious:{attack}", "adaptive:squeeze-pgd"}
+    assert {c["attack"] for c in cells} == {f"oblivious:{attack}", "adaptive:squeeze-pgd", "worst case"}
     assert rescore(out) == cells
 
 

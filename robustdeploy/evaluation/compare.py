@@ -3,7 +3,7 @@ each attack of the cascade at each budget (the last column per budget is the wor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from robustdeploy.attacks import cascade
@@ -19,19 +19,13 @@ from robustdeploy.report import table
 
 
 @dataclass(frozen=True)
-class CompareConfig:
-    bundle: Path
+class CompareConfig(SessionConfig):
     runtimes: tuple[str, ...] = ()  # default: torch + every variant of the bundle on ort-cpu
     attacks: tuple[str, ...] = ("fgsm", "pgd")
     epsilons: tuple[float, ...] = (0.1,)
     attack_params: dict = field(default_factory=dict)
-    limit: int | None = None
-    batch_size: int = 256
     latency_batch: int = 1
     latency_iterations: int = 50
-    seed: int = 0
-    device: str = "cpu"
-    data_root: str | None = None
     out: Path | None = None
 
 
@@ -43,8 +37,7 @@ def compare(config: CompareConfig) -> Result:
     """The cascade crafted once per source, scored on every runtime, plus agreement and latency."""
     bundle = load_bundle(config.bundle)
     names = config.runtimes or default_runtimes(bundle)
-    session = open_session(SessionConfig(config.bundle, names, config.limit, config.batch_size, config.seed,
-                                         config.device, config.data_root), bundle)
+    session = open_session(replace(config, runtimes=names), bundle)
     out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-compare.json"
     check_output(out, "--out")
     result = new_result("compare", session)

@@ -172,37 +172,51 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
            stored: dict[str, torch.Tensor]) -> CraftedSet:
     """One budget of a fixed-budget attack on the samples in `todo`; the rest keep x or a smaller budget's
     example."""
-    x, y = session.test.x, session.test.y
     torch.manual_seed(session.config.seed)
     index = todo.nonzero().flatten()
-    raw = (previous if previous is not None else x).clone()
-    queries = torch.zeros(len(index), dtype=torch.long)
-    start, before = time.perf_counter(), attack.stats.gradients
     blackbox = attack.needs < Capability.GRADIENTS
     attack.realiser = None
     if plan.realise and not blackbox:  # the float trajectory, success judged on what the deployment receives
         attack.realiser = lambda a, xb, e: realise(a, xb, e, attack.norm)
     view = OnGrid(model) if plan.realise and blackbox else model  # queries are 8-bit images, as deployed
     budget = grid_budget(eps, attack.norm) if plan.realise and blackbox else eps
-    for i in range(0, len(index), session.batch_size):
-        chunk = index[i : i + session.batch_size]
-        xb, yb = x[chunk].to(session.device), y[chunk].to(session.device)
-        raw[chunk] = attack.perturb(view, xb, yb, budget).detach().cpu()
+    queries: list[int] = []
+
+    def run(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        adv = attack.perturb(view, xb, yb, budget)
         if attack.queries_per_sample is not None:
-            queries[i : i + len(chunk)] = attack.queries_per_sample.cpu()
+            queries.extend(attack.queries_per_sample.tolist())
+        return adv
+
+    start, before = time.perf_counter(), attack.stats.gradients
+    raw = _batched(session, index, session.test.x if previous is None else previous, run)
     seconds = time.perf_counter() - start
-    adv, rounding = raw, None
-    if plan.realise:
-        adv = raw.clone()
-        adv[index] = realise(raw[index], x[index], eps, attack.norm)
-        rounding = rounding_report(predict, raw[index], adv[index], y[index])
+    adv, rounding = _realised(plan, predict, session, raw, index, eps, attack.norm)
     key = set_key(label(plan, spec), source, eps)
     stored[key] = adv
     return CraftedSet(key, stage, label(plan, spec), source, eps, len(index), round(seconds, 4),
                       attack.stats.gradients - before,
-                      round(statistics.fmean(queries.tolist()), 2) if blackbox and len(index) else None,
-                      float(statistics.median(queries.tolist())) if blackbox and len(index) else None, rounding,
-                      plan.group)
+                      round(statistics.fmean(queries), 2) if queries else None,
+                      float(statistics.median(queries)) if queries else None, rounding, plan.group)
+
+
+def _batched(session: Session, index: torch.Tensor, base: torch.Tensor, call) -> torch.Tensor:
+    """`call(x, y)` over the samples in `index`, in batches on the session's device; the others keep `base`."""
+    x, y, out = session.test.x, session.test.y, base.clone()
+    for i in range(0, len(index), session.batch_size):
+        chunk = index[i : i + session.batch_size]
+        out[chunk] = call(x[chunk].to(session.device), y[chunk].to(session.device)).detach().cpu()
+    return out
+
+
+def _realised(plan: Plan, predict, session: Session, raw: torch.Tensor, index: torch.Tensor, eps: float | None,
+              norm: str) -> tuple[torch.Tensor, dict | None]:
+    """The attacked samples rounded to the 8-bit grid inside eps, with the rounding report."""
+    if not plan.realise:
+        return raw, None
+    x, y, adv = session.test.x, session.test.y, raw.clone()
+    adv[index] = realise(raw[index], x[index], eps, norm)
+    return adv, rounding_report(predict, raw[index], adv[index], y[index])
 
 
 def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack: MinimalNormAttack, source: str,
@@ -214,19 +228,11 @@ def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack:
     if whole not in finished:
         torch.manual_seed(session.config.seed)
         index = (_robust(session, predict, source, [], y)).nonzero().flatten()
-        found = x.clone()
         start, before = time.perf_counter(), attack.stats.gradients
         view = OnGrid(model) if plan.realise else model  # straight-through rounding: the norm found is realised
-        for i in range(0, len(index), session.batch_size):
-            chunk = index[i : i + session.batch_size]
-            found[chunk] = attack.minimize(view, x[chunk].to(session.device),
-                                           y[chunk].to(session.device)).detach().cpu()
+        found = _batched(session, index, x, lambda xb, yb: attack.minimize(view, xb, yb))
         seconds = time.perf_counter() - start
-        adv, rounding = found, None
-        if plan.realise:
-            adv = x.clone()
-            adv[index] = realise(found[index], x[index], None, attack.norm)
-            rounding = rounding_report(predict, found[index], adv[index], y[index])
+        adv, rounding = _realised(plan, predict, session, found, index, None, attack.norm)
         stored[whole] = adv
         finished[whole] = CraftedSet(whole, stage, label(plan, spec), source, None, len(index), round(seconds, 4),
                                      attack.stats.gradients - before, rounding=rounding, group=plan.group)

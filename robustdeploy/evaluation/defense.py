@@ -30,18 +30,11 @@ OBLIVIOUS_ONLY_GAP = 10.0  # accuracy points lost from oblivious to adaptive tha
 
 
 @dataclass(frozen=True)
-class DefenseEvalConfig:
-    bundle: Path
+class DefenseEvalConfig(SessionConfig):
     baseline: Path | None = None
     attack: str = "pgd"
     eps: float = 0.1
     steps: int = 40
-    runtimes: tuple[str, ...] = ("torch", "ort-cpu")
-    limit: int | None = None
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "cpu"
-    data_root: str | None = None
     out: Path | None = None
 
 
@@ -86,8 +79,7 @@ def evaluate_defense(config: DefenseEvalConfig) -> Result:
     """Clean, oblivious and adaptive accuracy of a defended bundle on each runtime, 8-bit realised."""
     if config.steps < 1:
         raise RobustDeployError(f"--steps must be at least 1, got {config.steps}")
-    session = open_session(SessionConfig(config.bundle, config.runtimes, config.limit, config.batch_size,
-                                         config.seed, config.device, config.data_root))
+    session = open_session(config)
     out = Path(config.out or Path("results") / f"{session.bundle.name}-defense.json")
     check_output(out, "--out")
     source_model, source = oblivious_model(session.bundle, config.baseline)

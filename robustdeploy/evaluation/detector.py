@@ -16,12 +16,14 @@ from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD, DetectorVie
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.craft import Plan, craft_budget
 from robustdeploy.evaluation.evaluate import EvalConfig, default_out, new_result, run_plans
+from robustdeploy.evaluation.grid import OnGrid
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.score import pick
 from robustdeploy.evaluation.session import open_session
 from robustdeploy.io import check_output
 
 ADAPTIVE = "adaptive"
+WORST = "worst case"  # per sample, the best of every set for the attacker: what the detector must withstand
 
 
 def open_detectors(bundle: Bundle, labels: list[str], device: str) -> dict:
@@ -69,20 +71,37 @@ def detect_cells(result: Result, stored: dict[str, torch.Tensor], detectors: dic
             cache[label, key] = detectors[label].run(stored[key], batch_size)
         return cache[label, key]
 
-    cells = []
+    cells, y = [], stored["y"]
     for label in result.runtime_labels():
         for eps in result.epsilons:
-            for group in dict.fromkeys(s["group"] for s in result.sets):
-                for s in pick([s for s in result.sets if s["group"] == group], label, eps):
-                    cells.append(_cell(label, s, stored["y"], run(label, "x"), run(label, s["key"]),
-                                       run("torch", "x"), run("torch", s["key"])))
+            sets = [s for group in dict.fromkeys(s["group"] for s in result.sets)
+                    for s in pick([s for s in result.sets if s["group"] == group], label, eps)]
+            for s in sets:
+                cells.append(_cell(label, s, y, run(label, "x"), run(label, s["key"]), run("torch", "x"),
+                                   run("torch", s["key"])))
+            choice = _strongest([run(label, s["key"]) for s in sets], y)
+            worst = {"key": "worst", "eps": eps, "attack": WORST}
+            cells.append(_cell(label, worst, y, run(label, "x"), _gather([run(label, s["key"]) for s in sets], choice),
+                               run("torch", "x"), _gather([run("torch", s["key"]) for s in sets], choice)))
     return cells
+
+
+def _strongest(outputs: list[tuple], y: torch.Tensor) -> torch.Tensor:
+    """Per sample, the set an attacker would send: one that fools undetected, else one that fools, else the first."""
+    rank = torch.stack([(logits.argmax(1) != y).long() * (1 + (~flag).long()) for logits, _, flag in outputs])
+    return rank.argmax(0)
+
+
+def _gather(outputs: list[tuple], choice: torch.Tensor) -> tuple:
+    """The outputs of the chosen set, sample by sample."""
+    rows = torch.arange(len(choice))
+    return tuple(torch.stack([o[k] for o in outputs])[choice, rows] for k in range(3))
 
 
 def evaluate_detector(config: EvalConfig, adaptive: AdaptiveSqueezePGD) -> Result:
     """Craft the evaluation's cascade (oblivious: it does not know the detector) and the adaptive attack through
     the PyTorch detector at each budget; score both on every runtime's detector graph."""
-    session = open_session(config.session)
+    session = open_session(config)
     detectors = open_detectors(session.bundle, [r.label for r in session.runtimes], config.device)
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
     out = out if config.out else out.with_name(f"{out.stem}-detector.json")
@@ -91,8 +110,9 @@ def evaluate_detector(config: EvalConfig, adaptive: AdaptiveSqueezePGD) -> Resul
     result.extra = {"detector": detector_section(session.bundle), "adaptive_attack": adaptive.params()}
     plan = replace(config.plan(), group="oblivious")
     _, stored = run_plans(result, session, [plan], out, config.resume)
-    view = DetectorView(reference_detector(session.bundle).to(config.device).eval())
-    adaptive = replace(adaptive, norm=result.norm, threshold=view.threshold)
+    detector = DetectorView(reference_detector(session.bundle).to(config.device).eval())
+    view = OnGrid(detector) if config.realise else detector  # gradients at the 8-bit image the detector receives
+    adaptive = replace(adaptive, norm=result.norm, threshold=detector.threshold)
     spec, adaptive_plan = AttackSpec("squeeze-pgd"), Plan((), (), config.realise, group=ADAPTIVE)
     logits = detectors["torch"].run
     clean_ok = logits(session.test.x, session.batch_size)[0].argmax(1) == session.test.y

@@ -24,26 +24,14 @@ from robustdeploy.io import check_output
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    bundle: Path
-    runtimes: tuple[str, ...] = ("torch", "ort-cpu")
+class EvalConfig(SessionConfig):
     attacks: tuple[str, ...] = ("pgd",)
     epsilons: tuple[float, ...] = (0.1,)
     attack_params: dict = field(default_factory=dict)
-    limit: int | None = None
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "cpu"
-    data_root: str | None = None
     out: Path | None = None
     resume: bool = False
     realise: bool = True
     compare_with: Path | None = None
-
-    @property
-    def session(self) -> SessionConfig:
-        return SessionConfig(self.bundle, self.runtimes, self.limit, self.batch_size, self.seed, self.device,
-                             self.data_root)
 
     def plan(self) -> Plan:
         return Plan(cascade(self.attacks, self.attack_params), self.epsilons, self.realise)
@@ -102,7 +90,7 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
 
 def evaluate(config: EvalConfig) -> Result:
     """Run the cascade on every runtime it applies to; score every runtime; checks, figure, one result file."""
-    session = open_session(config.session)
+    session = open_session(config)
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
     check_output(out, "--out")
     if config.compare_with is not None and not Path(config.compare_with).is_file():

@@ -8,7 +8,7 @@ summary), JUnit XML and the re-scorable result; the CLI exits 0 when all pass, 1
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from robustdeploy.attacks import AttackSpec
@@ -28,19 +28,13 @@ DEFAULT_ATTACKS = (AttackSpec("fgsm"), AttackSpec("pgd", {"steps": 10}))
 
 
 @dataclass(frozen=True)
-class CheckConfig:
-    bundle: Path
+class CheckConfig(SessionConfig):
     runtimes: tuple[str, ...] = ()  # default: every variant of the bundle on ort-cpu
     max_accuracy_drop: float = 0.5  # points
     min_agreement: float = 99.5  # percent
     max_robust_drop: float = 2.0  # points
     attacks: tuple[AttackSpec, ...] = DEFAULT_ATTACKS
     epsilons: tuple[float, ...] = (0.05,)
-    limit: int | None = None
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "cpu"
-    data_root: str | None = None
     markdown: Path | None = None
     junit: Path | None = None
     out: Path | None = None
@@ -99,8 +93,7 @@ def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
     for path, option in ((config.markdown, "--markdown"), (config.junit, "--junit"), (config.out, "--out")):
         if path is not None:
             check_output(path, option)
-    session = open_session(SessionConfig(config.bundle, ("torch", *names), config.limit, config.batch_size,
-                                         config.seed, config.device, config.data_root), bundle)
+    session = open_session(replace(config, runtimes=("torch", *names)), bundle)
     out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-check.json"
     result = new_result("check", session)
     _, stored = run_plans(result, session, [Plan(config.attacks, config.epsilons)], out, resume=False)
