@@ -162,8 +162,6 @@ def evaluate(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run written to --out.")] = False,
     realise: Annotated[bool, typer.Option(help="Attack and score on the 8-bit grid the deployment receives "
                                                "(--no-realise: float pixels).")] = True,
-    compare_with: Annotated[Path | None, typer.Option(help="Earlier result (white- or black-box) for the "
-                                                           "black-box-beats-white-box check.")] = None,
     detector: Annotated[bool, typer.Option(help="Also score the bundle's detector, oblivious and adaptive.")]
     = False,
     adaptive_steps: Annotated[int, typer.Option(help="Adaptive detector attack: PGD steps.")] = 100,
@@ -179,8 +177,7 @@ def evaluate(
     config = EvalConfig(bundle=bundle, attack_params=attack_params(norm, steps, loss, restarts, attack_opt),
                         resume=resume, realise=realise, **given(runtimes=runtime, attacks=attack, epsilons=eps,
                                                                 limit=limit, batch_size=batch_size, seed=seed,
-                                                                device=device, data_root=data_root, out=out,
-                                                                compare_with=compare_with))
+                                                                device=device, data_root=data_root, out=out))
     if detector:
         from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
         from robustdeploy.evaluation.detector import evaluate_detector

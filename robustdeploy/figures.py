@@ -49,8 +49,13 @@ def example_figure(path: Path, x: torch.Tensor, adv: torch.Tensor, y: torch.Tens
             draw.text((8, top + CELL + 2 + LINE * line),
                       f"{runtime}: {int(clean[row])} -> {int(attacked[row])}{'  fooled' if fooled else ''}",
                       fill="firebrick" if fooled else "black", font=font)
+    return write_png(canvas, path)
+
+
+def write_png(image: Image.Image, path: Path) -> Path:
+    """`image` as a PNG at `path`, written atomically."""
     buffer = BytesIO()
-    canvas.save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
     return path
 

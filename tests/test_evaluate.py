@@ -132,7 +132,6 @@ def test_input_shape_mismatch_is_refused(bundle_copy):
     ({"attack_params": {"steps": "many"}}, "takes a int"), ({"attack_params": {"gamma": 0.1}}, "takes gamma"),
     ({"attacks": ("ddn", "pgd"), "attack_params": {"norm": "linf"}}, "supports l2"),
     ({"data_root": "/tmp"}, "built-in"), ({"device": "tpu"}, "--device"),
-    ({"compare_with": "missing.json"}, "not found"),
 ])
 def test_bad_evaluation_settings(bundle_dir, tmp_path, kwargs, message):
     out = tmp_path / "r.json"

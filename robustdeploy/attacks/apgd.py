@@ -63,7 +63,7 @@ class APGD(IterativeGradientAttack):
                 loss = loss_per_sample(logits, y[work], self.loss)
             loss_d = loss.detach()
             last = torch.ones(len(work), dtype=torch.bool, device=x.device) if step == self.steps else None
-            wrong, seen_loss = self.fooled_as_seen(model, current, x[work], y[work], eps, logits, last)
+            wrong, seen_loss = self.fooled_as_seen(model, current, x[work], y[work], eps, logits, loss_d, last)
             wrong &= seen_loss > strongest[work]  # keep the fooling iterate of top loss, as the deployment sees it
             result[work[wrong]] = current.detach()[wrong]
             strongest[work[wrong]] = seen_loss[wrong]

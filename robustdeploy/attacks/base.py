@@ -60,11 +60,12 @@ class Attack(ABC):
         return adv if self.realiser is None else self.realiser(adv, x, eps)
 
     def fooled_as_seen(self, model: Model, adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float | None,
-                       logits: torch.Tensor, candidates: torch.Tensor | None = None
+                       logits: torch.Tensor, loss: torch.Tensor, candidates: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(fooled, loss) of each iterate as the deployment receives it. `logits` are the float iterate's; only
-        `candidates` (default: the iterates whose float version fools) are re-checked after realisation."""
-        loss = loss_per_sample(logits, y, getattr(self, "loss", "margin")).detach()
+        """(fooled, loss) of each iterate as the deployment receives it. `logits` and `loss` are the float
+        iterate's; only `candidates` (default: the iterates whose float version fools) are re-checked after
+        realisation."""
+        loss = loss.detach().clone()
         wrong = logits.detach().argmax(1) != y
         if self.realiser is None:
             return wrong, loss
@@ -227,7 +228,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
                 logits = model(current)
                 loss = loss_per_sample(logits, y[work], self.loss)
             last = torch.ones(len(work), dtype=torch.bool, device=x.device) if step == self.steps else None
-            wrong, seen_loss = self.fooled_as_seen(model, current, x[work], y[work], eps, logits, last)
+            wrong, seen_loss = self.fooled_as_seen(model, current, x[work], y[work], eps, logits, loss, last)
             wrong &= seen_loss > strongest[work]
             best[work[wrong]] = current.detach()[wrong]
             strongest[work[wrong]] = seen_loss[wrong]

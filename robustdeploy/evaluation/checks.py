@@ -1,16 +1,11 @@
-"""Sanity checks run after every evaluation: the usual signs of a broken evaluation or gradient masking.
-
-After AutoAttack's checks (Croce & Hein, ICML 2020, `autoattack/checks.py`: probability outputs, zero
-gradients, a black-box attack stronger than the white-box one) and Carlini et al., "On evaluating
-adversarial robustness" (arXiv:1902.06705): accuracy must not rise with the budget and an unbounded
-attack must reach ~100% success.
-"""
+"""Sanity checks on every evaluation, the usual signs of a broken attack or gradient masking: AutoAttack's
+(`autoattack/checks.py`) and Carlini et al., "On evaluating adversarial robustness" (arXiv:1902.06705)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -26,8 +21,6 @@ class Check:
     passed: bool
     detail: str
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def monotone_budget(curves: dict[str, list[tuple[float, float]]]) -> Check:
@@ -38,19 +31,6 @@ def monotone_budget(curves: dict[str, list[tuple[float, float]]]) -> Check:
     return Check("monotone_budget", not rises,
                  "robust accuracy rises with the budget (a weak or broken attack): " + "; ".join(rises) if rises
                  else "robust accuracy never rises with the budget")
-
-
-def blackbox_not_stronger(blackbox: dict[tuple[str, float], float], whitebox: dict[tuple[str, float], float],
-                          tolerance: float = TOLERANCE) -> Check | None:
-    """A black-box attack beating the white-box one at the same (runtime, eps) hints at gradient masking."""
-    common = sorted(set(blackbox) & set(whitebox))
-    if not common:
-        return None
-    beaten = [f"{rt} eps={eps:g}: black-box {blackbox[rt, eps]:.2f}% < white-box {whitebox[rt, eps]:.2f}%"
-              for rt, eps in common if blackbox[rt, eps] < whitebox[rt, eps] - tolerance]
-    return Check("blackbox_not_stronger", not beaten,
-                 "a black-box attack beats the white-box one (gradient masking?): " + "; ".join(beaten) if beaten
-                 else f"white-box at least as strong on {len(common)} (runtime, eps) pair(s)")
 
 
 def unbounded_success(success: dict[tuple[str, float], float], norm: str, input_dim: int) -> Check | None:
@@ -88,10 +68,6 @@ def outputs_are_logits(logits: torch.Tensor) -> Check:
                  if probability else "the model outputs logits")
 
 
-def collect(checks: Iterable[Check | None]) -> list[Check]:
-    return [c for c in checks if c is not None]
-
-
 def for_cells(cells: list[dict], attacks: list[dict], norm: str, dim: int) -> list[Check | None]:
     """The checks read off scored cells: monotone budgets, unbounded success, black-box vs white-box."""
     curves: dict[str, list[tuple[float, float]]] = {}
@@ -119,11 +95,6 @@ def cascade_gain(cells: list[dict], attacks: list[dict], tolerance: float = TOLE
                  "black-box attacks fool samples the gradient attacks could not (gradient masking? use "
                  "--loss margin or a black-box attack's number): " + "; ".join(gains) if gains
                  else "black-box attacks add at most a point to the gradient attacks")
-
-
-def worst_table(cells: list[dict]) -> dict[tuple[str, float], float]:
-    """(runtime, eps) -> robust accuracy against the whole cascade."""
-    return {(c["runtime"], c["eps"]): c["robust_accuracy"] for c in cells}
 
 
 def warn(checks: Iterable[dict], stream=sys.stderr) -> None:

@@ -42,7 +42,7 @@ def compare(config: CompareConfig) -> Result:
     check_output(out, "--out")
     result = new_result("compare", session)
     plan = Plan(cascade(config.attacks, config.attack_params), config.epsilons)
-    _, stored = run_plans(result, session, [plan], out, resume=False)
+    stored = run_plans(result, session, [plan], out, resume=False)
     result.cells = classify_cells(result, stored, runners(session))
     latency = bench(BenchConfig(bundle.path, tuple(names), (config.latency_batch,), warmup=5,
                                 iterations=config.latency_iterations, device=config.device, seed=config.seed))

@@ -1,12 +1,6 @@
-"""The one place that crafts: capability matching, the attack and budget cascades, seeding, 8-bit realisation.
-
-Gradient attacks are crafted on a PyTorch graph (the bundle's reference, or another source such as an
-undefended baseline) and transferred; score- and decision-based attacks run against each runtime itself.
-Attacks form a cascade (AutoAttack style): each attacks only the samples its source still gets right after
-the earlier attacks, and a sample fooled at a smaller budget keeps that example at larger ones. Fixed-budget
-and minimal-norm attacks share one contract here: a minimal-norm attack runs once and is clipped per budget.
-Every stored example is what the deployment receives (see `grid`).
-"""
+"""The one place that crafts: capability matching, the attack and budget cascades (AutoAttack style), seeding
+and 8-bit realisation. Gradient attacks run on a PyTorch source and transfer; score/decision attacks run on
+each runtime; a minimal-norm attack runs once and is clipped per budget (foolbox 3's contract)."""
 
 from __future__ import annotations
 
@@ -26,12 +20,11 @@ from robustdeploy.attacks import (
     lp_norm,
     make_attack,
 )
+from robustdeploy.attacks import predict as labels_of
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.grid import OnGrid, grid_budget, realise, rounding_report
 from robustdeploy.evaluation.session import Session
-
-REFERENCE = "torch"  # source name of sets crafted on the bundle's PyTorch graph
 
 
 @dataclass
@@ -59,20 +52,18 @@ class Plan:
     attacks: tuple[AttackSpec, ...]
     epsilons: tuple[float, ...]
     realise: bool = True
-    source: str = REFERENCE
+    source: str = "torch"  # name of the gradient source: the bundle's PyTorch graph unless `source_model`
     source_model: torch.nn.Module | None = None  # a gradient source other than the bundle's reference
     group: str = ""  # names independent cascades stored side by side (e.g. oblivious / adaptive)
 
 
 @dataclass
 class Crafted:
-    """All sets crafted for a plan, the tensors under their keys, and minimal-norm norms per source."""
+    """The sets crafted for a plan (their tensors are in the store under their keys) and minimal-norm norms."""
 
-    norm: str
     epsilons: tuple[float, ...]
-    attacks: list[dict]
     sets: list[CraftedSet] = field(default_factory=list)
-    norms: dict[str, list[float]] = field(default_factory=dict)
+    norms: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 def set_key(attack: str, source: str, eps: float | None) -> str:
@@ -114,8 +105,8 @@ def craft(session: Session, plan: Plan, stored: dict[str, torch.Tensor], done: l
     """Craft every set of `plan` into `stored` (keys from `set_key`); sets listed in `done` are kept as they
     are, so an interrupted run resumes. `on_set` is called after each new set (to save progress)."""
     x, y = session.test.x, session.test.y
-    attacks, norm = build(plan, session.config.seed, x[0].numel())
-    crafted = Crafted(norm, tuple(sorted(set(plan.epsilons))), describe(plan, attacks))
+    attacks, _ = build(plan, session.config.seed, x[0].numel())
+    crafted = Crafted(tuple(sorted(set(plan.epsilons))))
     finished = {s.key: s for s in done or [] if s.key in stored}
     for stage, (spec, attack) in enumerate(zip(plan.attacks, attacks)):
         for source, model, predict in _sources(session, plan, attack):
@@ -133,8 +124,8 @@ def craft(session: Session, plan: Plan, stored: dict[str, torch.Tensor], done: l
                     todo = _robust(session, predict, source, [stored[s.key] for s in earlier if s.eps == eps], y)
                     if previous is not None:
                         todo &= predict(previous) == y
-                    crafted.sets.append(craft_budget(session, plan, stage, spec, attack, source, model, predict, eps,
-                                               todo, previous, stored))
+                    crafted.sets.append(craft_budget(session, plan, stage, spec, attack, source, model, predict,
+                                                     eps, todo, previous, stored))
                     if on_set:
                         on_set(crafted)
                 previous = stored[key]
@@ -146,16 +137,10 @@ def _sources(session: Session, plan: Plan, attack: Attack):
     if attack.needs >= Capability.GRADIENTS:
         model = plan.source_model if plan.source_model is not None else session.reference
         model = model.to(session.device).eval().requires_grad_(False)
-        yield plan.source, model, lambda z: _predict(model, z, session.batch_size, session.device)
+        yield plan.source, model, lambda z: labels_of(model, z.to(session.device), session.batch_size).cpu()
         return
     for runtime in session.runtimes:
         yield runtime.label, runtime.logits, lambda z, r=runtime: r.predict(z, session.batch_size)
-
-
-def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
-    with torch.no_grad():
-        parts = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
 
 def _robust(session: Session, predict, source: str, sets: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
@@ -168,8 +153,8 @@ def _robust(session: Session, predict, source: str, sets: list[torch.Tensor], y:
 
 
 def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack: FixedBudgetAttack, source: str,
-           model, predict, eps: float, todo: torch.Tensor, previous: torch.Tensor | None,
-           stored: dict[str, torch.Tensor]) -> CraftedSet:
+                 model, predict, eps: float, todo: torch.Tensor, previous: torch.Tensor | None,
+                 stored: dict[str, torch.Tensor]) -> CraftedSet:
     """One budget of a fixed-budget attack on the samples in `todo`; the rest keep x or a smaller budget's
     example."""
     torch.manual_seed(session.config.seed)

@@ -1,11 +1,6 @@
-"""`defend-eval`: every defense attacked obliviously and adaptively, scored on every runtime.
-
-*Oblivious*: the attack crafted on an undefended classifier (the `baseline` run; for a purifier bundle, by
-default its own classifier without the purifier) and transferred to the defended deployment, as seeds
-002/003 do. *Adaptive*: the attack crafted on the defended graph itself (Athalye, Carlini and Wagner, ICML
-2018): end to end through the purifier, with the margin loss against distillation (Carlini and Wagner, IEEE
-S&P 2017), cross-entropy against adversarial training. Any registered attack can be used (default PGD).
-"""
+"""`defend-eval`: each defense attacked obliviously (crafted on an undefended classifier, as seeds 002/003 do)
+and adaptively (through the defense: Athalye, Carlini and Wagner 2018; margin loss against distillation,
+Carlini and Wagner 2017), scored on every runtime."""
 
 from __future__ import annotations
 
@@ -89,7 +84,7 @@ def evaluate_defense(config: DefenseEvalConfig) -> Result:
                   group="oblivious"),
              Plan((_spec(config, loss),), (config.eps,), group="adaptive")]
     result = new_result("defense", session)
-    _, stored = run_plans(result, session, plans, out, resume=False)
+    stored = run_plans(result, session, plans, out, resume=False)
     result.cells = classify_cells(result, stored, runners(session))
     result.extra = {"defense": defense, "oblivious_source": str(config.baseline) if config.baseline else source,
                     "adaptive_loss": loss, "verdicts": verdicts(result)}

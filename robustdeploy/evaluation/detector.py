@@ -109,7 +109,7 @@ def evaluate_detector(config: EvalConfig, adaptive: AdaptiveSqueezePGD) -> Resul
     result = new_result("detector", session, scorer="detect")
     result.extra = {"detector": detector_section(session.bundle), "adaptive_attack": adaptive.params()}
     plan = replace(config.plan(), group="oblivious")
-    _, stored = run_plans(result, session, [plan], out, config.resume)
+    stored = run_plans(result, session, [plan], out, config.resume)
     detector = DetectorView(reference_detector(session.bundle).to(config.device).eval())
     view = OnGrid(detector) if config.realise else detector  # gradients at the 8-bit image the detector receives
     adaptive = replace(adaptive, norm=result.norm, threshold=detector.threshold)

@@ -1,19 +1,14 @@
-"""`evaluate`: a cascade of attacks at a set of budgets, crafted once, scored on every runtime side by side.
-
-Sets are written (atomically) as they are crafted, so an interrupted run keeps its work and `resume=True`
-continues it; the cells are computed from the stored sets, by the same code `rescore` uses.
-"""
+"""`evaluate`: an attack cascade at a set of budgets, crafted once, scored on every runtime side by side; sets are
+saved as they are crafted, so `resume=True` continues an interrupted run."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from robustdeploy.attacks import cascade
-from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation import checks
 from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe
 from robustdeploy.evaluation.results import Result, resume_from, save_result
@@ -31,7 +26,6 @@ class EvalConfig(SessionConfig):
     out: Path | None = None
     resume: bool = False
     realise: bool = True
-    compare_with: Path | None = None
 
     def plan(self) -> Plan:
         return Plan(cascade(self.attacks, self.attack_params), self.epsilons, self.realise)
@@ -61,10 +55,9 @@ def classify_cells(result: Result, stored: dict[str, torch.Tensor], predict: dic
     return cells
 
 
-def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool,
-              stored: dict[str, torch.Tensor] | None = None) -> tuple[list[Crafted], dict[str, torch.Tensor]]:
+def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool) -> dict[str, torch.Tensor]:
     """Craft every plan into one store, saving after each set; with `resume`, keep what `out` already has."""
-    stored = stored if stored is not None else {"x": session.test.x, "y": session.test.y}
+    stored = {"x": session.test.x, "y": session.test.y}
     built = [build(p, session.config.seed, session.test.x[0].numel()) for p in plans]
     result.attacks = [a for p, (attacks, _) in zip(plans, built) for a in describe(p, attacks)]
     result.norm = built[0][1]
@@ -85,7 +78,7 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
     result.epsilons = list(crafted[0].epsilons)
     result.extra["norms"] = {k: v for c in crafted for k, v in c.norms.items()}
     result.seconds["attack"] = round(sum(s.seconds for c in crafted for s in c.sets), 4)
-    return crafted, stored
+    return stored
 
 
 def evaluate(config: EvalConfig) -> Result:
@@ -93,45 +86,24 @@ def evaluate(config: EvalConfig) -> Result:
     session = open_session(config)
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
     check_output(out, "--out")
-    if config.compare_with is not None and not Path(config.compare_with).is_file():
-        raise RobustDeployError(f"--compare-with {config.compare_with} not found; give an earlier result JSON")
     result = new_result("evaluate", session)
-    plan = config.plan()
-    _, stored = run_plans(result, session, [plan], out, config.resume)
+    stored = run_plans(result, session, [config.plan()], out, config.resume)
     result.cells = classify_cells(result, stored, runners(session))
-    result.checks = run_checks(result, session, config.compare_with)
+    result.checks = run_checks(result, session)
     result.figure = write_figure(out.with_suffix(".png"), session, stored, result)
     result.complete = True
     save_result(out, result, stored)
     return result
 
 
-def run_checks(result: Result, session: Session, compare_with: Path | None = None) -> list[dict]:
+def run_checks(result: Result, session: Session) -> list[dict]:
     """Every sanity check that applies: masking signs on the reference, budget and cascade signs on the cells."""
     x, y = session.test.x.to(session.device), session.test.y.to(session.device)
     losses = {a["params"].get("loss") for a in result.attacks if a["needs"] == "gradients"} - {None}
     found = [checks.input_gradients(session.reference, x, y, loss) for loss in sorted(losses or {"margin"})]
     found += [checks.outputs_are_logits(session.runtimes[0].logits(session.test.x, session.batch_size))]
     found += checks.for_cells(result.cells, result.attacks, result.norm or "linf", session.test.x[0].numel())
-    if compare_with is not None:
-        found.append(_compare_check(result, Path(compare_with)))
-    return [c.to_dict() for c in checks.collect(found)]
-
-
-def _compare_check(result: Result, other_path: Path) -> checks.Check | None:
-    """An earlier result of the other family (black-box vs white-box) on the same samples and norm."""
-    try:
-        other = Result.from_dict({k: v for k, v in json.loads(other_path.read_text()).items()})
-    except Exception as exc:  # a foreign file: one line
-        raise RobustDeployError(f"--compare-with {other_path} is not a result of this version ({exc})") from None
-    if other.norm != result.norm or other.samples != result.samples:
-        return None
-    blackbox = {a["needs"] != "gradients" for a in result.attacks}
-    theirs = {a["needs"] != "gradients" for a in other.attacks}
-    if blackbox == theirs or len(blackbox) != 1 or len(theirs) != 1:
-        return None
-    mine, their = checks.worst_table(result.cells), checks.worst_table(other.cells)
-    return checks.blackbox_not_stronger(*((mine, their) if blackbox == {True} else (their, mine)))
+    return [asdict(c) for c in found if c is not None]
 
 
 def write_figure(path: Path, session: Session, stored: dict[str, torch.Tensor], result: Result) -> str | None:

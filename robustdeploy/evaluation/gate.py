@@ -1,9 +1,5 @@
-"""`check`, the CI gate: every deployment against the PyTorch training graph, with a verdict per check.
-
-Clean accuracy drop, top-1 agreement, and the drop of worst-case robust accuracy over the attack cascade
-(crafted on PyTorch fp32, 8-bit realised) at each budget. Writes a Markdown summary (fit for a CI job
-summary), JUnit XML and the re-scorable result; the CLI exits 0 when all pass, 1 when a check fails.
-"""
+"""`check`, the CI gate: clean accuracy drop, top-1 agreement and worst-case robust accuracy drop of every
+deployment against the PyTorch graph, with Markdown, JUnit and the re-scorable result."""
 
 from __future__ import annotations
 
@@ -58,29 +54,19 @@ class CheckItem:
 
 def items(result: Result, config: CheckConfig) -> list[CheckItem]:
     """The verdicts, read off the result's cells and agreement."""
-    found, last = [], worst([Cell(**c) for c in result.cells])
-    eps0 = result.epsilons[0]
-    base = last["torch", eps0].clean_accuracy
-    for runtime in result.runtime_labels():
-        if runtime == "torch":
-            continue
-        clean = last[runtime, eps0].clean_accuracy
-        drop = base - clean
-        found.append(CheckItem(runtime, "clean accuracy drop", drop, config.max_accuracy_drop,
-                               drop <= config.max_accuracy_drop, f"torch {base:.2f}% -> {clean:.2f}% "
-                               f"(drop {drop:.2f} points, max {config.max_accuracy_drop:g})"))
+    found, last, cascade = [], worst([Cell(**c) for c in result.cells]), "+".join(a["label"] for a in result.attacks)
+    for runtime in [r for r in result.runtime_labels() if r != "torch"]:
         agreement = result.extra["agreement_with_torch"][runtime]
         found.append(CheckItem(runtime, "top-1 agreement", agreement, config.min_agreement,
                                agreement >= config.min_agreement,
                                f"{agreement:.2f}% of predictions match torch (min {config.min_agreement:g}%)"))
-        for eps in result.epsilons:
-            reference, robust = last["torch", eps].robust_accuracy, last[runtime, eps].robust_accuracy
-            rdrop = reference - robust
-            found.append(CheckItem(runtime, f"robust accuracy drop eps={eps:g}", rdrop, config.max_robust_drop,
-                                   rdrop <= config.max_robust_drop,
-                                   f"torch {reference:.2f}% -> {robust:.2f}% worst case over "
-                                   f"{'+'.join(a['label'] for a in result.attacks)} at eps={eps:g} "
-                                   f"(drop {rdrop:.2f} points, max {config.max_robust_drop:g})"))
+        drops = [("clean accuracy drop", "clean_accuracy", result.epsilons[0], config.max_accuracy_drop, ""),
+                 *[(f"robust accuracy drop eps={e:g}", "robust_accuracy", e, config.max_robust_drop,
+                    f" worst case over {cascade} at eps={e:g}") for e in result.epsilons]]
+        for name, field_name, eps, limit, what in drops:
+            ref, value = getattr(last["torch", eps], field_name), getattr(last[runtime, eps], field_name)
+            found.append(CheckItem(runtime, name, ref - value, limit, ref - value <= limit, f"torch {ref:.2f}% -> "
+                                   f"{value:.2f}%{what} (drop {ref - value:.2f} points, max {limit:g})"))
     return found
 
 
@@ -96,7 +82,7 @@ def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
     session = open_session(replace(config, runtimes=("torch", *names)), bundle)
     out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-check.json"
     result = new_result("check", session)
-    _, stored = run_plans(result, session, [Plan(config.attacks, config.epsilons)], out, resume=False)
+    stored = run_plans(result, session, [Plan(config.attacks, config.epsilons)], out, resume=False)
     result.cells = classify_cells(result, stored, runners(session))
     torch_clean = session.clean("torch")
     result.extra = {"agreement_with_torch": {r.label: percent(session.clean(r.label) == torch_clean)

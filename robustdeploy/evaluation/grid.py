@@ -1,11 +1,5 @@
-"""The deployment's threat model: 8-bit images, budgets measured after rounding.
-
-Attacks see the model through `OnGrid`, which rounds every query to the 8-bit grid (with a straight-through
-gradient, Bengio et al. 2013, as BPDA does for quantisation, Athalye et al. 2018). An iterate therefore
-counts as adversarial, and early stop fires, only when its rounded image fools the model; L-inf attacks run
-at the largest grid budget inside eps, so the rounded example needs no clipping. `realise` produces exactly
-the rounded image the attack saw, inside the budget.
-"""
+"""The deployment's threat model: 8-bit images, budgets after rounding. `realise` gives the rounded image inside
+the budget; `OnGrid` shows a model only 8-bit inputs (straight-through gradient, as BPDA, Athalye et al. 2018)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,15 @@
-"""`patch`: a universal patch crafted on a source bundle, scored on torch and ort-cpu of it and of transfer bundles.
-
-tSuc (seed 004): fraction of patched test images, not of the target class, classified as the target.
-Fooling rate: fraction of those patched images not classified as their true class. The same patched images
-(random positions, fixed seed; the patch and the images are on the 8-bit grid) are stored and scored on
-every model and runtime; with `lgs`, Local Gradient Smoothing sits in front of each model, on torch and in an
-exported, parity-checked LGS + classifier ONNX graph.
-"""
+"""`patch`: a universal patch (seed 004) crafted on a source bundle and scored on torch and ort-cpu of it and of
+transfer bundles (optionally behind LGS): tSuc, the share of patched non-target images classified as the
+target, and the fooling rate, from stored 8-bit patched images."""
 
 from __future__ import annotations
 
-import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from robustdeploy.attacks.ot_patch import PatchConfig, apply_patch, check_target, craft_patch, random_positions
 from robustdeploy.bundle import Bundle, load_bundle
@@ -25,7 +20,8 @@ from robustdeploy.evaluation.evaluate import new_result
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.score import percent
 from robustdeploy.evaluation.session import SessionConfig, open_session
-from robustdeploy.io import atomic_write_bytes, check_output
+from robustdeploy.figures import write_png
+from robustdeploy.io import check_output
 from robustdeploy.models import Composite
 from robustdeploy.parity import ParityTolerance
 from robustdeploy.runtimes import Runtime, RuntimeSpec, create_runtime
@@ -119,18 +115,10 @@ def evaluate_patch(config: PatchEvalConfig) -> tuple[Result, torch.Tensor]:
     result.complete = True
     if config.out is not None:
         save_result(config.out, result, stored)
-        save_png(crafted.patch, Path(config.out).with_suffix(".patch.png"))
+        pixels = (crafted.patch * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        write_png(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels),
+                  Path(config.out).with_suffix(".patch.png"))
     return result, crafted.patch
 
-
-def save_png(patch: torch.Tensor, path: Path) -> None:
-    """The patch as an 8-bit PNG."""
-    from PIL import Image
-
-    pixels = (patch * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -8,32 +8,20 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.evaluation.detector import detect_cells, open_detectors
 from robustdeploy.evaluation.evaluate import classify_cells
 from robustdeploy.evaluation.patch import patch_cells, patch_runners
-from robustdeploy.evaluation.results import Result, load_result
+from robustdeploy.evaluation.results import load_result
 from robustdeploy.runtimes import RuntimeSpec, create_runtime
 from robustdeploy.runtimes.torch import TorchRuntime
 
 
-def _classify(result: Result, stored: dict, device: str, batch_size: int) -> list[dict]:
+def rescore(path: Path, device: str = "cpu", batch_size: int = 256) -> list[dict]:
+    """The cells of the result at `path`, recomputed from its stored examples by the scorer it names."""
+    result, stored = load_result(path)
+    if result.scorer == "target":
+        return patch_cells(result, stored, patch_runners(result, stored["x"][:256], device), batch_size)
     bundle = load_bundle(Path(result.bundle))
+    if result.scorer == "detect":
+        return detect_cells(result, stored, open_detectors(bundle, result.runtime_labels(), device), batch_size)
     opened = {label: create_runtime(bundle, label, device=device) for label in result.runtime_labels()}
     opened.setdefault("torch", TorchRuntime(RuntimeSpec("torch"), bundle.reference_model(), device))
-    predict = {label: (lambda z, r=r: r.predict(z, batch_size)) for label, r in opened.items()}
-    return classify_cells(result, stored, predict)
-
-
-def _detect(result: Result, stored: dict, device: str, batch_size: int) -> list[dict]:
-    bundle = load_bundle(Path(result.bundle))
-    return detect_cells(result, stored, open_detectors(bundle, result.runtime_labels(), device), batch_size)
-
-
-def _target(result: Result, stored: dict, device: str, batch_size: int) -> list[dict]:
-    return patch_cells(result, stored, patch_runners(result, stored["x"][:256], device), batch_size)
-
-
-SCORERS = {"classify": _classify, "detect": _detect, "target": _target}
-
-
-def rescore(path: Path, device: str = "cpu", batch_size: int = 256) -> list[dict]:
-    """The cells of the result at `path`, recomputed from its stored examples (equal to the stored cells)."""
-    result, stored = load_result(path)
-    return SCORERS[result.scorer](result, stored, device, batch_size)
+    return classify_cells(result, stored, {label: (lambda z, r=r: r.predict(z, batch_size))
+                                           for label, r in opened.items()})

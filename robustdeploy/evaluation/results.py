@@ -1,9 +1,5 @@
-"""One result shape for every kind of evaluation, one key scheme for stored examples, one save and load.
-
-A result JSON names its adversarial file (safetensors: `x`, `y` and one tensor per crafted set, keyed
-`[group:]attack/source/eps=E`); every number in `cells` is computed from those tensors by the scorer the
-result names, so `rescore` reproduces it exactly.
-"""
+"""One result shape for every kind of evaluation, one key scheme for stored examples (`[group:]attack/source/
+eps=E` in the safetensors beside the JSON), one save and load; every cell re-scores from the stored sets."""
 
 from __future__ import annotations
 
@@ -19,7 +15,6 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import atomic_write_bytes, atomic_write_json, versions
 
 FORMAT = "robustdeploy-result/2"
-KINDS = ("evaluate", "defense", "detector", "compare", "check", "patch")
 
 
 def _now() -> str:

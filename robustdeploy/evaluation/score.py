@@ -1,9 +1,5 @@
-"""The one score: clean and robust accuracy, success rate, and where a runtime departs from PyTorch.
-
-A sample is robust on a runtime at a budget when the runtime classifies it correctly clean and on every
-set of the cascade that applies to it (sets crafted on a PyTorch source, and sets crafted on that runtime
-itself); robust accuracy after attack k is the worst case over attacks 1..k.
-"""
+"""The one score. A sample is robust on a runtime at a budget when that runtime gets it right clean and on every
+set of the cascade that applies to it; robust accuracy after attack k is the worst case over attacks 1..k."""
 
 from __future__ import annotations
 

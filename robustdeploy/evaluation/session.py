@@ -57,13 +57,9 @@ class Session:
         return self._clean[label]
 
     def header(self) -> dict:
+        data = {**self.bundle.data.to_dict(), "data_root": self.config.data_root or self.bundle.data.data_root}
         return {"bundle": str(self.bundle.path), "seed": self.config.seed, "samples": len(self.test),
-                "limit": self.config.limit, "data": {**self.bundle.data.to_dict(), "data_root": self.data_root},
-                "runtimes": [r.describe() for r in self.runtimes]}
-
-    @property
-    def data_root(self) -> str | None:
-        return self.config.data_root or self.bundle.data.data_root
+                "limit": self.config.limit, "data": data, "runtimes": [r.describe() for r in self.runtimes]}
 
 
 def validate(config: SessionConfig) -> None:
