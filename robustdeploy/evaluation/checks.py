@@ -47,17 +47,19 @@ def unbounded_success(success: dict[tuple[str, float], float], norm: str, input_
 
 def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "margin",
                     floor: float = 1e-10) -> Check:
-    """Fraction of samples whose input gradient of the attack's own loss on the PyTorch graph is (near) zero."""
+    """Share of the samples the attack works on (correctly classified ones) whose input gradient of the attack's
+    own loss on the PyTorch graph is (near) zero."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        grad, = torch.autograd.grad(loss_per_sample(model(x), y, loss).sum(), x)
-    zero = grad.flatten(1).norm(dim=1) <= floor
-    fraction = 100.0 * float(zero.float().mean())
-    fix = "use --loss margin or dlr" if loss == "ce" else "use a black-box attack"
+        logits = model(x)
+        grad, = torch.autograd.grad(loss_per_sample(logits, y, loss).sum(), x)
+    attacked = logits.argmax(1) == y
+    zero = (grad.flatten(1).norm(dim=1) <= floor) & attacked
+    n, fix = int(attacked.sum()), "use --loss margin or dlr" if loss == "ce" else "use a black-box attack"
     return Check("input_gradients", not zero.any(),
-                 f"{int(zero.sum())} of {len(x)} samples ({fraction:.1f}%) have zero or vanishing input gradients "
-                 f"of the {loss} loss (gradient masking: {fix})" if zero.any()
-                 else f"input gradients of the {loss} loss are non-zero on all {len(x)} samples")
+                 f"{int(zero.sum())} of {n} correctly classified samples ({100.0 * int(zero.sum()) / max(1, n):.1f}%) "
+                 f"have zero or vanishing input gradients of the {loss} loss (gradient masking: {fix})" if zero.any()
+                 else f"input gradients of the {loss} loss are non-zero on all {n} correctly classified samples")
 
 
 def outputs_are_logits(logits: torch.Tensor) -> Check:

@@ -14,7 +14,7 @@ from robustdeploy.evaluation.compare import default_runtimes
 from robustdeploy.evaluation.craft import Plan
 from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans, runners
 from robustdeploy.evaluation.results import Result, save_result
-from robustdeploy.evaluation.score import Cell, percent, worst
+from robustdeploy.evaluation.score import percent
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import atomic_write_bytes, atomic_write_text, check_output
 from robustdeploy.report import table
@@ -54,7 +54,8 @@ class CheckItem:
 
 def items(result: Result, config: CheckConfig) -> list[CheckItem]:
     """The verdicts, read off the result's cells and agreement."""
-    found, last, cascade = [], worst([Cell(**c) for c in result.cells]), "+".join(a["label"] for a in result.attacks)
+    found, cascade = [], "+".join(a["label"] for a in result.attacks)
+    last = {(c["runtime"], c["eps"]): c for c in result.cells}  # the last attack of each cascade: the worst case
     for runtime in [r for r in result.runtime_labels() if r != "torch"]:
         agreement = result.extra["agreement_with_torch"][runtime]
         found.append(CheckItem(runtime, "top-1 agreement", agreement, config.min_agreement,
@@ -63,8 +64,8 @@ def items(result: Result, config: CheckConfig) -> list[CheckItem]:
         drops = [("clean accuracy drop", "clean_accuracy", result.epsilons[0], config.max_accuracy_drop, ""),
                  *[(f"robust accuracy drop eps={e:g}", "robust_accuracy", e, config.max_robust_drop,
                     f" worst case over {cascade} at eps={e:g}") for e in result.epsilons]]
-        for name, field_name, eps, limit, what in drops:
-            ref, value = getattr(last["torch", eps], field_name), getattr(last[runtime, eps], field_name)
+        for name, key, eps, limit, what in drops:
+            ref, value = last["torch", eps][key], last[runtime, eps][key]
             found.append(CheckItem(runtime, name, ref - value, limit, ref - value <= limit, f"torch {ref:.2f}% -> "
                                    f"{value:.2f}%{what} (drop {ref - value:.2f} points, max {limit:g})"))
     return found

@@ -75,7 +75,3 @@ def score_cascade(runtimes: list[str], sets: list[dict], epsilons: Iterable[floa
                 ))
     return cells
 
-
-def worst(cells: list[Cell]) -> dict[tuple[str, float], Cell]:
-    """The last cell of each (runtime, eps): robust accuracy against the whole cascade."""
-    return {(c.runtime, c.eps): c for c in cells}
