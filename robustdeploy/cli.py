@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Does my image classifier stay accurate and robust once it is deployed?",
 )
+
+
+@app.callback()
+def options(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False
+            ) -> None:
+    """Does my image classifier stay accurate and robust once it is deployed?"""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
 def echo(text: str = "") -> None:
@@ -188,7 +196,7 @@ def evaluate(
     result = run_evaluation(config)
     echo(evaluation_table(result))
     warn(result.checks)
-    echo(f"results -> {result.path} (examples in {result.adversarial_file})")
+    echo(f"results -> {result.path} (examples in {result.adversarial_file}, figure {result.figure})")
 
 
 @app.command()

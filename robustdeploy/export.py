@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from robustdeploy.bundle import BUNDLE_FORMAT, MANIFEST, Bundle, load_bundle
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.defenses.squeeze import SqueezeConfig
 from robustdeploy.errors import CheckFailed, RobustDeployError
-from robustdeploy.io import atomic_write_json, sha256_file, versions
+from robustdeploy.io import atomic_write_json, sha256_file, staging_dir, versions
 from robustdeploy.parity import ParityReport, ParityTolerance, compare_logits
 from robustdeploy.runtimes.base import RuntimeSpec
 from robustdeploy.runtimes.ort import OrtRuntime
@@ -100,8 +99,7 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
         DETECTORS.get(config.detector)
     dataset = load_dataset(data_config)
     test = dataset.test.head(config.parity_limit)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         start = time.perf_counter()
         export_onnx(model, record.spec.input_shape, tmp / "model.onnx", config.opset, config.exporter)

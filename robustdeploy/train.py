@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from tqdm import tqdm
 
 from robustdeploy.data import DataConfig, Dataset, Split
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_json
+from robustdeploy.io import atomic_write_json, staging_dir
 from robustdeploy.models import Classifier, ModelSpec, build_classifier, load_weights
 
 RUN_FORMAT = "robustdeploy-run/1"
@@ -130,8 +129,7 @@ def new_classifier(arch: str, data: Dataset) -> tuple[Classifier, ModelSpec]:
 
 def save_run(model: nn.Module, record: RunRecord, out: Path) -> None:
     """Write weights + run.json into a temporary sibling folder, then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))

@@ -12,6 +12,7 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
 from robustdeploy.evaluation.grid import realise
 from robustdeploy.evaluation.rescore import rescore
+from robustdeploy.evaluation.score import percent
 from robustdeploy.runtimes import create_runtime
 
 
@@ -50,7 +51,7 @@ def test_realised_robust_accuracy_is_no_higher_than_fixed_step_pgd_then_rounding
         rounded = realise(plain, x, eps, "linf")
         for runtime, predict in (("torch", lambda z: model(z).argmax(1)), ("ort-cpu", ort.predict)):
             with torch.no_grad():
-                baseline = 100.0 * float((predict(rounded) == y).float().mean())
+                baseline = percent(predict(rounded) == y)
             assert result.cell(runtime, eps)["robust_accuracy"] <= baseline + 1e-9, (eps, runtime)
 
 

@@ -94,7 +94,8 @@ def test_check_cli_exit_codes_follow_measured_drop(bundle_copy, tmp_path):
               "--markdown", tmp_path / "s.md", "--junit", tmp_path / "j.xml", "--out", tmp_path / "c.json"]
     tight = cli(*common, "--min-agreement", f"{agreement + 0.1:.2f}")
     assert tight.returncode == 1 and "FAILED ort-cpu top-1 agreement" in tight.stdout
-    assert tight.stderr.strip() == "error: 1 of 3 checks failed (see above)"
+    assert tight.stderr.strip().splitlines()[-1] == "error: 1 of 3 checks failed (see above)"
+    assert "fgsm/torch/eps=0.05: " in tight.stderr  # progress lines on stderr, one per crafted set
     assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
     assert "some checks failed" in (tmp_path / "s.md").read_text()
     loose = cli(*common, "--min-agreement", f"{agreement - 0.1:.2f}")

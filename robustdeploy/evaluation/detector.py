@@ -18,7 +18,7 @@ from robustdeploy.evaluation.craft import Plan, craft_budget
 from robustdeploy.evaluation.evaluate import EvalConfig, default_out, new_result, run_plans
 from robustdeploy.evaluation.grid import OnGrid
 from robustdeploy.evaluation.results import Result, save_result
-from robustdeploy.evaluation.score import pick
+from robustdeploy.evaluation.score import percent, pick
 from robustdeploy.evaluation.session import open_session
 from robustdeploy.io import check_output
 
@@ -51,10 +51,10 @@ def _cell(label: str, s: dict, y: torch.Tensor, clean: tuple, adv: tuple, ref_cl
     diff = (torch.cat([clean_score, adv_score]) - torch.cat([ref_clean[1], ref_adv[1]])).abs().double()
     return {
         "runtime": label, "eps": s["eps"], "attack": s["attack"], "set": s["key"], "successful_adversarials": n,
-        "detection_rate": 100.0 * float(adv_flag[success].float().mean()) if n else None,
-        "false_positive_rate": 100.0 * float(clean_flag.float().mean()),
+        "detection_rate": percent(adv_flag, success) if n else None,
+        "false_positive_rate": percent(clean_flag),
         "roc_auc": roc_auc(clean_score, adv_score[success]),
-        "undetected_success_rate": 100.0 * float((success & ~adv_flag).sum()) / max(1, int(correct.sum())),
+        "undetected_success_rate": percent(success & ~adv_flag, correct),
         "score_diff_vs_torch": {"max": float(diff.max()), "mean": float(diff.mean()),
                                 "p99": float(diff.quantile(0.99))},
         "decision_differs_from_torch": {"clean": (clean_flag != ref_clean[2]).nonzero().flatten().tolist(),

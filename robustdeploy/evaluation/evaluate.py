@@ -12,7 +12,7 @@ from robustdeploy.attacks import cascade
 from robustdeploy.evaluation import checks
 from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe
 from robustdeploy.evaluation.results import Result, resume_from, save_result
-from robustdeploy.evaluation.score import Predictions, score_cascade
+from robustdeploy.evaluation.score import predictions, score_cascade
 from robustdeploy.evaluation.session import Session, SessionConfig, open_session
 from robustdeploy.figures import example_figure, pick_examples
 from robustdeploy.io import check_output
@@ -47,11 +47,11 @@ def runners(session: Session) -> dict:
 
 def classify_cells(result: Result, stored: dict[str, torch.Tensor], predict: dict) -> list[dict]:
     """The cells of a classification result, per group of sets: the scorer `rescore` reruns."""
-    cells, predictions = [], Predictions(predict, stored)
+    cells, labels = [], predictions(predict, stored)
     for group in dict.fromkeys(s["group"] for s in result.sets):
         sets = [s for s in result.sets if s["group"] == group]
         cells += [asdict(c) for c in score_cascade(result.runtime_labels(), sets, result.epsilons, stored["y"],
-                                                   predictions)]
+                                                   labels)]
     return cells
 
 

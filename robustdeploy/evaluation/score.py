@@ -3,6 +3,7 @@ set of the cascade that applies to it; robust accuracy after attack k is the wor
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,20 +27,15 @@ class Cell:
     outcome_differs_from_torch: list[int]
 
 
-def percent(mask: torch.Tensor) -> float:
-    return 100.0 * float(mask.float().mean()) if len(mask) else 0.0
+def percent(mask: torch.Tensor, of: torch.Tensor | None = None) -> float:
+    """Share of `mask` (among `of`, default all) in percent, rounded to 1e-4 so results carry no float noise."""
+    of = torch.ones_like(mask) if of is None else of
+    return round(100.0 * int((mask & of).sum()) / max(1, int(of.sum())), 4)
 
 
-class Predictions:
-    """Labels of each runner on each stored set, computed once."""
-
-    def __init__(self, runners: dict[str, Predict], stored: dict[str, torch.Tensor]) -> None:
-        self.runners, self.stored, self.cache = runners, stored, {}
-
-    def __call__(self, runner: str, key: str) -> torch.Tensor:
-        if (runner, key) not in self.cache:
-            self.cache[runner, key] = self.runners[runner](self.stored[key])
-        return self.cache[runner, key]
+def predictions(runners: dict[str, Predict], stored: dict[str, torch.Tensor]) -> Callable[[str, str], torch.Tensor]:
+    """(runner, stored key) -> that runner's labels on that set, computed once."""
+    return functools.cache(lambda runner, key: runners[runner](stored[key]))
 
 
 def pick(sets: Iterable[dict], runtime: str, eps: float) -> list[dict]:
@@ -54,7 +50,7 @@ def pick(sets: Iterable[dict], runtime: str, eps: float) -> list[dict]:
 
 
 def score_cascade(runtimes: list[str], sets: list[dict], epsilons: Iterable[float], y: torch.Tensor,
-                  predictions: Predictions) -> list[Cell]:
+                  predictions: Callable[[str, str], torch.Tensor]) -> list[Cell]:
     """Cells for every runtime x budget x attack stage, from stored sets only (the same code re-scores)."""
     cells = []
     torch_clean = predictions("torch", "x")
@@ -69,7 +65,7 @@ def score_cascade(runtimes: list[str], sets: list[dict], epsilons: Iterable[floa
                 cells.append(Cell(
                     runtime=runtime, attack=s["attack"], eps=eps, clean_accuracy=percent(clean == y),
                     robust_accuracy=percent(robust), own_robust_accuracy=percent((clean == y) & own),
-                    attack_success_rate=100.0 * float(((clean == y) & ~robust).sum()) / max(1, int((clean == y).sum())),
+                    attack_success_rate=percent(~robust, clean == y),
                     clean_differs_from_torch=(clean != torch_clean).nonzero().flatten().tolist(),
                     outcome_differs_from_torch=(robust != reference).nonzero().flatten().tolist(),
                 ))
