@@ -6,14 +6,13 @@ the bundle folder, and versions of onnx/torch without the known model-loading CV
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
 from robustdeploy.data import DataConfig
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import sha256_file
+from robustdeploy.io import read_document, sha256_file
 from robustdeploy.models import Classifier, ModelSpec, load_weights
 
 BUNDLE_FORMAT = "robustdeploy-bundle/1"
@@ -146,12 +145,7 @@ def load_bundle(path: Path) -> Bundle:
         raise RobustDeployError(f"bundle {path} not found; create it with `robustdeploy export RUN_DIR`")
     if not manifest_path.is_file() or manifest_path.is_symlink():
         raise RobustDeployError(f"{path} has no {MANIFEST}; it is not a robustdeploy bundle (re-export it)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RobustDeployError(f"{manifest_path} is corrupt ({exc}); re-export the bundle") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise RobustDeployError(f"{manifest_path} is not a {BUNDLE_FORMAT} manifest; re-export the bundle")
+    manifest = read_document(manifest_path, BUNDLE_FORMAT, "re-export the bundle")
     for key in ("name", "model", "data", "classes", "input", "files", "variants", "reference"):
         if key not in manifest:
             raise RobustDeployError(f"{manifest_path} lacks {key!r}; re-export the bundle")

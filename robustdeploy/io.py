@@ -68,6 +68,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def read_document(path: Path, fmt: str, fix: str) -> dict:
+    """A JSON document of format `fmt`; anything else (unreadable, corrupt, foreign) is one error ending in `fix`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RobustDeployError(f"{path} is corrupt or unreadable ({exc}); {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise RobustDeployError(f"{path} is not a {fmt} document; {fix}")
+    return data
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,7 @@ from tqdm import tqdm
 
 from robustdeploy.data import DataConfig, Dataset, Split
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_json, staging_dir
+from robustdeploy.io import atomic_write_json, read_document, staging_dir
 from robustdeploy.models import Classifier, ModelSpec, build_classifier, load_weights
 
 RUN_FORMAT = "robustdeploy-run/1"
@@ -149,8 +148,9 @@ def load_run(run_dir: Path) -> tuple[Classifier, RunRecord]:
     if not record_path.is_file() or not weights.is_file():
         raise RobustDeployError(f"{run_dir} is not a run folder (needs run.json and model.safetensors); "
                                 "create one with `robustdeploy train`")
+    data = read_document(record_path, RUN_FORMAT, "retrain or restore it")
     try:
-        record = RunRecord.from_dict(json.loads(record_path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        record = RunRecord.from_dict(data)
+    except (KeyError, TypeError) as exc:
         raise RobustDeployError(f"{record_path} is corrupt ({exc}); retrain or restore it") from None
     return load_weights(record.spec, weights), record

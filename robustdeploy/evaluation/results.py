@@ -3,7 +3,6 @@ eps=E` in the safetensors beside the JSON), one save and load; every cell re-sco
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_bytes, atomic_write_json, versions
+from robustdeploy.io import atomic_write_bytes, atomic_write_json, read_document, versions
 
 FORMAT = "robustdeploy-result/2"
 
@@ -84,12 +83,7 @@ def load_result(path: Path) -> tuple[Result, dict[str, torch.Tensor]]:
     path = Path(path)
     if not path.is_file():
         raise RobustDeployError(f"result {path} not found; give the JSON that `robustdeploy evaluate` wrote")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RobustDeployError(f"{path} is not a JSON result ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise RobustDeployError(f"{path} is not a {FORMAT} result; re-run the evaluation with this version")
+    data = read_document(path, FORMAT, "give a result written by this version of robustdeploy")
     try:
         result = Result.from_dict(data)
         stored = load_file(str(path.parent / result.adversarial_file))
