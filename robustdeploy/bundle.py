@@ -103,6 +103,11 @@ class Bundle:
     def name(self) -> str:
         return self.manifest["name"]
 
+    @property
+    def defense(self) -> str:
+        """The training-side defense the model was trained with (`none` for standard training)."""
+        return self.manifest.get("run", {}).get("train", {}).get("defense", "none")
+
     @cached_property
     def spec(self) -> ModelSpec:
         return ModelSpec.from_dict(self.manifest["model"])

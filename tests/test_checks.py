@@ -52,3 +52,24 @@ def test_cascade_gain_flags_black_box_attacks_that_beat_the_gradient_ones():
     masked = checks.cascade_gain(cells(40.0), attacks)
     assert not masked.passed and "60.00% after the gradient attacks -> 40.00%" in masked.detail
     assert checks.cascade_gain(cells(40.0), attacks[:1]) is None
+
+
+def test_distillation_with_ce_is_flagged_before_the_attack_runs(tmp_path, caplog):
+    """A manifest that records a masking defense makes evaluate warn, naming the loss to use."""
+    from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+    from robustdeploy.export import ExportConfig, export_bundle
+    from robustdeploy.recipe import train
+    from robustdeploy.train import TrainConfig
+
+    train(TrainConfig(epochs=2, defense="distillation", defense_params={"temperature": 100}), tmp_path / "run")
+    export_bundle(ExportConfig(run_dir=tmp_path / "run", out=tmp_path / "b"))
+    with caplog.at_level("INFO", logger="robustdeploy"):
+        result = evaluate(EvalConfig(bundle=tmp_path / "b", limit=40, out=tmp_path / "r.json"))
+    failed = {c["name"]: c["detail"] for c in result.checks if not c["passed"]}
+    assert "masking_defense" in failed and "--loss margin" in failed["masking_defense"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "robustdeploy"]
+    assert ours[0].startswith("warning: check") and ours[-1].startswith("pgd/torch/eps=0.1: ")  # warned first
+    margin = evaluate(EvalConfig(bundle=tmp_path / "b", limit=40, attack_params={"loss": "margin"},
+                                 out=tmp_path / "m.json"))
+    assert "masking_defense" not in {c["name"] for c in margin.checks if not c["passed"]}
+    assert margin.cell("torch", 0.1)["robust_accuracy"] <= result.cell("torch", 0.1)["robust_accuracy"]

@@ -62,6 +62,14 @@ def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lo
                  else f"input gradients of the {loss} loss are non-zero on all {n} correctly classified samples")
 
 
+def masking_defense(defense: str, losses: set[str]) -> Check:
+    """A defense known to mask the gradient of a loss the attack uses (distillation saturates the softmax)."""
+    masked = defense == "distillation" and "ce" in losses
+    return Check("masking_defense", not masked, "the bundle was trained with defensive distillation, whose saturated "
+                 "softmax hides the ce gradient: use --loss margin (Carlini and Wagner 2017)" if masked
+                 else f"defense {defense!r} masks no loss the attack uses")
+
+
 def outputs_are_logits(logits: torch.Tensor) -> Check:
     """Rows that are non-negative and sum to 1 are probabilities; margin/CE attacks then see a squashed loss."""
     probability = bool((logits >= 0).all()) and bool(((logits.sum(1) - 1).abs() < 1e-3).all())

@@ -33,10 +33,6 @@ class DefenseEvalConfig(SessionConfig):
     out: Path | None = None
 
 
-def defense_of(bundle: Bundle) -> str:
-    return bundle.manifest.get("run", {}).get("train", {}).get("defense", "none")
-
-
 def oblivious_model(bundle: Bundle, baseline: Path | None) -> tuple[torch.nn.Module | None, str]:
     """The undefended classifier the oblivious attacker sees (None: the bundle's own graph)."""
     if baseline is not None:
@@ -46,11 +42,11 @@ def oblivious_model(bundle: Bundle, baseline: Path | None) -> tuple[torch.nn.Mod
                                     f"{record.spec.num_classes} classes; the bundle needs {bundle.input_shape} "
                                     f"and {bundle.spec.num_classes}")
         return model, "baseline"
-    if defense_of(bundle) == "none":
+    if bundle.defense == "none":
         return None, "torch"
     if bundle.spec.extra.get("purifier"):
         return bundle.reference_model().classifier, "classifier"
-    raise RobustDeployError(f"bundle {bundle.name!r} ({defense_of(bundle)}) needs --baseline RUN_DIR: oblivious "
+    raise RobustDeployError(f"bundle {bundle.name!r} ({bundle.defense}) needs --baseline RUN_DIR: oblivious "
                             "attacks are crafted on an undefended classifier trained with `robustdeploy train`")
 
 
@@ -78,7 +74,7 @@ def evaluate_defense(config: DefenseEvalConfig) -> Result:
     out = Path(config.out or Path("results") / f"{session.bundle.name}-defense.json")
     check_output(out, "--out")
     source_model, source = oblivious_model(session.bundle, config.baseline)
-    defense = defense_of(session.bundle)
+    defense = session.bundle.defense
     loss = ADAPTIVE_LOSS.get(defense, "ce")
     plans = [Plan((_spec(config, "ce"),), (config.eps,), source=source, source_model=source_model,
                   group="oblivious"),

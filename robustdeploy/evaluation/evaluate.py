@@ -10,7 +10,7 @@ import torch
 
 from robustdeploy.attacks import cascade
 from robustdeploy.evaluation import checks
-from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe
+from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe, log
 from robustdeploy.evaluation.results import Result, resume_from, save_result
 from robustdeploy.evaluation.score import predictions, score_cascade
 from robustdeploy.evaluation.session import Session, SessionConfig, open_session
@@ -61,6 +61,7 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
     built = [build(p, session.config.seed, session.test.x[0].numel()) for p in plans]
     result.attacks = [a for p, (attacks, _) in zip(plans, built) for a in describe(p, attacks)]
     result.norm = built[0][1]
+    result.checks = masking_checks(result, session)
     done: list = []
     if resume and Path(out).exists():
         previous, kept = resume_from(out, result)
@@ -89,21 +90,24 @@ def evaluate(config: EvalConfig) -> Result:
     result = new_result("evaluate", session)
     stored = run_plans(result, session, [config.plan()], out, config.resume)
     result.cells = classify_cells(result, stored, runners(session))
-    result.checks = run_checks(result, session)
+    result.checks += [asdict(c) for c in checks.for_cells(result.cells, result.attacks, result.norm or "linf",
+                                                          session.test.x[0].numel()) if c is not None]
     result.figure = write_figure(out.with_suffix(".png"), session, stored, result)
     result.complete = True
     save_result(out, result, stored)
     return result
 
 
-def run_checks(result: Result, session: Session) -> list[dict]:
-    """Every sanity check that applies: masking signs on the reference, budget and cascade signs on the cells."""
+def masking_checks(result: Result, session: Session) -> list[dict]:
+    """Masking signs on the reference for the attacks' own losses, logged before any budget is spent."""
     x, y = session.test.x.to(session.device), session.test.y.to(session.device)
     losses = {a["params"].get("loss") for a in result.attacks if a["needs"] == "gradients"} - {None}
     found = [checks.input_gradients(session.reference, x, y, loss) for loss in sorted(losses or {"margin"})]
-    found += [checks.outputs_are_logits(session.runtimes[0].logits(session.test.x, session.batch_size))]
-    found += checks.for_cells(result.cells, result.attacks, result.norm or "linf", session.test.x[0].numel())
-    return [asdict(c) for c in found if c is not None]
+    found += [checks.outputs_are_logits(session.runtimes[0].logits(session.test.x, session.batch_size)),
+              checks.masking_defense(session.bundle.defense, losses)]
+    for c in (c for c in found if not c.passed):
+        log.warning("warning: check %s failed: %s", c.name, c.detail)
+    return [asdict(c) for c in found]
 
 
 def write_figure(path: Path, session: Session, stored: dict[str, torch.Tensor], result: Result) -> str | None:

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-Predict = Callable[[torch.Tensor], torch.Tensor]
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -33,7 +31,7 @@ def percent(mask: torch.Tensor, of: torch.Tensor | None = None) -> float:
     return round(100.0 * int((mask & of).sum()) / max(1, int(of.sum())), 4)
 
 
-def predictions(runners: dict[str, Predict], stored: dict[str, torch.Tensor]) -> Callable[[str, str], torch.Tensor]:
+def predictions(runners: dict[str, Callable], stored: dict[str, torch.Tensor]) -> Callable[[str, str], torch.Tensor]:
     """(runner, stored key) -> that runner's labels on that set, computed once."""
     return functools.cache(lambda runner, key: runners[runner](stored[key]))
 
