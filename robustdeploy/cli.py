@@ -407,12 +407,21 @@ def list_registries() -> None:
 def main() -> None:
     """Entry point: a user mistake is one stderr line and a non-zero exit; bugs keep their traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)  # we, not click, turn errors and Ctrl-C into messages
     except RobustDeployError as exc:
         if os.environ.get("ROBUSTDEPLOY_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted; results written so far are intact", file=sys.stderr)
-        sys.exit(130)
+    except typer.TyperException as exc:  # a usage mistake: unknown option, text for a number, missing argument
+        ctx = getattr(exc, "ctx", None)
+        if exc.format_message():  # empty when the help was printed for a bare command
+            print(f"error: {exc.format_message()} (see `{ctx.command_path if ctx else 'robustdeploy'} --help`)",
+                  file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code == 130:  # Ctrl-C (typer reports it as exit code 130)
+        print("interrupted; results written so far are intact (continue an evaluation with --resume)",
+              file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)

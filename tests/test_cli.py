@@ -42,3 +42,31 @@ def test_user_mistakes_are_one_line(bundle_dir, tmp_path):
     assert_one_line_error(cli("train", "--arch", "cnnn", "--out", tmp_path / "r"), "did you mean 'cnn'")
     assert_one_line_error(cli("export", tmp_path), "not a run folder")
     assert not (tmp_path / "r").exists()
+
+
+def test_usage_mistakes_are_one_line_too(bundle_dir):
+    assert_one_line_error(cli("evaluate", bundle_dir, "--limit", "abc"), "--limit", "integer", "--help")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--nope"), "No such option")
+    assert_one_line_error(cli("evaluate"), "Missing argument")
+
+
+def test_ctrl_c_keeps_finished_sets_and_resume_completes(bundle_dir, tmp_path):
+    """Interrupted after its first crafted set, a run says so in one line; --resume finishes it from disk."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.json"
+    args = [sys.executable, "-m", "robustdeploy", "evaluate", bundle_dir, "-r", "ort-cpu", "--attack", "pgd",
+            "--attack", "square", "--eps", "0.1", "--limit", "60", "--out", out]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # the progress line of the first crafted set
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[1]
+    assert first.startswith("pgd/torch/eps=0.1: ") and proc.returncode == 130
+    assert rest.strip().splitlines()[-1].startswith("interrupted; results written so far are intact")
+    saved = json.loads(out.read_text())
+    assert not saved["complete"] and [s["key"] for s in saved["sets"]][0] == "pgd/torch/eps=0.1"
+    done = cli("evaluate", *map(str, args[4:]), "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "pgd/torch" not in done.stderr and json.loads(out.read_text())["complete"]

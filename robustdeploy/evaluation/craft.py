@@ -4,7 +4,6 @@ each runtime; a minimal-norm attack runs once and is clipped per budget (foolbox
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -26,8 +25,6 @@ from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.grid import OnGrid, grid_budget, realise, rounding_report
 from robustdeploy.evaluation.session import Session
-
-log = logging.getLogger("robustdeploy")
 
 
 @dataclass
@@ -182,7 +179,6 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
     adv, rounding = _realised(plan, predict, session, raw, index, eps, attack.norm)
     key = set_key(label(plan, spec), source, eps)
     stored[key] = adv
-    log.info("%s: %d samples attacked in %.1f s", key, len(index), seconds)
     return CraftedSet(key, stage, label(plan, spec), source, eps, len(index), round(seconds, 4),
                       attack.stats.gradients - before,
                       round(statistics.fmean(queries), 2) if queries else None,
@@ -223,7 +219,6 @@ def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack:
         seconds = time.perf_counter() - start
         adv, rounding = _realised(plan, predict, session, found, index, None, attack.norm)
         stored[whole] = adv
-        log.info("%s: %d samples attacked in %.1f s", whole, len(index), seconds)
         finished[whole] = CraftedSet(whole, stage, label(plan, spec), source, None, len(index), round(seconds, 4),
                                      attack.stats.gradients - before, rounding=rounding, group=plan.group)
         crafted.sets.append(finished[whole])

@@ -3,6 +3,7 @@ saved as they are crafted, so `resume=True` continues an interrupted run."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -10,12 +11,14 @@ import torch
 
 from robustdeploy.attacks import cascade
 from robustdeploy.evaluation import checks
-from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe, log
+from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe
 from robustdeploy.evaluation.results import Result, resume_from, save_result
 from robustdeploy.evaluation.score import predictions, score_cascade
 from robustdeploy.evaluation.session import Session, SessionConfig, open_session
 from robustdeploy.figures import example_figure, pick_examples
 from robustdeploy.io import check_output
+
+log = logging.getLogger("robustdeploy")
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,11 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
         done = [CraftedSet(**s) for s in previous]
     crafted: list[Crafted] = []
 
-    def progress(current: Crafted) -> None:
+    def progress(current: Crafted) -> None:  # saved first, then reported: a reported set is on disk
         result.sets = [asdict(s) for c in [*crafted, current] for s in c.sets]
         save_result(out, result, stored)
+        log.info("%s: %d samples attacked in %.1f s", current.sets[-1].key, current.sets[-1].attacked,
+                 current.sets[-1].seconds)
 
     for plan in plans:
         crafted.append(craft(session, plan, stored, done, progress))
