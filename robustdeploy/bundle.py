@@ -74,8 +74,23 @@ def _tensors_with_external_data(graph):
                     yield from _tensors_with_external_data(sub)
 
 
-def check_onnx_file(path: Path, root: Path) -> list[str]:
-    """Parse an ONNX file without its external data; return the external files it needs (all inside root)."""
+MAX_INPUT = 64_000_000  # values per input image (a 4-channel 4000 x 4000 image): larger is refused as absurd
+
+
+def check_input(shape: object, where: str) -> tuple[int, int, int]:
+    """A declared (C, H, W) input: positive integers, 1 to 4 channels, no absurd size (refused before any
+    allocation)."""
+    if not (isinstance(shape, list | tuple) and len(shape) == 3 and all(type(d) is int and d > 0 for d in shape)):
+        raise RobustDeployError(f"{where} declares the input {shape!r}; expected (channels, height, width)")
+    if shape[0] > 4 or shape[0] * shape[1] * shape[2] > MAX_INPUT:
+        raise RobustDeployError(f"{where} declares an input of {shape[0]}x{shape[1]}x{shape[2]}, beyond "
+                                f"{MAX_INPUT:,} values or 4 channels; refusing it")
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def check_onnx_file(path: Path, root: Path, input_shape: tuple[int, int, int] | None = None) -> list[str]:
+    """Parse an ONNX file without its external data; return the external files it needs (all inside root).
+    With `input_shape`, the graph's declared input must be (batch, *input_shape)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -85,6 +100,11 @@ def check_onnx_file(path: Path, root: Path) -> list[str]:
         raise RobustDeployError(f"{path} is not a valid ONNX file ({type(exc).__name__}); re-export it") from None
     if not model.graph.node:
         raise RobustDeployError(f"{path} is not a valid ONNX file (empty graph); re-export it")
+    if input_shape is not None:
+        dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim][1:]
+        if len(dims) != 3 or any(d is not None and d != s for d, s in zip(dims, input_shape)):
+            raise RobustDeployError(f"{path.name} takes inputs of shape {dims}, the manifest declares "
+                                    f"{list(input_shape)}; re-export the bundle")
     external = []
     for tensor in _tensors_with_external_data(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -154,6 +174,16 @@ def load_bundle(path: Path) -> Bundle:
     for key in ("name", "model", "data", "classes", "input", "files", "variants", "reference"):
         if key not in manifest:
             raise RobustDeployError(f"{manifest_path} lacks {key!r}; re-export the bundle")
+    shape = manifest["input"].get("shape") if isinstance(manifest["input"], dict) else None
+    input_shape = check_input(shape[1:] if isinstance(shape, list) else shape, f"{manifest_path}")
+    spec = manifest["model"]
+    if not isinstance(spec, dict) or list(spec.get("input_shape", [])) != list(input_shape):
+        raise RobustDeployError(f"{manifest_path}: the model's input_shape disagrees with the input "
+                                f"{list(input_shape)}; re-export the bundle")
+    classes = manifest["classes"]
+    if not isinstance(classes, list) or len(classes) < 2 or len(classes) != spec.get("num_classes"):
+        raise RobustDeployError(f"{manifest_path} names {len(classes) if isinstance(classes, list) else 0} classes "
+                                f"for a model with {spec.get('num_classes')} outputs; re-export the bundle")
     files: dict = manifest["files"]
     for relative, digest in files.items():
         file = _inside(path, relative)
@@ -165,7 +195,7 @@ def load_bundle(path: Path) -> Bundle:
     for variant in manifest["variants"].values():
         if variant["file"] not in files:
             raise RobustDeployError(f"variant file {variant['file']} is not hashed in the manifest; refusing it")
-        for external in check_onnx_file(path / variant["file"], path):
+        for external in check_onnx_file(path / variant["file"], path, input_shape):
             if external not in files:
                 raise RobustDeployError(f"external data {external} is not hashed in the manifest; refusing it")
     if manifest["reference"] not in files:

@@ -140,6 +140,18 @@ def _torchvision(config: DataConfig, cls_name: str, **split_kwargs: dict) -> tup
     return train, test
 
 
+def _open_image(path: str):
+    """A decoded PIL image; a file that cannot be decoded is one error line naming it."""
+    from PIL import Image
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise RobustDeployError(f"cannot read image {path} ({exc}); remove or replace the file") from None
+    return image
+
+
 def _resize(images: list, size: int, channels: int) -> np.ndarray:
     """PIL images -> uint8 (N, C, size, size), bilinear."""
     from PIL import Image
@@ -200,9 +212,7 @@ def gtsrb(config: DataConfig) -> RawData:
     size = config.image_size or 32
 
     def load(ds) -> tuple[np.ndarray, np.ndarray]:
-        from PIL import Image
-
-        images = [Image.open(path) for path, _ in ds._samples]
+        images = [_open_image(path) for path, _ in ds._samples]
         return _resize(images, size, 3), np.asarray([label for _, label in ds._samples])
 
     (x, y), (xt, yt) = load(train), load(test)
@@ -211,7 +221,10 @@ def gtsrb(config: DataConfig) -> RawData:
 
 @DATASETS.register("imagefolder")
 def imagefolder(config: DataConfig) -> RawData:
-    """Any folder of class sub-folders of images (torchvision ImageFolder), resized to --image-size (32)."""
+    """Any folder of class sub-folders of images (torchvision ImageFolder), at the images' own size when they all
+    share one square size, else resized to --image-size (default 32)."""
+    import logging
+
     import torchvision
 
     root = _require_root(config)
@@ -219,10 +232,14 @@ def imagefolder(config: DataConfig) -> RawData:
         folder = torchvision.datasets.ImageFolder(str(root))
     except (FileNotFoundError, RuntimeError) as exc:
         raise RobustDeployError(f"no image folder at {root}: {exc}") from None
-    from PIL import Image
-
-    first = Image.open(folder.samples[0][0])
-    channels = 1 if first.mode in ("L", "1", "I;16") else 3
-    images = [Image.open(path) for path, _ in folder.samples]
-    x = _resize(images, config.image_size or 32, channels)
+    if len(folder.classes) < 2:
+        raise RobustDeployError(f"image folder {root} has one class ({folder.classes[0]}); a classifier needs at "
+                                "least two class sub-folders")
+    images = [_open_image(path) for path, _ in folder.samples]
+    channels = 1 if images[0].mode in ("L", "1", "I;16") else 3
+    sizes = {image.size for image in images}
+    size = config.image_size or (next(iter(sizes))[0] if len(sizes) == 1 and len(set(*sizes)) == 1 else 32)
+    if sizes != {(size, size)}:
+        logging.getLogger("robustdeploy").info("resizing the images of %s to %dx%d", root, size, size)
+    x = _resize(images, size, channels)
     return RawData(tuple(folder.classes), x, np.asarray(folder.targets))

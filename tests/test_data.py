@@ -50,3 +50,23 @@ def test_imagefolder_loads_and_resizes(tmp_path):
     assert data.classes == ("cat", "dog")
     assert data.input_shape == (3, 12, 12)
     assert len(data.train) + len(data.val) + len(data.test) == 20
+
+
+def test_imagefolder_keeps_a_shared_size_and_names_bad_input(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            Image.new("L", (12, 12), i * 30).save(tmp_path / cls / f"{i}.png")
+    data = load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path), val_fraction=0.2,
+                                   test_fraction=0.2))
+    assert data.input_shape == (1, 12, 12)  # the images' own size, not a silent 32x32
+    (tmp_path / "b" / "5.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"truncated")
+    with pytest.raises(RobustDeployError, match="cannot read image .*5.png"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(tmp_path)))
+    one = tmp_path / "one"
+    (one / "only").mkdir(parents=True)
+    Image.new("L", (12, 12)).save(one / "only" / "0.png")
+    with pytest.raises(RobustDeployError, match="has one class"):
+        load_dataset(DataConfig(name="imagefolder", data_root=str(one)))

@@ -1,4 +1,7 @@
 
+import json
+import re
+
 import onnx
 import pytest
 import torch
@@ -88,4 +91,27 @@ def test_missing_or_corrupt_manifest(bundle_copy, tmp_path):
         load_bundle(tmp_path / "nothing")
     (bundle_copy / "manifest.json").write_text("{not json")
     with pytest.raises(RobustDeployError, match="corrupt"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda m: m["input"].update(shape=[None, 1, 100000, 100000]), "refusing it"),
+    (lambda m: m["input"].update(shape=[None, 1, 8]), "expected (channels, height, width)"),
+    (lambda m: m["input"].update(shape=[None, 1, 9, 9]), "disagrees"),
+    (lambda m: m.update(classes=["a", "b"]), "names 2 classes for a model with 10 outputs"),
+    (lambda m: m.update(classes="abc"), "names 0 classes"),
+])
+def test_manifest_that_disagrees_with_itself_is_refused_before_anything_runs(bundle_copy, change, needle):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    change(manifest)
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RobustDeployError, match=re.escape(needle)):
+        load_bundle(bundle_copy)
+
+
+def test_onnx_graph_that_disagrees_with_the_manifest_is_refused(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["input"]["shape"], manifest["model"]["input_shape"] = [None, 1, 9, 9], [1, 9, 9]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RobustDeployError, match=r"model.onnx takes inputs of shape \[1, 8, 8\]"):
         load_bundle(bundle_copy)
