@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from robustdeploy.io import atomic_write_json, read_document, staging_dir
 from robustdeploy.models import Classifier, ModelSpec, build_classifier, load_weights
 
 RUN_FORMAT = "robustdeploy-run/1"
+log = logging.getLogger("robustdeploy")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def fit(
     n = len(data.train)
     losses = []
     bar = tqdm(range(config.epochs), desc=desc, unit="epoch", file=sys.stderr, disable=None)
-    for _ in bar:
+    for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=generator)
         total = 0.0
@@ -115,7 +117,10 @@ def fit(
             optimiser.step()
             total += float(loss.detach()) * len(idx)
         losses.append(total / n)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{accuracy(model, data.val, device=config.device):.1f}%")
+        val = f"{accuracy(model, data.val, device=config.device):.1f}%"
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", val=val)
+        if bar.disable:  # not a terminal (a CI log): a plain line per epoch instead of the bar
+            log.info("%s epoch %d/%d: loss %.4f, val %s", desc, epoch + 1, config.epochs, losses[-1], val)
     model.eval()
     return losses
 

@@ -10,6 +10,7 @@ def test_train_export_evaluate_commands(tmp_path):
     proc = cli("train", "--arch", "mlp", "--epochs", "3", "--out", run)
     assert proc.returncode == 0, proc.stderr
     assert "trained mlp on digits" in proc.stdout
+    assert "train epoch 3/3: loss " in proc.stderr  # progress lines when not on a terminal
     bundle = tmp_path / "export" / "mlp-digits"
     proc = cli("export", run, "--out", bundle)
     assert proc.returncode == 0, proc.stderr
