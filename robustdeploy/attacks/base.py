@@ -59,26 +59,6 @@ class Attack(ABC):
         """`adv` as the deployment receives it (itself where no realiser is set)."""
         return adv if self.realiser is None else self.realiser(adv, x, eps)
 
-    def fooled_as_seen(self, model: Model, adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float | None,
-                       logits: torch.Tensor, loss: torch.Tensor, candidates: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(fooled, loss) of each iterate as the deployment receives it. `logits` and `loss` are the float
-        iterate's; only `candidates` (default: the iterates whose float version fools) are re-checked after
-        realisation."""
-        loss = loss.detach().clone()
-        wrong = logits.detach().argmax(1) != y
-        if self.realiser is None:
-            return wrong, loss
-        check = wrong if candidates is None else candidates
-        index = check.nonzero().flatten()
-        wrong = torch.zeros_like(wrong)
-        if len(index):
-            with torch.no_grad():
-                seen = model(self.seen(adv[index].detach(), x[index], eps))
-            wrong[index] = seen.argmax(1) != y[index]
-            loss[index] = loss_per_sample(seen, y[index], getattr(self, "loss", "margin"))
-        return wrong, loss
-
 
 def check_eps(eps: float, norm: str, input_dim: int) -> None:
     limit = 1.0 if norm == "linf" else input_dim**0.5
@@ -167,6 +147,26 @@ class IterativeGradientAttack(FixedBudgetAttack):
             raise RobustDeployError("steps and restarts must be at least 1")
         if self.loss not in LOSSES:
             raise RobustDeployError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
+
+    def fooled_as_seen(self, model: Model, adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float | None,
+                       logits: torch.Tensor, loss: torch.Tensor, candidates: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fooled, loss) of each iterate as the deployment receives it. `logits` and `loss` are the float
+        iterate's; only `candidates` (default: the iterates whose float version fools) are re-checked after
+        realisation."""
+        loss = loss.detach().clone()
+        wrong = logits.detach().argmax(1) != y
+        if self.realiser is None:
+            return wrong, loss
+        check = wrong if candidates is None else candidates
+        index = check.nonzero().flatten()
+        wrong = torch.zeros_like(wrong)
+        if len(index):
+            with torch.no_grad():
+                seen = model(self.seen(adv[index].detach(), x[index], eps))
+            wrong[index] = seen.argmax(1) != y[index]
+            loss[index] = loss_per_sample(seen, y[index], self.loss)
+        return wrong, loss
 
     def _alpha(self, eps: float) -> float:
         return self.step_size if self.step_size is not None else self.rel_step * eps / self.steps

@@ -46,15 +46,19 @@ def unbounded_success(success: dict[tuple[str, float], float], norm: str, input_
 
 
 def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "margin",
-                    floor: float = 1e-10) -> Check:
+                    floor: float = 1e-10, batch_size: int = 256, device: str = "cpu") -> Check:
     """Share of the samples the attack works on (correctly classified ones) whose input gradient of the attack's
     own loss on the PyTorch graph is (near) zero."""
-    x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(x)
-        grad, = torch.autograd.grad(loss_per_sample(logits, y, loss).sum(), x)
-    attacked = logits.argmax(1) == y
-    zero = (grad.flatten(1).norm(dim=1) <= floor) & attacked
+    attacked, zero = [], []
+    for i in range(0, len(x), batch_size):  # memory bounded by the batch, not the split
+        xb = x[i : i + batch_size].to(device).detach().clone().requires_grad_(True)
+        yb = y[i : i + batch_size].to(device)
+        with torch.enable_grad():
+            logits = model(xb)
+            grad, = torch.autograd.grad(loss_per_sample(logits, yb, loss).sum(), xb)
+        attacked.append((logits.argmax(1) == yb).cpu())
+        zero.append((grad.flatten(1).norm(dim=1) <= floor).cpu() & attacked[-1])
+    attacked, zero = torch.cat(attacked), torch.cat(zero)
     n, fix = int(attacked.sum()), "use --loss margin or dlr" if loss == "ce" else "use a black-box attack"
     return Check("input_gradients", not zero.any(),
                  f"{int(zero.sum())} of {n} correctly classified samples ({100.0 * int(zero.sum()) / max(1, n):.1f}%) "

@@ -10,9 +10,8 @@ from robustdeploy.attacks import cascade
 from robustdeploy.bench import BenchConfig, bench
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.evaluation.craft import Plan
-from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans, runners
+from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.results import Result, save_result
-from robustdeploy.evaluation.score import percent
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import atomic_write_text, check_output
 from robustdeploy.report import table
@@ -43,12 +42,11 @@ def compare(config: CompareConfig) -> Result:
     result = new_result("compare", session)
     plan = Plan(cascade(config.attacks, config.attack_params), config.epsilons)
     stored = run_plans(result, session, [plan], out, resume=False)
-    result.cells = classify_cells(result, stored, runners(session))
+    result.cells = classify_cells(result, stored, session.runners())
     latency = bench(BenchConfig(bundle.path, tuple(names), (config.latency_batch,), warmup=5,
                                 iterations=config.latency_iterations, device=config.device, seed=config.seed))
-    torch_clean = session.clean("torch")
     result.extra = {
-        "agreement_with_torch": {r.label: percent(session.clean(r.label) == torch_clean) for r in session.runtimes},
+        "agreement_with_torch": session.agreement(),
         "median_latency_ms": {row.runtime: row.p50_ms for row in latency.rows},
         "latency_batch": config.latency_batch,
     }

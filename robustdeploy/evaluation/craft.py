@@ -4,6 +4,7 @@ each runtime; a minimal-norm attack runs once and is clipped per budget (foolbox
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -20,10 +21,11 @@ from robustdeploy.attacks import (
     lp_norm,
     make_attack,
 )
-from robustdeploy.attacks import predict as labels_of
+from robustdeploy.attacks import predict as labels
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.grid import OnGrid, grid_budget, realise, rounding_report
+from robustdeploy.evaluation.score import predictions
 from robustdeploy.evaluation.session import Session
 
 
@@ -55,6 +57,26 @@ class Plan:
     source: str = "torch"  # name of the gradient source: the bundle's PyTorch graph unless `source_model`
     source_model: torch.nn.Module | None = None  # a gradient source other than the bundle's reference
     group: str = ""  # names independent cascades stored side by side (e.g. oblivious / adaptive)
+
+
+@dataclass
+class Source:
+    """Where an attack runs: the model it queries, and that model's labels on any stored set, computed once."""
+
+    name: str
+    model: Callable
+    labels_of: Callable[[torch.Tensor], torch.Tensor]
+    stored: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        self.on = functools.partial(predictions({self.name: self.labels_of}, self.stored), self.name)
+
+    def robust(self, keys: list[str], y: torch.Tensor) -> torch.Tensor:
+        """Samples it classifies correctly, clean and on every set stored under `keys`."""
+        ok = self.on("x") == y
+        for key in keys:
+            ok &= self.on(key) == y
+        return ok
 
 
 @dataclass
@@ -100,70 +122,56 @@ def build(plan: Plan, seed: int, dim: int) -> tuple[list[Attack], str]:
     return attacks, norm
 
 
-def craft(session: Session, plan: Plan, stored: dict[str, torch.Tensor], done: list[CraftedSet] | None = None,
-          on_set: Callable[[Crafted], None] | None = None) -> Crafted:
-    """Craft every set of `plan` into `stored` (keys from `set_key`); sets listed in `done` are kept as they
-    are, so an interrupted run resumes. `on_set` is called after each new set (to save progress)."""
-    x, y = session.test.x, session.test.y
-    attacks, _ = build(plan, session.config.seed, x[0].numel())
+def craft(session: Session, plan: Plan, attacks: list[Attack], stored: dict[str, torch.Tensor],
+          done: list[CraftedSet] | None = None, on_set: Callable[[Crafted], None] | None = None) -> Crafted:
+    """Craft every set of `plan` (its `build` attacks) into `stored` (keys from `set_key`); sets listed in `done`
+    are kept as they are, so an interrupted run resumes. `on_set` is called after each new set (to save it)."""
+    y = session.test.y
     crafted = Crafted(tuple(sorted(set(plan.epsilons))))
     finished = {s.key: s for s in done or [] if s.key in stored}
+    gradient, runtimes = _sources(session, plan, stored)  # each caches its labels on every set across stages
     for stage, (spec, attack) in enumerate(zip(plan.attacks, attacks)):
-        for source, model, predict in _sources(session, plan, attack):
-            earlier = [s for s in crafted.sets if s.source == source or s.source == plan.source]
+        for source in [gradient] if attack.needs >= Capability.GRADIENTS else runtimes:
+            earlier = [s for s in crafted.sets if s.source in (source.name, plan.source)]
             if isinstance(attack, MinimalNormAttack):
-                _minimal(session, plan, stage, spec, attack, source, model, predict, stored, crafted, finished,
-                         on_set)
+                _minimal(session, plan, stage, spec, attack, source, crafted, finished, on_set)
                 continue
-            previous: torch.Tensor | None = None
+            previous: str | None = None
             for eps in crafted.epsilons:
-                key = set_key(label(plan, spec), source, eps)
+                key = set_key(label(plan, spec), source.name, eps)
                 if key in finished:
                     crafted.sets.append(finished[key])
                 else:
-                    todo = _robust(session, predict, source, [stored[s.key] for s in earlier if s.eps == eps], y)
-                    if previous is not None:
-                        todo &= predict(previous) == y
-                    crafted.sets.append(craft_budget(session, plan, stage, spec, attack, source, model, predict,
-                                                     eps, todo, previous, stored))
+                    keys = [s.key for s in earlier if s.eps == eps] + ([previous] if previous else [])
+                    crafted.sets.append(craft_budget(session, plan, stage, spec, attack, source, eps,
+                                                     source.robust(keys, y), previous))
                     if on_set:
                         on_set(crafted)
-                previous = stored[key]
+                previous = key
     return crafted
 
 
-def _sources(session: Session, plan: Plan, attack: Attack):
-    """(source name, model the attack queries, label predictor) for each place the attack runs."""
-    if attack.needs >= Capability.GRADIENTS:
-        model = plan.source_model if plan.source_model is not None else session.reference
-        model = model.to(session.device).eval().requires_grad_(False)
-        yield plan.source, model, lambda z: labels_of(model, z.to(session.device), session.batch_size).cpu()
-        return
-    for runtime in session.runtimes:
-        yield runtime.label, runtime.logits, lambda z, r=runtime: r.predict(z, session.batch_size)
+def _sources(session: Session, plan: Plan, stored: dict[str, torch.Tensor]) -> tuple[Source, list[Source]]:
+    """Where attacks run: the gradient source (gradient attacks), and every runtime (score/decision attacks)."""
+    model = plan.source_model if plan.source_model is not None else session.reference
+    model = model.to(session.device).eval().requires_grad_(False)
+    gradient = Source(plan.source, model, lambda z: labels(model, z.to(session.device), session.batch_size).cpu(),
+                      stored)
+    return gradient, [Source(r.label, r.logits, functools.partial(r.predict, batch_size=session.batch_size), stored)
+                      for r in session.runtimes]
 
 
-def _robust(session: Session, predict, source: str, sets: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-    """Samples the source classifies correctly, clean and on every earlier set."""
-    opened = source == "torch" or any(r.label == source for r in session.runtimes)
-    ok = session.clean(source) == y if opened else predict(session.test.x) == y
-    for adv in sets:
-        ok &= predict(adv) == y
-    return ok
-
-
-def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack: FixedBudgetAttack, source: str,
-                 model, predict, eps: float, todo: torch.Tensor, previous: torch.Tensor | None,
-                 stored: dict[str, torch.Tensor]) -> CraftedSet:
-    """One budget of a fixed-budget attack on the samples in `todo`; the rest keep x or a smaller budget's
-    example."""
+def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack: FixedBudgetAttack,
+                 source: Source, eps: float, todo: torch.Tensor, previous: str | None = None) -> CraftedSet:
+    """One budget of a fixed-budget attack on the samples in `todo`; the rest keep x or the example stored under
+    `previous` (a smaller budget's)."""
     torch.manual_seed(session.config.seed)
     index = todo.nonzero().flatten()
     blackbox = attack.needs < Capability.GRADIENTS
     attack.realiser = None
     if plan.realise and not blackbox:  # the float trajectory, success judged on what the deployment receives
         attack.realiser = lambda a, xb, e: realise(a, xb, e, attack.norm)
-    view = OnGrid(model) if plan.realise and blackbox else model  # queries are 8-bit images, as deployed
+    view = OnGrid(source.model) if plan.realise and blackbox else source.model  # queries are 8-bit images
     budget = grid_budget(eps, attack.norm) if plan.realise and blackbox else eps
     queries: list[int] = []
 
@@ -174,12 +182,12 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
         return adv
 
     start, before = time.perf_counter(), attack.stats.gradients
-    raw = _batched(session, index, session.test.x if previous is None else previous, run)
+    raw = _batched(session, index, source.stored[previous or "x"], run)
     seconds = time.perf_counter() - start
-    adv, rounding = _realised(plan, predict, session, raw, index, eps, attack.norm)
-    key = set_key(label(plan, spec), source, eps)
-    stored[key] = adv
-    return CraftedSet(key, stage, label(plan, spec), source, eps, len(index), round(seconds, 4),
+    adv, rounding = _realised(plan, source, session, raw, index, eps, attack.norm)
+    key = set_key(label(plan, spec), source.name, eps)
+    source.stored[key] = adv
+    return CraftedSet(key, stage, label(plan, spec), source.name, eps, len(index), round(seconds, 4),
                       attack.stats.gradients - before,
                       round(statistics.fmean(queries), 2) if queries else None,
                       float(statistics.median(queries)) if queries else None, rounding, plan.group)
@@ -194,32 +202,31 @@ def _batched(session: Session, index: torch.Tensor, base: torch.Tensor, call) ->
     return out
 
 
-def _realised(plan: Plan, predict, session: Session, raw: torch.Tensor, index: torch.Tensor, eps: float | None,
-              norm: str) -> tuple[torch.Tensor, dict | None]:
+def _realised(plan: Plan, source: Source, session: Session, raw: torch.Tensor, index: torch.Tensor,
+              eps: float | None, norm: str) -> tuple[torch.Tensor, dict | None]:
     """The attacked samples rounded to the 8-bit grid inside eps, with the rounding report."""
     if not plan.realise:
         return raw, None
     x, y, adv = session.test.x, session.test.y, raw.clone()
     adv[index] = realise(raw[index], x[index], eps, norm)
-    return adv, rounding_report(predict, raw[index], adv[index], y[index])
+    return adv, rounding_report(source.labels_of, raw[index], adv[index], y[index])
 
 
-def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack: MinimalNormAttack, source: str,
-             model, predict, stored: dict[str, torch.Tensor], crafted: Crafted, finished: dict[str, CraftedSet],
-             on_set) -> None:
+def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack: MinimalNormAttack, source: Source,
+             crafted: Crafted, finished: dict[str, CraftedSet], on_set) -> None:
     """Run a minimal-norm attack once on the samples the source gets right; clip it to each budget."""
-    x, y = session.test.x, session.test.y
-    whole = set_key(label(plan, spec), source, None)
+    x, y, stored = session.test.x, session.test.y, source.stored
+    whole = set_key(label(plan, spec), source.name, None)
     if whole not in finished:
         torch.manual_seed(session.config.seed)
-        index = (_robust(session, predict, source, [], y)).nonzero().flatten()
+        index = source.robust([], y).nonzero().flatten()
         start, before = time.perf_counter(), attack.stats.gradients
-        view = OnGrid(model) if plan.realise else model  # straight-through rounding: the norm found is realised
+        view = OnGrid(source.model) if plan.realise else source.model  # straight-through: the norm is realised
         found = _batched(session, index, x, lambda xb, yb: attack.minimize(view, xb, yb))
         seconds = time.perf_counter() - start
-        adv, rounding = _realised(plan, predict, session, found, index, None, attack.norm)
+        adv, rounding = _realised(plan, source, session, found, index, None, attack.norm)
         stored[whole] = adv
-        finished[whole] = CraftedSet(whole, stage, label(plan, spec), source, None, len(index), round(seconds, 4),
+        finished[whole] = CraftedSet(whole, stage, label(plan, spec), source.name, None, len(index), round(seconds, 4),
                                      attack.stats.gradients - before, rounding=rounding, group=plan.group)
         crafted.sets.append(finished[whole])
         if on_set:
@@ -227,21 +234,20 @@ def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack:
     elif finished[whole] not in crafted.sets:
         crafted.sets.append(finished[whole])
     adv = stored[whole]
-    fooled = predict(adv) != y
-    clean_ok = predict(x) == y
+    fooled, clean_ok = source.on(whole) != y, source.on("x") == y
     norms = torch.where(fooled & clean_ok, lp_norm(adv - x, attack.norm), torch.tensor(float("inf")))
     norms = torch.where(clean_ok, norms, torch.tensor(0.0))
-    crafted.norms[f"{label(plan, spec)}/{source}"] = [None if n == float("inf") else n for n in norms.tolist()]
+    crafted.norms[f"{label(plan, spec)}/{source.name}"] = [None if n == float("inf") else n for n in norms.tolist()]
     if not crafted.epsilons:  # no --eps: the curve's points come from the first minimal-norm attack
         crafted.epsilons = _grid_from_norms(norms)
     for eps in crafted.epsilons:
-        key = set_key(label(plan, spec), source, eps)
+        key = set_key(label(plan, spec), source.name, eps)
         if key not in stored:
             inside = (norms <= eps + 1e-7).view(-1, *[1] * (x.dim() - 1))
             stored[key] = torch.where(inside, adv, x)
         if key not in finished:
-            finished[key] = CraftedSet(key, stage, label(plan, spec), source, eps, finished[whole].attacked, 0.0, 0,
-                                       group=plan.group)
+            finished[key] = CraftedSet(key, stage, label(plan, spec), source.name, eps, finished[whole].attacked,
+                                       0.0, 0, group=plan.group)
         crafted.sets.append(finished[key])
 
 

@@ -14,7 +14,7 @@ from robustdeploy.attacks.spec import takes
 from robustdeploy.bundle import Bundle
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.craft import Plan
-from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans, runners
+from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import check_output
@@ -81,7 +81,7 @@ def evaluate_defense(config: DefenseEvalConfig) -> Result:
              Plan((_spec(config, loss),), (config.eps,), group="adaptive")]
     result = new_result("defense", session)
     stored = run_plans(result, session, plans, out, resume=False)
-    result.cells = classify_cells(result, stored, runners(session))
+    result.cells = classify_cells(result, stored, session.runners())
     result.extra = {"defense": defense, "oblivious_source": str(config.baseline) if config.baseline else source,
                     "adaptive_loss": loss, "verdicts": verdicts(result)}
     result.complete = True

@@ -4,6 +4,7 @@ PyTorch-vs-deployment score drift, all from stored sets."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,11 +15,11 @@ from robustdeploy.bundle import Bundle
 from robustdeploy.defenses.detector_bundle import detector_section, open_detector, reference_detector
 from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD, DetectorView
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.craft import Plan, craft_budget
+from robustdeploy.evaluation.craft import Plan, Source, craft_budget
 from robustdeploy.evaluation.evaluate import EvalConfig, default_out, new_result, run_plans
 from robustdeploy.evaluation.grid import OnGrid
 from robustdeploy.evaluation.results import Result, save_result
-from robustdeploy.evaluation.score import percent, pick
+from robustdeploy.evaluation.score import percent, pick, predictions
 from robustdeploy.evaluation.session import open_session
 from robustdeploy.io import check_output
 
@@ -64,13 +65,8 @@ def _cell(label: str, s: dict, y: torch.Tensor, clean: tuple, adv: tuple, ref_cl
 
 def detect_cells(result: Result, stored: dict[str, torch.Tensor], detectors: dict, batch_size: int) -> list[dict]:
     """One cell per runtime, budget and set that applies to it (each attack stage, and the adaptive attack)."""
-    cache: dict = {}
-
-    def run(label: str, key: str) -> tuple:
-        if (label, key) not in cache:
-            cache[label, key] = detectors[label].run(stored[key], batch_size)
-        return cache[label, key]
-
+    run = predictions({label: functools.partial(d.run, batch_size=batch_size) for label, d in detectors.items()},
+                      stored)  # (runtime, key) -> (logits, score, flag), computed once
     cells, y = [], stored["y"]
     for label in result.runtime_labels():
         for eps in result.epsilons:
@@ -114,11 +110,9 @@ def evaluate_detector(config: EvalConfig, adaptive: AdaptiveSqueezePGD) -> Resul
     view = OnGrid(detector) if config.realise else detector  # gradients at the 8-bit image the detector receives
     adaptive = replace(adaptive, norm=result.norm, threshold=detector.threshold)
     spec, adaptive_plan = AttackSpec("squeeze-pgd"), Plan((), (), config.realise, group=ADAPTIVE)
-    logits = detectors["torch"].run
-    clean_ok = logits(session.test.x, session.batch_size)[0].argmax(1) == session.test.y
+    source = Source("torch", view, lambda z: detectors["torch"].run(z, session.batch_size)[0].argmax(1), stored)
     for eps in result.epsilons:
-        new = craft_budget(session, adaptive_plan, 0, spec, adaptive, "torch", view,
-                           lambda z: logits(z, session.batch_size)[0].argmax(1), eps, clean_ok.clone(), None, stored)
+        new = craft_budget(session, adaptive_plan, 0, spec, adaptive, source, eps, source.robust([], session.test.y))
         result.sets.append(asdict(new))
     result.seconds["adaptive"] = round(sum(s["seconds"] for s in result.sets if s["group"] == ADAPTIVE), 4)
     result.cells = detect_cells(result, stored, detectors, session.batch_size)

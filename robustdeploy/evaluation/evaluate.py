@@ -42,12 +42,6 @@ def new_result(kind: str, session: Session, scorer: str = "classify") -> Result:
     return Result(kind=kind, scorer=scorer, **session.header())
 
 
-def runners(session: Session) -> dict:
-    """Label -> predict function for every runtime and the PyTorch reference."""
-    found = {r.label: (lambda z, r=r: r.predict(z, session.batch_size)) for r in session.runtimes}
-    return {"torch": lambda z: session.torch.predict(z, session.batch_size), **found}
-
-
 def classify_cells(result: Result, stored: dict[str, torch.Tensor], predict: dict) -> list[dict]:
     """The cells of a classification result, per group of sets: the scorer `rescore` reruns."""
     cells, labels = [], predictions(predict, stored)
@@ -78,8 +72,8 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
         log.info("%s: %d samples attacked in %.1f s", current.sets[-1].key, current.sets[-1].attacked,
                  current.sets[-1].seconds)
 
-    for plan in plans:
-        crafted.append(craft(session, plan, stored, done, progress))
+    for plan, (attacks, _) in zip(plans, built):
+        crafted.append(craft(session, plan, attacks, stored, done, progress))
     result.sets = [asdict(s) for c in crafted for s in c.sets]
     result.epsilons = list(crafted[0].epsilons)
     result.extra["norms"] = {k: v for c in crafted for k, v in c.norms.items()}
@@ -94,7 +88,7 @@ def evaluate(config: EvalConfig) -> Result:
     check_output(out, "--out")
     result = new_result("evaluate", session)
     stored = run_plans(result, session, [config.plan()], out, config.resume)
-    result.cells = classify_cells(result, stored, runners(session))
+    result.cells = classify_cells(result, stored, session.runners())
     result.checks += [asdict(c) for c in checks.for_cells(result.cells, result.attacks, result.norm or "linf",
                                                           session.test.x[0].numel()) if c is not None]
     result.figure = write_figure(out.with_suffix(".png"), session, stored, result)
@@ -105,9 +99,10 @@ def evaluate(config: EvalConfig) -> Result:
 
 def masking_checks(result: Result, session: Session) -> list[dict]:
     """Masking signs on the reference for the attacks' own losses, logged before any budget is spent."""
-    x, y = session.test.x.to(session.device), session.test.y.to(session.device)
     losses = {a["params"].get("loss") for a in result.attacks if a["needs"] == "gradients"} - {None}
-    found = [checks.input_gradients(session.reference, x, y, loss) for loss in sorted(losses or {"margin"})]
+    found = [checks.input_gradients(session.reference, session.test.x, session.test.y, loss,
+                                    batch_size=session.batch_size, device=session.device)
+             for loss in sorted(losses or {"margin"})]
     found += [checks.outputs_are_logits(session.runtimes[0].logits(session.test.x, session.batch_size)),
               checks.masking_defense(session.bundle.defense, losses)]
     for c in (c for c in found if not c.passed):
@@ -124,7 +119,7 @@ def write_figure(path: Path, session: Session, stored: dict[str, torch.Tensor], 
     last = max(sets, key=lambda s: (s["eps"], s["stage"]))
     x, y, adv = session.test.x, session.test.y, stored[last["key"]]
     index = pick_examples(x, adv, y, session.runtimes[0].predict(adv))
-    predictions = {r.label: (r.predict(x[index]), r.predict(adv[index])) for r in session.runtimes}
-    example_figure(path, x[index], adv[index], y[index], predictions,
+    shown = {r.label: (r.predict(x[index]), r.predict(adv[index])) for r in session.runtimes}
+    example_figure(path, x[index], adv[index], y[index], shown,
                    f"{last['attack']} {result.norm} eps={last['eps']:g}, crafted on {last['source']}")
     return path.name

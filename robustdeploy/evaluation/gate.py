@@ -12,9 +12,8 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.compare import default_runtimes
 from robustdeploy.evaluation.craft import Plan
-from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans, runners
+from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.results import Result, save_result
-from robustdeploy.evaluation.score import percent
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import atomic_write_bytes, atomic_write_text, check_output
 from robustdeploy.report import table
@@ -84,10 +83,8 @@ def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
     out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-check.json"
     result = new_result("check", session)
     stored = run_plans(result, session, [Plan(config.attacks, config.epsilons)], out, resume=False)
-    result.cells = classify_cells(result, stored, runners(session))
-    torch_clean = session.clean("torch")
-    result.extra = {"agreement_with_torch": {r.label: percent(session.clean(r.label) == torch_clean)
-                                             for r in session.runtimes}}
+    result.cells = classify_cells(result, stored, session.runners())
+    result.extra = {"agreement_with_torch": session.agreement()}
     found = items(result, config)
     result.extra["items"] = [asdict(i) for i in found]
     result.extra["passed"] = all(i.passed for i in found)

@@ -9,6 +9,7 @@ from robustdeploy.evaluation.detector import detect_cells, open_detectors
 from robustdeploy.evaluation.evaluate import classify_cells
 from robustdeploy.evaluation.patch import patch_cells, patch_runners
 from robustdeploy.evaluation.results import load_result
+from robustdeploy.evaluation.score import runners
 from robustdeploy.runtimes import RuntimeSpec, create_runtime
 from robustdeploy.runtimes.torch import TorchRuntime
 
@@ -23,5 +24,4 @@ def rescore(path: Path, device: str = "cpu", batch_size: int = 256) -> list[dict
         return detect_cells(result, stored, open_detectors(bundle, result.runtime_labels(), device), batch_size)
     opened = {label: create_runtime(bundle, label, device=device) for label in result.runtime_labels()}
     opened.setdefault("torch", TorchRuntime(RuntimeSpec("torch"), bundle.reference_model(), device))
-    return classify_cells(result, stored, {label: (lambda z, r=r: r.predict(z, batch_size))
-                                           for label, r in opened.items()})
+    return classify_cells(result, stored, runners(opened.values(), batch_size))

@@ -31,6 +31,11 @@ def percent(mask: torch.Tensor, of: torch.Tensor | None = None) -> float:
     return round(100.0 * int((mask & of).sum()) / max(1, int(of.sum())), 4)
 
 
+def runners(runtimes: Iterable, batch_size: int) -> dict[str, Callable]:
+    """Label -> predict function of each runtime."""
+    return {r.label: functools.partial(r.predict, batch_size=batch_size) for r in runtimes}
+
+
 def predictions(runners: dict[str, Callable], stored: dict[str, torch.Tensor]) -> Callable[[str, str], torch.Tensor]:
     """(runner, stored key) -> that runner's labels on that set, computed once."""
     return functools.cache(lambda runner, key: runners[runner](stored[key]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,6 +10,7 @@ import torch
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import DataConfig, Split, load_dataset
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation.score import percent, runners
 from robustdeploy.runtimes import Runtime, RuntimeSpec, create_runtime, parse_runtime
 from robustdeploy.runtimes.torch import TorchRuntime
 
@@ -37,7 +38,6 @@ class Session:
     runtimes: list[Runtime]
     reference: torch.nn.Module
     torch: Runtime
-    _clean: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -47,14 +47,14 @@ class Session:
     def device(self) -> str:
         return self.config.device
 
-    def runtime(self, label: str) -> Runtime:
-        return self.torch if label == "torch" else next(r for r in self.runtimes if r.label == label)
+    def agreement(self) -> dict[str, float]:
+        """Top-1 agreement (%) of each runtime's clean predictions with PyTorch's."""
+        reference = self.torch.predict(self.test.x, self.batch_size)
+        return {r.label: percent(r.predict(self.test.x, self.batch_size) == reference) for r in self.runtimes}
 
-    def clean(self, label: str) -> torch.Tensor:
-        """Clean predictions of a runtime (or `torch`), computed once."""
-        if label not in self._clean:
-            self._clean[label] = self.runtime(label).predict(self.test.x, self.batch_size)
-        return self._clean[label]
+    def runners(self) -> dict:
+        """Label -> predict function of every runtime and the PyTorch reference (`torch`)."""
+        return runners([self.torch, *self.runtimes], self.batch_size)
 
     def header(self) -> dict:
         data = {**self.bundle.data.to_dict(), "data_root": self.config.data_root or self.bundle.data.data_root}
