@@ -11,7 +11,7 @@ import torch
 
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_json, versions
+from robustdeploy.io import atomic_write_json, check_output, exclusive_outputs, versions
 from robustdeploy.runtimes import create_runtime
 from robustdeploy.runtimes.ort import SessionOptions
 
@@ -70,6 +70,7 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
+@exclusive_outputs
 def bench(config: BenchConfig) -> BenchResult:
     """Time every runtime at every batch size on random [0, 1] pixels of the bundle's input shape."""
     if config.warmup < 0 or config.iterations < 1:
@@ -77,6 +78,8 @@ def bench(config: BenchConfig) -> BenchResult:
     if not config.batch_sizes or min(config.batch_sizes) < 1:
         raise RobustDeployError("--batch-size must be at least 1")
     bundle = load_bundle(config.bundle)
+    if config.out:
+        check_output(Path(config.out), "--out")
     generator = torch.Generator().manual_seed(config.seed)
     rows = []
     for name in config.runtimes:

@@ -152,8 +152,8 @@ class Bundle:
     def variant_path(self, variant: str) -> Path:
         if variant not in self.variants:
             have = ", ".join(sorted(self.variants))
-            raise RobustDeployError(f"bundle {self.name!r} has no {variant!r} variant (has {have}); "
-                                    f"re-export with --precision {variant}")
+            fix = f"re-export with --precision {variant}" if variant in ("fp16", "int8") else "use one of those"
+            raise RobustDeployError(f"bundle {self.name!r} has no {variant!r} variant (has {have}); {fix}")
         return self.path / self.variants[variant]["file"]
 
     def reference_model(self) -> Classifier:
@@ -170,20 +170,15 @@ def load_bundle(path: Path) -> Bundle:
         raise RobustDeployError(f"bundle {path} not found; create it with `robustdeploy export RUN_DIR`")
     if not manifest_path.is_file() or manifest_path.is_symlink():
         raise RobustDeployError(f"{path} has no {MANIFEST}; it is not a robustdeploy bundle (re-export it)")
-    manifest = read_document(manifest_path, BUNDLE_FORMAT, "re-export the bundle")
-    for key in ("name", "model", "data", "classes", "input", "files", "variants", "reference"):
-        if key not in manifest:
-            raise RobustDeployError(f"{manifest_path} lacks {key!r}; re-export the bundle")
-    shape = manifest["input"].get("shape") if isinstance(manifest["input"], dict) else None
-    input_shape = check_input(shape[1:] if isinstance(shape, list) else shape, f"{manifest_path}")
+    manifest = read_document(manifest_path, BUNDLE_FORMAT, "re-export the bundle")  # schema-checked
+    input_shape = check_input(manifest["input"]["shape"][1:], f"{manifest_path}")
     spec = manifest["model"]
-    if not isinstance(spec, dict) or list(spec.get("input_shape", [])) != list(input_shape):
+    if spec["input_shape"] != list(input_shape):
         raise RobustDeployError(f"{manifest_path}: the model's input_shape disagrees with the input "
                                 f"{list(input_shape)}; re-export the bundle")
-    classes = manifest["classes"]
-    if not isinstance(classes, list) or len(classes) < 2 or len(classes) != spec.get("num_classes"):
-        raise RobustDeployError(f"{manifest_path} names {len(classes) if isinstance(classes, list) else 0} classes "
-                                f"for a model with {spec.get('num_classes')} outputs; re-export the bundle")
+    if len(manifest["classes"]) != spec["num_classes"]:
+        raise RobustDeployError(f"{manifest_path} names {len(manifest['classes'])} classes for a model with "
+                                f"{spec['num_classes']} outputs; re-export the bundle")
     files: dict = manifest["files"]
     for relative, digest in files.items():
         file = _inside(path, relative)

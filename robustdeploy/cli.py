@@ -27,7 +27,8 @@ app = typer.Typer(
 def options(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False
             ) -> None:
     """Does my image classifier stay accurate and robust once it is deployed?"""
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)  # other packages: warnings
+    logging.getLogger("robustdeploy").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def echo(text: str = "") -> None:

@@ -15,7 +15,7 @@ from robustdeploy.bundle import BUNDLE_FORMAT, MANIFEST, Bundle, load_bundle
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.defenses.squeeze import SqueezeConfig
 from robustdeploy.errors import CheckFailed, RobustDeployError
-from robustdeploy.io import atomic_write_json, sha256_file, staging_dir, versions
+from robustdeploy.io import atomic_write_json, check_output_dir, exclusive_outputs, sha256_file, staging_dir, versions
 from robustdeploy.parity import ParityReport, ParityTolerance, compare_logits
 from robustdeploy.runtimes.base import RuntimeSpec
 from robustdeploy.runtimes.ort import OrtRuntime
@@ -82,6 +82,7 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, x: torch.Tensor, toler
     return compare_logits(reference, runtime.logits(x), tolerance, runtime=label)
 
 
+@exclusive_outputs
 def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
     """Write `export/<run name>/` (or `config.out`): ONNX graphs, reference weights, manifest with parity.
 
@@ -89,8 +90,7 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
     """
     model, record = load_run(config.run_dir)
     out = Path(config.out) if config.out else Path("export") / record.name
-    if out.exists() and not config.force:
-        raise RobustDeployError(f"bundle {out} already exists; pass --force to replace it or choose --out")
+    check_output_dir(out, "--out", config.force, "pass --force to replace it or choose --out")
     data_config = record.data if config.data_root is None else DataConfig(
         **{**record.data.to_dict(), "data_root": config.data_root})
     if config.detector is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.schema import validate
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -47,17 +51,106 @@ def staging_dir(out: Path) -> Path:
 
 
 def check_output(path: Path, option: str) -> None:
-    """Refuse, before any work, an output path that cannot be written: a folder, under a file, read-only."""
+    """Refuse, before any work, an output file that cannot be written (a folder, under a file, read-only, being
+    written by another run); then hold it for this run."""
+    check_outputs((path, option))
+
+
+def check_outputs(*outputs: tuple[Path | None, str]) -> None:
+    """`check_output` for several (path, option) pairs: all are checked before any is held."""
+    given = [(Path(path), option) for path, option in outputs if path is not None]
+    for path, option in given:
+        if path.is_dir():
+            raise RobustDeployError(f"{option} {path} is a folder; give a file name, e.g. {path / 'result.json'}")
+        _check_parent(path, option)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise RobustDeployError(f"{option} {path} is not writable; choose a folder you can write to")
+    for path, option in given:
+        claim(path, option)
+
+
+def check_output_dir(path: Path, option: str, replace: bool, fix: str) -> None:
+    """The same for an output folder: refused if it is a file, or exists and `replace` is off (then `fix`)."""
     path = Path(path)
-    if path.is_dir():
-        raise RobustDeployError(f"{option} {path} is a folder; give a file name, e.g. {path / 'result.json'}")
+    if path.exists() and not path.is_dir():
+        raise RobustDeployError(f"{option} {path} is a file, not a folder; choose another path")
+    if path.exists() and not replace and (not path.is_dir() or any(path.iterdir())):
+        raise RobustDeployError(f"{path} already exists; {fix}")
+    _check_parent(path, option)
+    claim(path, option)
+
+
+def _check_parent(path: Path, option: str) -> None:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise RobustDeployError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise RobustDeployError(f"{option} {path} is not writable; choose a folder you can write to")
+
+
+_HELD: dict[Path, tuple[int, list[Path]]] = {}  # output -> (lock descriptor, folders made for it)
+_SCOPES: list[list[Path]] = []  # outputs claimed in each running `exclusive_outputs` call
+
+
+def exclusive_outputs(func):
+    """Outputs that `func` claims are held while it runs and released when it returns or fails (outside any
+    such call, at process exit)."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        _SCOPES.append([])
+        try:
+            return func(*args, **kwargs)
+        finally:
+            for key in _SCOPES.pop():
+                _release(key)
+    return wrapper
+
+
+def claim(path: Path, option: str) -> None:
+    """Hold an exclusive lock on `path` (a hidden `.NAME.lock` beside it), so that two runs never write the same
+    output: a second run is refused at once, and a killed run's lock dies with it."""
+    key = Path(path).resolve()
+    if key in _HELD:
+        return
+    lock = key.parent / f".{key.name}.lock"
+    made = [p for p in [key.parent, *key.parent.parents] if not p.exists()]  # removed again at exit if empty
+    try:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RobustDeployError(f"another robustdeploy run is writing {path}; wait for it to finish or "
+                                        f"choose another {option}") from None
+            if lock.exists() and os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # its holder removed it as we waited for it: lock the new one
+    except OSError as exc:
+        raise RobustDeployError(f"cannot write {path} ({exc.strerror}); choose another {option}") from None
+    _HELD[key] = fd, made
+    if _SCOPES:
+        _SCOPES[-1].append(key)
+
+
+def _release(key: Path) -> None:
+    fd, made = _HELD.pop(key)
+    (key.parent / f".{key.name}.lock").unlink(missing_ok=True)
+    os.close(fd)
+    for folder in made:
+        try:
+            folder.rmdir()  # only if the run left nothing in it
+        except OSError:
+            break
+
+
+@atexit.register
+def _release_all() -> None:
+    for key in list(_HELD):
+        _release(key)
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
@@ -69,14 +162,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def read_document(path: Path, fmt: str, fix: str) -> dict:
-    """A JSON document of format `fmt`; anything else (unreadable, corrupt, foreign) is one error ending in `fix`."""
+    """A JSON document of format `fmt` that follows its declared schema (robustdeploy/schemas/); anything else
+    (unreadable, corrupt, foreign, wrong types, unknown keys) is one error ending in `fix`."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RobustDeployError(f"{path} is corrupt or unreadable ({exc}); {fix}") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise RobustDeployError(f"{path} is not a {fmt} document; {fix}")
-    return data
+    return validate(data, path, fix)
 
 
 def sha256_file(path: Path) -> str:

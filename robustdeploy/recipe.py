@@ -10,7 +10,7 @@ import torch
 from robustdeploy.data import load_dataset
 from robustdeploy.defenses import DEFENSES
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import versions
+from robustdeploy.io import check_output_dir, exclusive_outputs, versions
 from robustdeploy.train import RunRecord, TrainConfig, accuracy, save_run
 
 
@@ -27,14 +27,14 @@ def _validate(config: TrainConfig) -> None:
 
 
 
+@exclusive_outputs
 def train(config: TrainConfig, out: Path) -> RunRecord:
     """Train `config.arch` on `config.data` and write a run folder at `out` (atomically)."""
     _validate(config)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise RobustDeployError(f"run folder {out} already exists; choose another --out or delete it")
     torch.manual_seed(config.seed)
     data = load_dataset(config.data)
+    check_output_dir(out, "--out", False, "choose another --out or delete it")
     start = time.perf_counter()
     trained = DEFENSES.create(config.defense, config=config, data=data, **config.defense_params)
     model, spec, losses, defense_info = trained.model, trained.spec, trained.losses, trained.info

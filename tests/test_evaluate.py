@@ -130,7 +130,7 @@ def test_input_shape_mismatch_is_refused(bundle_copy):
     ({"epsilons": (1.5,)}, "outside"), ({"epsilons": (-0.1,)}, "outside"), ({"attacks": ("pgdd",)}, "did you mean"),
     ({"runtimes": ()}, "at least one --runtime"), ({"limit": 0}, "--limit"), ({"batch_size": 0}, "--batch-size"),
     ({"runtimes": ("ort-cpu", "ort-cpu")}, "twice"), ({"attacks": ("pgd", "pgd")}, "twice"),
-    ({"attack_params": {"steps": "many"}}, "takes a int"), ({"attack_params": {"gamma": 0.1}}, "takes gamma"),
+    ({"attack_params": {"steps": "many"}}, "takes an integer"), ({"attack_params": {"gamma": 0.1}}, "takes gamma"),
     ({"attacks": ("ddn", "pgd"), "attack_params": {"norm": "linf"}}, "supports l2"),
     ({"data_root": "/tmp"}, "built-in"), ({"device": "tpu"}, "--device"),
 ])

@@ -96,10 +96,11 @@ def test_missing_or_corrupt_manifest(bundle_copy, tmp_path):
 
 @pytest.mark.parametrize("change,needle", [
     (lambda m: m["input"].update(shape=[None, 1, 100000, 100000]), "refusing it"),
-    (lambda m: m["input"].update(shape=[None, 1, 8]), "expected (channels, height, width)"),
+    (lambda m: m["input"].update(shape=[None, 1, 8]), "input.shape has 3 items, expected 4"),
+    (lambda m: m["input"].update(shape=[None, 1, None, 8]), "expected (channels, height, width)"),
     (lambda m: m["input"].update(shape=[None, 1, 9, 9]), "disagrees"),
     (lambda m: m.update(classes=["a", "b"]), "names 2 classes for a model with 10 outputs"),
-    (lambda m: m.update(classes="abc"), "names 0 classes"),
+    (lambda m: m.update(classes="abc"), 'classes is "abc", expected array'),
 ])
 def test_manifest_that_disagrees_with_itself_is_refused_before_anything_runs(bundle_copy, change, needle):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())

@@ -54,8 +54,9 @@ def _coerce(attack: str, key: str, value: object, hint: object) -> object:
             return float(value)
         if kind in (int, bool, str) and type(value) is kind:
             return value
-    names = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
-    raise RobustDeployError(f"attack {attack!r} option {key!r} takes a {names}, not {value!r}")
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+    names = " or ".join(words.get(k, getattr(k, "__name__", str(k))) for k in kinds)
+    raise RobustDeployError(f"attack {attack!r} option {key!r} takes {names}, not {value!r}")
 
 
 def takes(name: str) -> set[str]:

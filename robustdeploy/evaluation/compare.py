@@ -13,7 +13,7 @@ from robustdeploy.evaluation.craft import Plan
 from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.session import SessionConfig, open_session
-from robustdeploy.io import atomic_write_text, check_output
+from robustdeploy.io import atomic_write_text, exclusive_outputs
 from robustdeploy.report import table
 
 
@@ -32,13 +32,13 @@ def default_runtimes(bundle: Bundle) -> tuple[str, ...]:
     return ("torch", *[f"ort-cpu:{v}" if v != "fp32" else "ort-cpu" for v in bundle.variants])
 
 
+@exclusive_outputs
 def compare(config: CompareConfig) -> Result:
     """The cascade crafted once per source, scored on every runtime, plus agreement and latency."""
     bundle = load_bundle(config.bundle)
     names = config.runtimes or default_runtimes(bundle)
     session = open_session(replace(config, runtimes=names), bundle)
     out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-compare.json"
-    check_output(out, "--out")
     result = new_result("compare", session)
     plan = Plan(cascade(config.attacks, config.attack_params), config.epsilons)
     stored = run_plans(result, session, [plan], out, resume=False)

@@ -17,7 +17,7 @@ from robustdeploy.evaluation.craft import Plan
 from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.session import SessionConfig, open_session
-from robustdeploy.io import check_output
+from robustdeploy.io import exclusive_outputs
 from robustdeploy.train import load_run
 
 ADAPTIVE_LOSS = {"distillation": "margin"}
@@ -66,13 +66,13 @@ def verdicts(result: Result) -> dict[str, str]:
     return found
 
 
+@exclusive_outputs
 def evaluate_defense(config: DefenseEvalConfig) -> Result:
     """Clean, oblivious and adaptive accuracy of a defended bundle on each runtime, 8-bit realised."""
     if config.steps < 1:
         raise RobustDeployError(f"--steps must be at least 1, got {config.steps}")
     session = open_session(config)
     out = Path(config.out or Path("results") / f"{session.bundle.name}-defense.json")
-    check_output(out, "--out")
     source_model, source = oblivious_model(session.bundle, config.baseline)
     defense = session.bundle.defense
     loss = ADAPTIVE_LOSS.get(defense, "ce")

@@ -21,7 +21,7 @@ from robustdeploy.evaluation.grid import OnGrid
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.score import percent, pick, predictions
 from robustdeploy.evaluation.session import open_session
-from robustdeploy.io import check_output
+from robustdeploy.io import exclusive_outputs
 
 ADAPTIVE = "adaptive"
 WORST = "worst case"  # per sample, the best of every set for the attacker: what the detector must withstand
@@ -94,6 +94,7 @@ def _gather(outputs: list[tuple], choice: torch.Tensor) -> tuple:
     return tuple(torch.stack([o[k] for o in outputs])[choice, rows] for k in range(3))
 
 
+@exclusive_outputs
 def evaluate_detector(config: EvalConfig, adaptive: AdaptiveSqueezePGD) -> Result:
     """Craft the evaluation's cascade (oblivious: it does not know the detector) and the adaptive attack through
     the PyTorch detector at each budget; score both on every runtime's detector graph."""
@@ -101,7 +102,6 @@ def evaluate_detector(config: EvalConfig, adaptive: AdaptiveSqueezePGD) -> Resul
     detectors = open_detectors(session.bundle, [r.label for r in session.runtimes], config.device)
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
     out = out if config.out else out.with_name(f"{out.stem}-detector.json")
-    check_output(out, "--out")
     result = new_result("detector", session, scorer="detect")
     result.extra = {"detector": detector_section(session.bundle), "adaptive_attack": adaptive.params()}
     plan = replace(config.plan(), group="oblivious")

@@ -16,7 +16,7 @@ from robustdeploy.evaluation.results import Result, resume_from, save_result
 from robustdeploy.evaluation.score import predictions, score_cascade
 from robustdeploy.evaluation.session import Session, SessionConfig, open_session
 from robustdeploy.figures import example_figure, pick_examples
-from robustdeploy.io import check_output
+from robustdeploy.io import check_output, exclusive_outputs
 
 log = logging.getLogger("robustdeploy")
 
@@ -56,6 +56,7 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
     """Craft every plan into one store, saving after each set; with `resume`, keep what `out` already has."""
     stored = {"x": session.test.x, "y": session.test.y}
     built = [build(p, session.config.seed, session.test.x[0].numel()) for p in plans]
+    check_output(out, "--out")  # once the plans are known to be sound, before anything is written
     result.attacks = [a for p, (attacks, _) in zip(plans, built) for a in describe(p, attacks)]
     result.norm = built[0][1]
     result.checks = masking_checks(result, session)
@@ -81,11 +82,11 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
     return stored
 
 
+@exclusive_outputs
 def evaluate(config: EvalConfig) -> Result:
     """Run the cascade on every runtime it applies to; score every runtime; checks, figure, one result file."""
     session = open_session(config)
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
-    check_output(out, "--out")
     result = new_result("evaluate", session)
     stored = run_plans(result, session, [config.plan()], out, config.resume)
     result.cells = classify_cells(result, stored, session.runners())

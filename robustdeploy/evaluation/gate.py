@@ -15,7 +15,7 @@ from robustdeploy.evaluation.craft import Plan
 from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.session import SessionConfig, open_session
-from robustdeploy.io import atomic_write_bytes, atomic_write_text, check_output
+from robustdeploy.io import atomic_write_bytes, atomic_write_text, check_outputs, exclusive_outputs
 from robustdeploy.report import table
 
 # A small fixed cascade: cheap enough for every CI run, strong enough to expose a robustness gap.
@@ -70,17 +70,16 @@ def items(result: Result, config: CheckConfig) -> list[CheckItem]:
     return found
 
 
+@exclusive_outputs
 def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
     """Measure clean accuracy drop, agreement and worst-case robust accuracy drop of each deployment."""
     bundle = load_bundle(config.bundle)
     names = config.runtimes or tuple(n for n in default_runtimes(bundle) if n != "torch")
     if "torch" in names:
         raise RobustDeployError("check compares deployments with the torch graph; drop --runtime torch")
-    for path, option in ((config.markdown, "--markdown"), (config.junit, "--junit"), (config.out, "--out")):
-        if path is not None:
-            check_output(path, option)
     session = open_session(replace(config, runtimes=("torch", *names)), bundle)
     out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-check.json"
+    check_outputs((config.markdown, "--markdown"), (config.junit, "--junit"), (out, "--out"))
     result = new_result("check", session)
     stored = run_plans(result, session, [Plan(config.attacks, config.epsilons)], out, resume=False)
     result.cells = classify_cells(result, stored, session.runners())

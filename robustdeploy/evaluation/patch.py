@@ -21,7 +21,7 @@ from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.score import percent
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.figures import write_png
-from robustdeploy.io import check_output
+from robustdeploy.io import check_output, exclusive_outputs
 from robustdeploy.models import Composite
 from robustdeploy.parity import ParityTolerance
 from robustdeploy.runtimes import Runtime, RuntimeSpec, create_runtime
@@ -82,6 +82,7 @@ def patch_cells(result: Result, stored: dict[str, torch.Tensor], runners: dict[s
     return cells
 
 
+@exclusive_outputs
 def evaluate_patch(config: PatchEvalConfig) -> tuple[Result, torch.Tensor]:
     """Craft on the source bundle's train split (PyTorch graph), score on every bundle x runtime; returns the patch."""
     session = open_session(SessionConfig(config.source, RUNTIMES, config.limit, seed=config.seed,

@@ -93,7 +93,26 @@ def load_weights(spec: ModelSpec, weights: Path) -> nn.Module:
 
     model = build_classifier(spec)
     try:
-        model.load_state_dict(load_file(str(weights)))
+        state = load_file(str(weights))
     except Exception as exc:  # safetensors raises several types for a damaged file
-        raise RobustDeployError(f"cannot load weights {weights}: {exc}") from None
+        raise RobustDeployError(f"cannot read weights {weights} ({str(exc).splitlines()[0][:160]}); "
+                                "restore or re-create them") from None
+    check_state(model, state, weights)
+    model.load_state_dict(state)
     return model.eval()
+
+
+def check_state(model: nn.Module, state: dict, source: object) -> None:
+    """Weights that fit `model` exactly: missing, unexpected or misshapen tensors are one line naming the first."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    fix = "give the weights saved for this architecture and input shape"
+    if wrong:
+        k = wrong[0]
+        raise RobustDeployError(f"weights {source} do not fit the model: {k} has shape {list(state[k].shape)}, "
+                                f"expected {list(expected[k].shape)} ({len(wrong)} such tensors); {fix}")
+    if missing or unexpected:
+        raise RobustDeployError(f"weights {source} do not fit the model: {len(missing)} missing tensors "
+                                f"({', '.join(missing[:3]) or 'none'}), {len(unexpected)} unexpected "
+                                f"({', '.join(unexpected[:3]) or 'none'}); {fix}")
