@@ -32,6 +32,6 @@ def quickstart(workdir: Path = Path("quickstart"), epochs: int = 15, epsilons: t
     result = evaluate(EvalConfig(bundle=bundle_dir, epsilons=tuple(epsilons), seed=seed, out=result_file))
     echo(f"3/3 PGD (L-inf, 40 steps, on the 8-bit grid) on {result.samples} test samples:\n")
     echo(evaluation_table(result))
-    echo(f"\nresults -> {result_file} (adversarial examples in {result_file.with_suffix('.adv.safetensors')})")
+    echo(f"\nresults -> {result_file} (adversarial examples in {result.adversarial_file}, figure {result.figure})")
     echo(f"done in {time.perf_counter() - start:.1f}s")
     return result
