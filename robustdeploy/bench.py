@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,8 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import atomic_write_json, check_output, exclusive_outputs, versions
 from robustdeploy.runtimes import create_runtime
 from robustdeploy.runtimes.ort import SessionOptions
+
+log = logging.getLogger("robustdeploy")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ def bench(config: BenchConfig) -> BenchResult:
                 peak_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if on_cuda else _peak_rss_mb(),
                 providers=runtime.describe().get("providers"),
             ))
+            log.info("bench %s batch %d: p50 %.3f ms", runtime.label, batch, p50)
     result = BenchResult(str(bundle.path), rows, asdict(config.session))
     if config.out:
         atomic_write_json(Path(config.out), result.to_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 import warnings
@@ -21,6 +22,8 @@ from robustdeploy.runtimes.base import RuntimeSpec
 from robustdeploy.runtimes.ort import OrtRuntime
 from robustdeploy.train import load_run
 from robustdeploy.variants import VariantConfig, make_fp16, make_int8, variant_entry, variant_file
+
+log = logging.getLogger("robustdeploy")
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
 EXPORTERS = ("dynamo", "torchscript")
@@ -106,6 +109,7 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
         shutil.copyfile(Path(config.run_dir) / "model.safetensors", tmp / "reference.safetensors")
         export_seconds = time.perf_counter() - start
         parity = check_parity(model, tmp / "model.onnx", test.x, config.tolerance)
+        log.info("export: fp32 graph exported in %.1f s and parity-checked", export_seconds)
         variants = {"fp32": variant_entry("fp32", config.variants, parity.to_dict())}
         failed = [] if parity.passed else [parity]
         for precision in config.variants.precisions:
@@ -119,6 +123,7 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
                 make_int8(tmp / "model.onnx", path, calibration, config.variants, INPUT_NAME)
             report = check_parity(model, path, test.x, config.variants.tolerances[precision],
                                   label=f"ort-cpu:{precision}")
+            log.info("export: %s variant built and parity-checked", precision)
             variants[precision] = variant_entry(precision, config.variants, report.to_dict())
             failed += [] if report.passed else [report]
         manifest = {

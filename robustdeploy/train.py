@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from tqdm import tqdm
 
 from robustdeploy.data import DataConfig, Dataset, Split
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import atomic_write_json, read_document, staging_dir
 from robustdeploy.models import Classifier, ModelSpec, build_classifier, load_weights
+from robustdeploy.progress import progress
 
 RUN_FORMAT = "robustdeploy-run/1"
 log = logging.getLogger("robustdeploy")
@@ -101,8 +100,7 @@ def fit(
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n = len(data.train)
     losses = []
-    bar = tqdm(range(config.epochs), desc=desc, unit="epoch", file=sys.stderr, disable=None)
-    for epoch in bar:
+    for _, bar in progress(config.epochs, desc, unit="epoch", lines=config.epochs):
         model.train()
         order = torch.randperm(n, generator=generator)
         total = 0.0
@@ -117,10 +115,7 @@ def fit(
             optimiser.step()
             total += float(loss.detach()) * len(idx)
         losses.append(total / n)
-        val = f"{accuracy(model, data.val, device=config.device):.1f}%"
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", val=val)
-        if bar.disable:  # not a terminal (a CI log): a plain line per epoch instead of the bar
-            log.info("%s epoch %d/%d: loss %.4f, val %s", desc, epoch + 1, config.epochs, losses[-1], val)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{accuracy(model, data.val, device=config.device):.1f}%")
     model.eval()
     return losses
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.progress import progress
 
 METHODS = ("sw", "ce")
 FEATURE_TYPES = (nn.ReLU, nn.GELU, nn.SiLU)
@@ -149,7 +150,7 @@ def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Patc
             model(target_images)
             target_features = {name: hooks.features[name].detach() for name in layers}
         losses = []
-        for step in range(config.steps):
+        for step, bar in progress(config.steps, f"patch ({config.method})"):
             idx = torch.randint(0, len(source), (min(config.batch_size, len(source)),), generator=generator)
             positions = random_positions(len(idx), x.shape[-2:], side, generator)
             logits = model(apply_patch(source[idx], patch, positions))
@@ -165,6 +166,7 @@ def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Patc
             with torch.no_grad():
                 patch.clamp_(0.0, 1.0)
             losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
     finally:
         hooks.remove()
     final = (torch.round(patch.detach() * 255.0) / 255.0).clamp(0.0, 1.0)
