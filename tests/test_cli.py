@@ -10,17 +10,21 @@ def test_train_export_evaluate_commands(tmp_path):
     proc = cli("train", "--arch", "mlp", "--epochs", "3", "--out", run)
     assert proc.returncode == 0, proc.stderr
     assert "trained mlp on digits" in proc.stdout
-    assert "train epoch 3/3: loss " in proc.stderr  # progress lines when not on a terminal
+    assert "train: epoch 3/3 (" in proc.stderr and "loss=" in proc.stderr  # a line per epoch off a terminal
     bundle = tmp_path / "export" / "mlp-digits"
     proc = cli("export", run, "--out", bundle)
     assert proc.returncode == 0, proc.stderr
-    assert "PASSED ort-cpu vs torch" in proc.stdout
+    assert "PASSED ort-cpu vs torch" in proc.stdout and "export: fp32 graph exported" in proc.stderr
     out = tmp_path / "res.json"
     proc = cli("evaluate", bundle, "-r", "torch", "-r", "ort-cpu", "--attack", "fgsm", "--eps", "0.1",
                "--eps", "0.2", "--limit", "50", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert "ort-cpu" in proc.stdout and "robust %" in proc.stdout
     assert json.loads(out.read_text())["epsilons"] == [0.1, 0.2]
+    assert "fgsm/torch/eps=0.2: " in proc.stderr and "samples attacked in" in proc.stderr  # a line per set
+    quiet = cli("-q", "evaluate", bundle, "-r", "torch", "--attack", "fgsm", "--eps", "0.1", "--limit", "20",
+                "--out", tmp_path / "quiet.json")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr  # -q: no progress lines
     proc = cli("rescore", out)
     assert proc.returncode == 0 and "re-score exactly" in proc.stdout, proc.stderr
     tampered = json.loads(out.read_text())
