@@ -20,7 +20,9 @@ from robustdeploy.poison.store import PoisonSet, load_poison_set
 from robustdeploy.poison.surrogates import check_specs
 from robustdeploy.recipe import train
 from robustdeploy.report import table
+from robustdeploy.runtimes import parse_runtime
 from robustdeploy.train import TrainConfig
+from robustdeploy.variants import VariantConfig
 
 FORMAT = "robustdeploy-poison-eval/1"
 log = logging.getLogger("robustdeploy")
@@ -63,7 +65,7 @@ def _check(config: PoisonEvalConfig, poisons: PoisonSet) -> None:
     if not config.rates:
         raise RobustDeployError("give at least one --rate")
     for rate in config.rates:
-        check_rate(rate)
+        check_rate(rate, "--rate")
     if config.epochs < 1:
         raise RobustDeployError(f"--epochs must be at least 1, got {config.epochs}")
     validate(SessionConfig(Path("."), config.runtimes, seed=config.seed, device=config.device))
@@ -105,8 +107,10 @@ def _row(config: PoisonEvalConfig, poisons: PoisonSet, victim: str, rate: float,
                                poison=str(poisons.path), poison_rate=rate, **defense), out / "runs" / name)
     seconds["train"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
+    precisions = ("fp32", *dict.fromkeys(p for p in (parse_runtime(r).variant for r in config.runtimes)
+                                         if p != "fp32"))
     bundle, parity = export_bundle(ExportConfig(run_dir=out / "runs" / name, out=out / "bundles" / name,
-                                                data_root=config.data_root))
+                                                data_root=config.data_root, variants=VariantConfig(precisions)))
     seconds["export"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
     session = open_session(SessionConfig(bundle.path, config.runtimes, seed=config.seed, device=config.device,

@@ -12,9 +12,9 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.poison.store import PoisonSet
 
 
-def check_rate(rate: float) -> None:
+def check_rate(rate: float, option: str = "--poison-rate") -> None:
     if not 0.0 <= rate <= 1.0:
-        raise RobustDeployError(f"--poison-rate must lie in [0, 1], got {rate:g}")
+        raise RobustDeployError(f"{option} must lie in [0, 1], got {rate:g}")
 
 
 def poison_dataset(data: Dataset, config: DataConfig, poisons: PoisonSet, rate: float, seed: int
