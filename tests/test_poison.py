@@ -10,7 +10,7 @@ import torch
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.poisoning import PoisonEvalConfig, evaluate_poison, poison_table
-from robustdeploy.poison.generate import GenerateConfig, generate, surrogate_objective, train_generator
+from robustdeploy.poison.generate import GenerateConfig, generate, train_generator
 from robustdeploy.poison.generator import UNetGenerator
 from robustdeploy.poison.store import load_poison_set
 from robustdeploy.poison.surrogates import prepare
@@ -57,15 +57,10 @@ def test_training_the_generator_lowers_the_surrogate_objective(run_dir, digits):
     (surrogate,) = prepare((str(run_dir),), DataConfig(), digits, run_dir.parent / "unused", 1, 0, "cpu")
     x, y = digits.train.x[:256], digits.train.y[:256]
     config = GenerateConfig(surrogates=(str(run_dir),), out=run_dir.parent / "unused", alpha=0.0, eps=0.1,
-                            epochs=2, width=4)
-    torch.manual_seed(0)
-    untrained = UNetGenerator(1, 0.1, 4).eval()
-    trained, history = train_generator([surrogate], x, y, config)
-    with torch.no_grad():
-        before = -surrogate_objective([surrogate], "features", x, (x + untrained(x)).clamp(0, 1), y)
-        after = -surrogate_objective([surrogate], "features", x, (x + trained(x)).clamp(0, 1), y)
-    assert float(after) < float(before)  # the generator minimises minus the surrogate's feature distance
-    assert len(history) == 2
+                            epochs=3, batch_size=32, width=4)
+    _, history = train_generator([surrogate], x, y, config)
+    distance = [row["surrogate"] for row in history]  # the generator minimises minus this distance
+    assert len(distance) == 3 and distance[-1] > distance[0] > 0
 
 
 def test_generated_set_is_stored_within_the_bound(generated, digits):

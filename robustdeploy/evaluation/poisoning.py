@@ -17,7 +17,7 @@ from robustdeploy.io import atomic_write_json, atomic_write_text, versions
 from robustdeploy.poison.figure import rate_plot
 from robustdeploy.poison.mix import check_rate
 from robustdeploy.poison.store import PoisonSet, load_poison_set
-from robustdeploy.poison.surrogates import check_specs
+from robustdeploy.poison.surrogates import check_arch
 from robustdeploy.recipe import train
 from robustdeploy.report import table
 from robustdeploy.runtimes import parse_runtime
@@ -74,7 +74,8 @@ def _check(config: PoisonEvalConfig, poisons: PoisonSet) -> None:
     data_config = _data(config, poisons)
     data = load_dataset(data_config)
     poisons.check_fits(data_config, data)
-    check_specs(config.victims, data)
+    for victim in config.victims:
+        check_arch(victim, data)
 
 
 def _data(config: PoisonEvalConfig, poisons: PoisonSet) -> DataConfig:

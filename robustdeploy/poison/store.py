@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from robustdeploy.data import DataConfig, Dataset, Split
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_json, read_document, sha256_file, staging_dir, versions
+from robustdeploy.io import atomic_write_bytes, atomic_write_json, read_document, sha256_file, staging_dir, versions
 
 POISON_FORMAT = "robustdeploy-poison/1"
 MANIFEST = "manifest.json"
@@ -99,8 +99,9 @@ def write_poison_set(out: Path, manifest: dict, x: torch.Tensor, index: torch.Te
         shards = []
         for start in range(0, len(index), SHARD_SIZE):
             name = f"shard-{start // SHARD_SIZE:05d}.safetensors"
-            save_file({"x": to_uint8(x[start : start + SHARD_SIZE]).contiguous(),
-                       "index": index[start : start + SHARD_SIZE].to(torch.int64).contiguous()}, str(tmp / name))
+            atomic_write_bytes(tmp / name, save({"x": to_uint8(x[start : start + SHARD_SIZE]).contiguous(),
+                                                 "index": index[start : start + SHARD_SIZE].to(torch.int64)
+                                                 .contiguous()}))
             shards.append({"file": name, "count": len(index[start : start + SHARD_SIZE]),
                            "sha256": sha256_file(tmp / name)})
         for name, write in (extra_files or {}).items():

@@ -30,17 +30,21 @@ class Surrogate:
         return {"name": self.name, "arch": self.arch, "test_accuracy": self.test_accuracy, "run": where}
 
 
+def check_arch(arch: str, data: Dataset) -> None:
+    """Refuse an unknown architecture (a registry name or `timm:<name>`) in one line."""
+    if arch.startswith("timm:"):
+        create_net(arch, data.input_shape, len(data.classes))
+    else:
+        MODELS.get(arch)
+
+
 def check_specs(specs: tuple[str, ...], data: Dataset) -> None:
     """Refuse unknown architectures and missing runs before anything is trained."""
     if not specs:
         raise RobustDeployError("give at least one --surrogate ARCH (e.g. --surrogate cnn --surrogate mlp)")
     for spec in specs:
-        if Path(spec).is_dir():
-            continue
-        if spec.startswith("timm:"):
-            create_net(spec, data.input_shape, len(data.classes))
-        else:
-            MODELS.get(spec)
+        if not Path(spec).is_dir():
+            check_arch(spec, data)
 
 
 def prepare(specs: tuple[str, ...], data_config: DataConfig, data: Dataset, folder: Path, epochs: int,
