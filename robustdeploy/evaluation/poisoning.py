@@ -87,8 +87,8 @@ def _base(config: PoisonEvalConfig, poisons: PoisonSet, victim: str, data: DataC
     """Transfer mode: the surrogate run of a white-box victim, else a clean run of the victim trained once."""
     for s in poisons.surrogates:
         if s["arch"] == victim:
-            run = Path(s["run"])
-            return run if run.is_absolute() or run.exists() else poisons.path / run
+            inside = poisons.path / s["run"]  # trained with the set: recorded relative to it
+            return inside if inside.is_dir() else Path(s["run"])
     base = out / "runs" / f"{victim.replace(':', '-')}-clean-base"
     if not base.exists():
         train(TrainConfig(arch=victim, data=data, epochs=config.epochs, seed=config.seed, device=config.device), base)
