@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from robustdeploy import options as opt
+from robustdeploy.cli_poison import poison_app
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.parity import ParityReport
 
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Does my image classifier stay accurate and robust once it is deployed?",
 )
+app.add_typer(poison_app, name="poison")
 
 
 @app.callback()
@@ -73,13 +75,18 @@ def train(
     = 0.15,
     seed: opt.Seed = 0,
     device: opt.Device = "cpu",
-    defense: Annotated[str, typer.Option(help="none, distillation, purifier or adv-train.")] = "none",
+    defense: Annotated[str, typer.Option(help="none, distillation, purifier, adv-train or transfer.")] = "none",
     temperature: Annotated[float | None, typer.Option(help="Distillation temperature T (default 100).")] = None,
     eps: Annotated[float | None, typer.Option(help="Adv-train L-inf budget in pixel units (required).")] = None,
     attack_steps: Annotated[int | None, typer.Option(help="Adv-train PGD steps (default 40).")] = None,
-    base: Annotated[Path | None, typer.Option(help="Purifier: reuse this trained classifier run.")] = None,
+    base: Annotated[Path | None, typer.Option(help="Purifier, transfer: reuse this trained classifier run.")]
+    = None,
     train_attack: Annotated[str | None, typer.Option(help="Adv-train: the gradient attack crafting the "
                                                           "training examples (default pgd).")] = None,
+    poison: Annotated[Path | None, typer.Option(help="Poison set replacing a share of the training images.")]
+    = None,
+    poison_rate: Annotated[float | None, typer.Option(help="Share of the poison set used, in [0, 1] (default 1).")]
+    = None,
 ) -> None:
     """Train a classifier (optionally with a defense) and write a run folder (safetensors weights + run.json)."""
     from robustdeploy.data import DataConfig
@@ -90,9 +97,13 @@ def train(
                       image_size=image_size, download=download)
     given = {"temperature": temperature, "eps": eps, "attack_steps": attack_steps, "base": base,
              "attack": train_attack}
+    if poison_rate is not None and poison is None:
+        raise RobustDeployError("--poison-rate needs --poison POISON_SET")
     config = TrainConfig(arch=arch, data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, defense=defense,
-                         defense_params={k: str(v) if k == "base" else v for k, v in given.items() if v is not None})
+                         defense_params={k: str(v) if k == "base" else v for k, v in given.items() if v is not None},
+                         poison=str(poison) if poison else None, poison_rate=1.0 if poison_rate is None
+                         else poison_rate)
     suffix = "" if defense == "none" else f"-{defense}"
     out = out or Path("runs") / f"{arch.replace(':', '-')}-{dataset}{suffix}"
     record = run_training(config, out)

@@ -205,18 +205,42 @@ def cifar10(config: DataConfig) -> RawData:
                    test.data.transpose(0, 3, 1, 2), np.asarray(test.targets))
 
 
+def _gtsrb_csv(path: Path, folder: Path) -> tuple[list[Path], list[int]]:
+    """(image paths, class ids) from one of GTSRB's `;`-separated ground-truth CSVs (Filename;...;ClassId)."""
+    import csv
+
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter=";"))
+        return [folder / r["Filename"] for r in rows], [int(r["ClassId"]) for r in rows]
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise RobustDeployError(f"cannot read GTSRB ground truth {path} ({exc}); restore the official CSV") from None
+
+
 @DATASETS.register("gtsrb")
 def gtsrb(config: DataConfig) -> RawData:
-    """torchvision GTSRB (43 traffic-sign classes, seed 000) from --data-root, resized to --image-size (32)."""
-    train, test = _torchvision(config, "GTSRB", train={"split": "train"}, test={"split": "test"})
+    """GTSRB (43 traffic-sign classes, seed 000) from --data-root in the official layout
+    (Final_Training/Images/000NN/GT-000NN.csv, Final_Test/Images/GT-final_test.csv), resized to --image-size (32)."""
+    root = _require_root(config)
+    if config.download:
+        raise RobustDeployError("gtsrb is read from the official archives unpacked under --data-root; "
+                                "drop --download and unpack GTSRB_Final_Training_Images.zip and the test archives")
+    train_csvs = sorted((root / "Final_Training" / "Images").glob("000*/GT-000*.csv"))
+    test_dir = root / "Final_Test" / "Images"
+    test_csv = next((p for p in (test_dir / "GT-final_test.csv", root / "GT-final_test.csv") if p.is_file()), None)
+    if not train_csvs or test_csv is None:
+        raise RobustDeployError(f"no GTSRB under {root}: need Final_Training/Images/000NN/GT-000NN.csv and "
+                                "Final_Test/Images with GT-final_test.csv; fix --data-root")
     size = config.image_size or 32
-
-    def load(ds) -> tuple[np.ndarray, np.ndarray]:
-        images = [_open_image(path) for path, _ in ds._samples]
-        return _resize(images, size, 3), np.asarray([label for _, label in ds._samples])
-
-    (x, y), (xt, yt) = load(train), load(test)
-    return RawData(tuple(str(c) for c in range(43)), x, y, xt, yt)
+    paths, labels = [], []
+    for csv_path in train_csvs:
+        p, y = _gtsrb_csv(csv_path, csv_path.parent)
+        paths += p
+        labels += y
+    test_paths, test_labels = _gtsrb_csv(test_csv, test_dir)
+    x = _resize([_open_image(str(p)) for p in paths], size, 3)
+    xt = _resize([_open_image(str(p)) for p in test_paths], size, 3)
+    return RawData(tuple(str(c) for c in range(43)), x, np.asarray(labels), xt, np.asarray(test_labels))
 
 
 @DATASETS.register("imagefolder")

@@ -11,6 +11,8 @@ from robustdeploy.data import load_dataset
 from robustdeploy.defenses import DEFENSES
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import check_output_dir, exclusive_outputs, versions
+from robustdeploy.poison.mix import check_rate, poison_dataset
+from robustdeploy.poison.store import load_poison_set
 from robustdeploy.train import RunRecord, TrainConfig, accuracy, save_run
 
 
@@ -24,7 +26,7 @@ def _validate(config: TrainConfig) -> None:
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise RobustDeployError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
     DEFENSES.get(config.defense)
-
+    check_rate(config.poison_rate)
 
 
 @exclusive_outputs
@@ -34,6 +36,11 @@ def train(config: TrainConfig, out: Path) -> RunRecord:
     out = Path(out)
     torch.manual_seed(config.seed)
     data = load_dataset(config.data)
+    poisoning = {}
+    if config.poison is not None:
+        data, facts = poison_dataset(data, config.data, load_poison_set(Path(config.poison)), config.poison_rate,
+                                     config.seed)
+        poisoning = {"poison": facts}
     check_output_dir(out, "--out", False, "choose another --out or delete it")
     start = time.perf_counter()
     trained = DEFENSES.create(config.defense, config=config, data=data, **config.defense_params)
@@ -43,7 +50,7 @@ def train(config: TrainConfig, out: Path) -> RunRecord:
         "train_seconds": round(time.perf_counter() - start, 3),
         "val_accuracy": accuracy(model, data.val, device=config.device),
         "test_accuracy": accuracy(model, data.test, device=config.device),
-    } | ({"defense": {"name": config.defense, **defense_info}} if config.defense != "none" else {})
+    } | poisoning | ({"defense": {"name": config.defense, **defense_info}} if config.defense != "none" else {})
     record = RunRecord(out.name, spec, config.data, data.classes, config.to_dict(), metrics, versions())
     save_run(model.cpu(), record, out)
     return record

@@ -33,6 +33,8 @@ class TrainConfig:
     device: str = "cpu"
     defense: str = "none"  # a name in robustdeploy.defenses.DEFENSES
     defense_params: dict = field(default_factory=dict)
+    poison: str | None = None  # a poison set (robustdeploy.poison) replacing `poison_rate` of its images
+    poison_rate: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)

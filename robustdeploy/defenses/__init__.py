@@ -6,6 +6,7 @@ from robustdeploy.defenses import lgs as _lgs  # noqa: F401  (registers the lgs 
 from robustdeploy.defenses import purify as _purify  # noqa: F401  (registers purifier)
 from robustdeploy.defenses import squeeze as _squeeze  # noqa: F401  (registers the squeeze detector)
 from robustdeploy.defenses import standard as _standard  # noqa: F401  (registers none)
+from robustdeploy.defenses import transfer as _transfer  # noqa: F401  (registers transfer)
 from robustdeploy.defenses.base import DEFENSES, DETECTORS, TRANSFORMS, Trained
 
 __all__ = ["DEFENSES", "DETECTORS", "TRANSFORMS", "Trained"]
