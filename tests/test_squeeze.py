@@ -142,7 +142,7 @@ def test_adaptive_attack_lowers_detection(bits_bundle, tmp_path):
 
 
 def test_adaptive_attack_beats_a_bpda_ensemble_and_is_crafted_once_per_budget(bits_bundle, digits, tmp_path):
-    eps, limit = 0.1, 60
+    eps, limit = 0.1, 40
     config = EvalConfig(bundle=bits_bundle, epsilons=(eps,), limit=limit, out=tmp_path / "pgd.json",
                         attack_params={"steps": 5})
     result = evaluate_detector(config, AdaptiveSqueezeAttack())

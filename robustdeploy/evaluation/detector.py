@@ -150,7 +150,6 @@ def evaluate_detector(config: EvalConfig, adaptive: AdaptiveSqueezeAttack) -> Re
     cache = adaptive_cache(out.parent, session, adaptive, config.realise)
     sets, tensors, reused = adaptive_sets(session, adaptive, result.epsilons, config.realise, cache, detectors)
     result.sets += sets
-    result.attacks += describe(Plan((AttackSpec(NAME),), (), group=ADAPTIVE), [adaptive])
     stored.update(tensors)
     result.extra.update({"detector": detector_section(session.bundle), "adaptive_attack": adaptive.params(),
                          "adaptive_cache": cache.name, "adaptive_reused": reused})
