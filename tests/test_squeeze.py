@@ -148,9 +148,10 @@ def test_adaptive_attack_beats_a_bpda_ensemble_and_is_crafted_once_per_budget(bi
     result = evaluate_detector(config, AdaptiveSqueezeAttack())
     detector = reference_detector(load_bundle(bits_bundle)).eval().requires_grad_(False)
     x, y = digits.test.x[:limit], digits.test.y[:limit]
+    adv = realise(bpda_ensemble(detector, x, y, eps), x, eps, "linf")
     with torch.no_grad():
         correct = detector(x)[0].argmax(1) == y
-        logits, _, flag = detector(realise(bpda_ensemble(detector, x, y, eps), x, eps, "linf"))
+        logits, _, flag = detector(adv)
     reference = 100.0 * float((correct & (logits.argmax(1) != y) & ~flag).sum() / correct.sum())
     new = result.cell("torch", eps, ADAPTIVE)["undetected_success_rate"]
     assert reference > 0 and new >= reference, (new, reference)
