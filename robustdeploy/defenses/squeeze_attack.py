@@ -4,8 +4,9 @@ Built the way feature squeezing was broken (He et al., WOOT 2017; Carlini & Wagn
 Tramèr et al. (NeurIPS 2020, "On adaptive attacks to adversarial example defenses") recommend:
 - a logit-space, targeted objective: for a target class t, the image and every squeezed view of it minimise
   the C&W margin max_{j != t} z_j - z_t down to -kappa. Logits do not saturate the way the L1 distance between
-  two softmaxes does; once every view predicts t confidently their softmaxes agree and the score falls, and a
-  small weight `lam` on the score itself finishes the job;
+  two softmaxes does; once every view predicts t confidently their softmaxes agree and the score falls, and
+  `lam` times the score's excess over the threshold finishes the job (a constraint already met is not
+  optimised, as Tramèr et al. advise: a plain score penalty fights the margin where the threshold is loose);
 - several targets: the `targets` most likely wrong classes of the clean image, tried in turn, and `restarts`
   starts each (the first from x, the others random); a sample leaves as soon as one attempt succeeds;
 - BPDA (Athalye et al., ICML 2018): bit-depth reduction and the median filter pass the gradient straight
@@ -138,7 +139,7 @@ class AdaptiveSqueezeAttack(FixedBudgetAttack):
             work, current = work[active], current.detach()[active].requires_grad_(True)
             logits, squeezed = model(current)
             objective = target_margins(logits, squeezed, target[work]).clamp(min=-self.kappa).sum(1) \
-                + self.lam * squeeze_score(logits, squeezed)
+                + self.lam * (squeeze_score(logits, squeezed) - self.threshold).clamp(min=0)
             grad, = torch.autograd.grad(objective.sum(), current)
             self.stats.gradients += len(work)
             alpha = self.rel_step * eps / self.steps
