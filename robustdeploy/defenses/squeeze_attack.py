@@ -26,6 +26,7 @@ from robustdeploy.defenses.squeeze import BitDepth, MedianFilter, SqueezeDetecto
 from robustdeploy.errors import RobustDeployError
 
 NAME = "squeeze-adaptive"
+REVISION = 2  # part of the key of cached adaptive sets: raise it whenever the objective or the loop changes
 
 
 class _StraightThrough(torch.autograd.Function):

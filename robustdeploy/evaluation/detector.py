@@ -18,7 +18,7 @@ import torch
 from robustdeploy.attacks import AttackSpec
 from robustdeploy.bundle import Bundle
 from robustdeploy.defenses.detector_bundle import detector_section, open_detector, reference_detector
-from robustdeploy.defenses.squeeze_attack import NAME, AdaptiveSqueezeAttack, DetectorView
+from robustdeploy.defenses.squeeze_attack import NAME, REVISION, AdaptiveSqueezeAttack, DetectorView
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.craft import Plan, Source, craft_budget, describe
 from robustdeploy.evaluation.evaluate import EvalConfig, default_out, new_result, run_plans
@@ -103,7 +103,7 @@ def _gather(outputs: list[tuple], choice: torch.Tensor) -> tuple:
 def adaptive_cache(folder: Path, session: Session, attack: AdaptiveSqueezeAttack, realise: bool) -> Path:
     """Where the adaptive sets for this bundle (its file hashes), split, seed and attack settings are kept."""
     key = {"files": session.bundle.manifest["files"], "data": session.header()["data"], "seed": session.config.seed,
-           "limit": session.config.limit, "attack": attack.params(), "realise": realise}
+           "limit": session.config.limit, "attack": attack.params(), "revision": REVISION, "realise": realise}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return folder / f"{session.bundle.name}-{NAME}-{digest}.json"
 
