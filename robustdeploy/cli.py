@@ -184,8 +184,11 @@ def evaluate(
                                                "(--no-realise: float pixels).")] = True,
     detector: Annotated[bool, typer.Option(help="Also score the bundle's detector, oblivious and adaptive.")]
     = False,
-    adaptive_steps: Annotated[int, typer.Option(help="Adaptive detector attack: PGD steps.")] = 100,
-    adaptive_lam: Annotated[float, typer.Option(help="Adaptive detector attack: weight of the score.")] = 10.0,
+    adaptive_steps: Annotated[int, typer.Option(help="Adaptive detector attack: steps per target and start.")]
+    = 200,
+    adaptive_targets: Annotated[int, typer.Option(help="Adaptive detector attack: most likely wrong classes "
+                                                       "tried as targets.")] = 3,
+    adaptive_restarts: Annotated[int, typer.Option(help="Adaptive detector attack: starts per target.")] = 2,
 ) -> None:
     """Run an attack cascade (gradient attacks crafted on PyTorch, score/decision attacks on each runtime) and
     score every runtime side by side."""
@@ -199,10 +202,11 @@ def evaluate(
                                                                 limit=limit, batch_size=batch_size, seed=seed,
                                                                 device=device, data_root=data_root, out=out))
     if detector:
-        from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
+        from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
         from robustdeploy.evaluation.detector import evaluate_detector
 
-        adaptive = AdaptiveSqueezePGD(steps=adaptive_steps, lam=adaptive_lam, seed=config.seed)
+        adaptive = AdaptiveSqueezeAttack(steps=adaptive_steps, targets=adaptive_targets, restarts=adaptive_restarts,
+                                         seed=config.seed)
         echo(detector_table(evaluate_detector(config, adaptive)))
         return
     result = run_evaluation(config)

@@ -48,16 +48,22 @@ def evaluation_table(result, markdown: bool = False) -> str:
 
 
 def defense_table(result) -> str:
+    """One line per runtime (worst case over the cascade) and one for the undefended baseline."""
     extra = result.extra
-    attack = result.attacks[0]
-    head = (f"{extra['defense']} | {attack['name']} {result.norm} eps={result.epsilons[0]:g}, {result.samples} "
+    attacks = " + ".join(a["label"].split(":", 1)[1] for a in result.attacks if a["label"].startswith("adaptive:"))
+    head = (f"{extra['defense']} | {attacks} {result.norm} eps={result.epsilons[0]:g}, {result.samples} "
             f"samples | oblivious: crafted on {extra['oblivious_source']} | adaptive: through the defense, "
-            f"{extra['adaptive_loss']} loss")
+            f"{extra['adaptive_loss']} loss | baseline: the undefended model under the same cascade")
     rows = []
-    for runtime in result.runtime_labels():
-        robust = {c["attack"].split(":")[0]: c for c in result.cells if c["runtime"] == runtime}
-        rows.append([runtime, robust["oblivious"]["clean_accuracy"], robust["oblivious"]["robust_accuracy"],
-                     robust["adaptive"]["robust_accuracy"], extra["verdicts"][runtime]])
+    for runtime in [*result.runtime_labels(), "baseline"]:
+        worst = {}
+        for c in result.cells:
+            if c["runtime"] == runtime:
+                worst[c["attack"].split(":")[0]] = c
+        adaptive = worst["adaptive"] if runtime != "baseline" else worst["oblivious"]
+        rows.append([runtime, worst["oblivious"]["clean_accuracy"],
+                     worst["oblivious"]["robust_accuracy"] if runtime != "baseline" else "",
+                     adaptive["robust_accuracy"], extra["verdicts"].get(runtime, "")])
     return head + "\n" + table(["runtime", "clean %", "oblivious %", "adaptive %", "verdict"], rows)
 
 

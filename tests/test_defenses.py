@@ -79,11 +79,34 @@ def test_defense_eval_reports_both_ways_on_both_runtimes(purifier_bundle, tmp_pa
     result = evaluate_defense(DefenseEvalConfig(bundle=bundle.path, eps=0.1, steps=10, limit=80, out=out))
     assert result.extra["defense"] == "purifier" and result.samples == 80
     robust = {(c["runtime"], c["attack"]): c["robust_accuracy"] for c in result.cells}
-    assert set(robust) == {(r, g) for r in ("torch", "ort-cpu") for g in ("oblivious:pgd", "adaptive:pgd")}
+    stages = ("pgd", "apgd:dlr")  # the cascade: worst case after each stage
+    assert set(robust) == {(r, f"{g}:{a}") for r in ("torch", "ort-cpu") for g in ("oblivious", "adaptive")
+                           for a in stages} | {("baseline", f"oblivious:{a}") for a in stages}
+    assert robust["torch", "adaptive:apgd:dlr"] <= robust["torch", "adaptive:pgd"]
     assert robust["torch", "adaptive:pgd"] < robust["torch", "oblivious:pgd"] <= 100  # through the purifier
     assert abs(robust["torch", "adaptive:pgd"] - robust["ort-cpu", "adaptive:pgd"]) <= 2.5
     assert {s["source"] for s in result.sets} == {"classifier", "torch"}
     assert rescore(out) == result.cells
+
+
+def test_defense_eval_verdict_compares_with_the_baseline_under_the_same_adaptive_attack(run_dir, bundle_dir,
+                                                                                          tmp_path):
+    train(TrainConfig(epochs=6, defense="adv-train", defense_params={"eps": 0.1, "attack_steps": 5}),
+          tmp_path / "adv")
+    export_bundle(ExportConfig(run_dir=tmp_path / "adv", out=tmp_path / "adv-bundle"))
+    verdicts, robust = {}, {}
+    for name, bundle in (("adv-train", tmp_path / "adv-bundle"), ("none", bundle_dir)):
+        out = tmp_path / f"{name}.json"
+        result = evaluate_defense(DefenseEvalConfig(bundle=bundle, baseline=run_dir, eps=0.1, steps=10, limit=100,
+                                                    out=out))
+        verdicts[name] = result.extra["verdicts"]
+        robust[name] = {c["runtime"]: c["robust_accuracy"] for c in result.cells if c["attack"].endswith("apgd:dlr")
+                        and (c["attack"].startswith("adaptive") or c["runtime"] == "baseline")}
+        assert rescore(out) == result.cells
+    for runtime in ("torch", "ort-cpu"):
+        assert robust["adv-train"][runtime] >= robust["adv-train"]["baseline"] + 5  # measured, not assumed
+        assert verdicts["adv-train"][runtime].startswith("robust beyond the baseline")
+        assert verdicts["none"][runtime] == "no robustness beyond the baseline"  # the same model: no gain
 
 
 def test_adversarial_training_takes_any_gradient_attack(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,15 +11,42 @@ import torch
 from conftest import assert_one_line_error, cli
 
 from robustdeploy.bundle import load_bundle
-from robustdeploy.defenses.detector_bundle import open_detector
+from robustdeploy.defenses.detector_bundle import open_detector, reference_detector
 from robustdeploy.defenses.squeeze import BitDepth, MedianFilter, Resample, SqueezeConfig
-from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
+from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack, DetectorView
 from robustdeploy.evaluation.detector import evaluate_detector, roc_auc
 from robustdeploy.evaluation.evaluate import EvalConfig
+from robustdeploy.evaluation.grid import OnGrid, realise
 from robustdeploy.evaluation.rescore import rescore
 from robustdeploy.export import ExportConfig, export_bundle
 
 SCORE_ATOL = 1e-4  # exported score vs PyTorch, both fp32
+ADAPTIVE = "adaptive:squeeze-adaptive"
+
+
+def bpda_ensemble(detector, x, y, eps, steps=200):
+    """The reference of issue 14: L-inf PGD pushing x and each squeezed view toward one target class (the most
+    likely wrong one) in logit space, straight-through gradients; each iterate judged 8-bit realised by the
+    exact detector, the first that fools undetected kept."""
+    view = OnGrid(DetectorView(detector))
+    with torch.no_grad():
+        target = detector(x)[0].scatter(1, y[:, None], float("-inf")).argmax(1)
+    adv, best = x.clone(), x.clone()
+    found = torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        logits, squeezed = view(adv)
+        views = torch.cat([logits[:, None], squeezed], 1)
+        chosen = views.gather(2, target.view(-1, 1, 1).expand(-1, views.shape[1], 1)).squeeze(2)
+        others = views.masked_fill(torch.nn.functional.one_hot(target, views.shape[2]).bool()[:, None], -1e9)
+        grad, = torch.autograd.grad((others.amax(2) - chosen).sum(), adv)
+        adv = (x + (adv.detach() - 2.5 * eps / steps * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+        with torch.no_grad():
+            out, _, flag = detector(realise(adv, x, eps, "linf"))
+        new = (out.argmax(1) != y) & ~flag & ~found
+        best[new], found = adv[new], found | new
+    best[~found] = adv[~found]
+    return best
 
 
 @pytest.fixture(scope="module")
@@ -99,19 +127,40 @@ def test_roc_auc():
 def test_adaptive_attack_lowers_detection(bits_bundle, tmp_path):
     config = EvalConfig(bundle=bits_bundle, epsilons=(0.1,), limit=60, out=tmp_path / "r.json",
                         attack_params={"steps": 10})
-    result = evaluate_detector(config, AdaptiveSqueezePGD(steps=30))
+    result = evaluate_detector(config, AdaptiveSqueezeAttack(steps=30, targets=2, restarts=1))
     assert rescore(tmp_path / "r.json") == result.cells
     rows = {(c["runtime"], c["attack"]): c for c in result.cells}
     for runtime in ("torch", "ort-cpu"):
-        oblivious, adaptive = rows[(runtime, "oblivious:pgd")], rows[(runtime, "adaptive:squeeze-pgd")]
+        oblivious, adaptive = rows[(runtime, "oblivious:pgd")], rows[(runtime, ADAPTIVE)]
         assert oblivious["successful_adversarials"] > 5 and adaptive["successful_adversarials"] > 5
         assert adaptive["detection_rate"] < oblivious["detection_rate"] - 10  # on 8-bit images, as deployed
         assert adaptive["undetected_success_rate"] > oblivious["undetected_success_rate"]
-    assert rows[("ort-cpu", "adaptive:squeeze-pgd")]["score_diff_vs_torch"]["max"] <= SCORE_ATOL
+    assert rows[("ort-cpu", ADAPTIVE)]["score_diff_vs_torch"]["max"] <= SCORE_ATOL
     for runtime in ("torch", "ort-cpu"):  # the worst case takes, per sample, the attacker's best example
         worst = rows[(runtime, "worst case")]["undetected_success_rate"]
-        assert worst >= max(rows[(runtime, a)]["undetected_success_rate"]
-                            for a in ("oblivious:pgd", "adaptive:squeeze-pgd"))
+        assert worst >= max(rows[(runtime, a)]["undetected_success_rate"] for a in ("oblivious:pgd", ADAPTIVE))
+
+
+def test_adaptive_attack_beats_a_bpda_ensemble_and_is_crafted_once_per_budget(bits_bundle, digits, tmp_path):
+    eps, limit = 0.1, 40
+    config = EvalConfig(bundle=bits_bundle, epsilons=(eps,), limit=limit, out=tmp_path / "pgd.json",
+                        attack_params={"steps": 5})
+    result = evaluate_detector(config, AdaptiveSqueezeAttack())
+    detector = reference_detector(load_bundle(bits_bundle)).eval().requires_grad_(False)
+    x, y = digits.test.x[:limit], digits.test.y[:limit]
+    adv = realise(bpda_ensemble(detector, x, y, eps), x, eps, "linf")
+    with torch.no_grad():
+        correct = detector(x)[0].argmax(1) == y
+        logits, _, flag = detector(adv)
+    reference = 100.0 * float((correct & (logits.argmax(1) != y) & ~flag).sum() / correct.sum())
+    new = result.cell("torch", eps, ADAPTIVE)["undetected_success_rate"]
+    assert reference > 0 and new >= reference, (new, reference)
+
+    again = evaluate_detector(replace(config, attacks=("fgsm",), out=tmp_path / "fgsm.json"), AdaptiveSqueezeAttack())
+    assert result.extra["adaptive_reused"] == [] and again.extra["adaptive_reused"] == [eps]
+    assert again.cell("ort-cpu", eps, ADAPTIVE) == result.cell("ort-cpu", eps, ADAPTIVE)
+    assert rescore(tmp_path / "fgsm.json") == again.cells
+    assert rescore(tmp_path / again.extra["adaptive_cache"])  # the cache re-scores on its own
 
 
 @pytest.mark.parametrize("attack,opts", [("ddn", ["--attack-opt", "steps=10", "--eps", "1.0"]),
@@ -119,10 +168,10 @@ def test_adaptive_attack_lowers_detection(bits_bundle, tmp_path):
 def test_detector_works_with_every_attack_family(bits_bundle, tmp_path, attack, opts):
     out = tmp_path / "d.json"
     proc = cli("evaluate", bits_bundle, "--detector", "--attack", attack, *opts, "--limit", "30",
-               "--adaptive-steps", "5", "--out", out)
+               "--adaptive-steps", "5", "--adaptive-targets", "1", "--adaptive-restarts", "1", "--out", out)
     assert proc.returncode == 0, proc.stderr
     cells = json.loads(out.read_text())["cells"]
-    assert {c["attack"] for c in cells} == {f"oblivious:{attack}", "adaptive:squeeze-pgd", "worst case"}
+    assert {c["attack"] for c in cells} == {f"oblivious:{attack}", ADAPTIVE, "worst case"}
     assert rescore(out) == cells
 
 

@@ -20,20 +20,16 @@ from robustdeploy.errors import RobustDeployError
 
 
 class BitDepth(nn.Module):
-    """Reduce to 2^bits levels: round(x * (2^bits - 1)) / (2^bits - 1), as Xu et al.'s `np.rint` (half-to-even).
-
-    `bpda=True` passes the gradient straight through the rounding (Athalye et al., ICML 2018) for adaptive attacks.
-    """
+    """Reduce to 2^bits levels: round(x * (2^bits - 1)) / (2^bits - 1), as Xu et al.'s `np.rint` (half-to-even)."""
 
     def __init__(self, bits: int) -> None:
         super().__init__()
         if not 1 <= bits <= 8:
             raise RobustDeployError(f"--squeeze-bits must be in 1..8, got {bits}")
-        self.bits, self.levels, self.bpda = bits, float(2**bits - 1), False
+        self.bits, self.levels = bits, float(2**bits - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        squeezed = torch.round(x * self.levels) / self.levels
-        return x + (squeezed - x).detach() if self.bpda else squeezed
+        return torch.round(x * self.levels) / self.levels
 
 
 class MedianFilter(nn.Module):
@@ -115,20 +111,18 @@ class SqueezeDetector(nn.Module):
         self.classifier, self.config, self.threshold = classifier, config, float(threshold)
         self.squeezers = nn.ModuleList(config.squeezers())
 
-    def set_bpda(self, enabled: bool) -> None:
-        for squeezer in self.squeezers:
-            if isinstance(squeezer, BitDepth):
-                squeezer.bpda = enabled
-
     def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.classifier(x)
-        probs = logits.softmax(1)
-        distances = [(probs - self.classifier(s(x)).softmax(1)).abs().sum(1) for s in self.squeezers]
-        return logits, torch.stack(distances, 1).amax(1)
+        return logits, squeeze_score(logits, torch.stack([self.classifier(s(x)) for s in self.squeezers], 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, score = self.scores(x)
         return logits, score, score > self.threshold
+
+
+def squeeze_score(logits: torch.Tensor, squeezed: torch.Tensor) -> torch.Tensor:
+    """The detector's score from the logits of x (N, C) and of its squeezed views (N, V, C)."""
+    return (logits.softmax(1)[:, None] - squeezed.softmax(2)).abs().sum(2).amax(1)
 
 
 def calibrate(scores: torch.Tensor, target_fpr: float) -> tuple[float, float]:

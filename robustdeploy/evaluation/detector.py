@@ -1,10 +1,15 @@
 """`evaluate --detector`: the squeeze detector on every runtime, against the evaluation's own (oblivious)
 sets of any attack family and an adaptive attack through the detector; detection rate, FPR, ROC-AUC and
-PyTorch-vs-deployment score drift, all from stored sets."""
+PyTorch-vs-deployment score drift, all from stored sets. The adaptive sets do not depend on `--attack`: they
+are crafted once per bundle, settings and budget into a cache beside the result (itself a re-scorable
+result) and copied into every detector result that needs them."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -13,16 +18,17 @@ import torch
 from robustdeploy.attacks import AttackSpec
 from robustdeploy.bundle import Bundle
 from robustdeploy.defenses.detector_bundle import detector_section, open_detector, reference_detector
-from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD, DetectorView
+from robustdeploy.defenses.squeeze_attack import NAME, REVISION, AdaptiveSqueezeAttack, DetectorView
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.craft import Plan, Source, craft_budget
+from robustdeploy.evaluation.craft import Plan, Source, craft_budget, describe
 from robustdeploy.evaluation.evaluate import EvalConfig, default_out, new_result, run_plans
 from robustdeploy.evaluation.grid import OnGrid
-from robustdeploy.evaluation.results import Result, save_result
+from robustdeploy.evaluation.results import Result, load_result, save_result
 from robustdeploy.evaluation.score import percent, pick, predictions
-from robustdeploy.evaluation.session import open_session
-from robustdeploy.io import exclusive_outputs
+from robustdeploy.evaluation.session import Session, open_session
+from robustdeploy.io import check_output, exclusive_outputs
 
+log = logging.getLogger("robustdeploy")
 ADAPTIVE = "adaptive"
 WORST = "worst case"  # per sample, the best of every set for the attacker: what the detector must withstand
 
@@ -94,27 +100,61 @@ def _gather(outputs: list[tuple], choice: torch.Tensor) -> tuple:
     return tuple(torch.stack([o[k] for o in outputs])[choice, rows] for k in range(3))
 
 
+def adaptive_cache(folder: Path, session: Session, attack: AdaptiveSqueezeAttack, realise: bool) -> Path:
+    """Where the adaptive sets for this bundle (its file hashes), split, seed and attack settings are kept."""
+    key = {"files": session.bundle.manifest["files"], "data": session.header()["data"], "seed": session.config.seed,
+           "limit": session.config.limit, "attack": attack.params(), "revision": REVISION, "realise": realise}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return folder / f"{session.bundle.name}-{NAME}-{digest}.json"
+
+
+def adaptive_sets(session: Session, attack: AdaptiveSqueezeAttack, epsilons: list[float], realise: bool,
+                  cache: Path, detectors: dict) -> tuple[list[dict], dict[str, torch.Tensor], list[float]]:
+    """The adaptive attack's sets at `epsilons` and their tensors, and the budgets taken from `cache` as they
+    were; missing budgets are crafted through the PyTorch detector (BPDA) and added to the cache."""
+    x, y = session.test.x, session.test.y
+    check_output(cache, "--out")  # shared by later runs on this bundle: held while it may be rewritten
+    cached, stored = load_result(cache) if cache.exists() else (None, {})
+    if cached is None or not (torch.equal(stored["x"], x) and torch.equal(stored["y"], y)):
+        cached, stored = new_result("detector", session, scorer="detect"), {"x": x, "y": y}
+        cached.extra = {"detector": detector_section(session.bundle), "adaptive_attack": attack.params()}
+    reused = [eps for eps in epsilons if any(s["eps"] == eps for s in cached.sets)]
+    view = DetectorView(reference_detector(session.bundle).to(session.device).eval().requires_grad_(False))
+    source = Source("torch", OnGrid(view) if realise else view,  # gradients at the 8-bit image it receives
+                    lambda z: detectors["torch"].run(z, session.batch_size)[0].argmax(1), stored)
+    plan, spec = Plan((AttackSpec(NAME),), (), realise, group=ADAPTIVE), AttackSpec(NAME)
+    cached.attacks, cached.norm = describe(plan, [attack]), attack.norm
+    for eps in (eps for eps in epsilons if eps not in reused):
+        crafted = craft_budget(session, plan, 0, spec, attack, source, eps, source.robust([], y))
+        cached.sets.append(asdict(crafted))
+        log.info("%s: %d samples attacked in %.1f s", crafted.key, crafted.attacked, crafted.seconds)
+    cached.runtimes, cached.epsilons = session.header()["runtimes"], sorted({s["eps"] for s in cached.sets})
+    cached.cells, cached.complete = detect_cells(cached, stored, detectors, session.batch_size), True
+    save_result(cache, cached, stored)
+    sets = [s for s in cached.sets if s["eps"] in epsilons]
+    return sets, {s["key"]: stored[s["key"]] for s in sets}, reused
+
+
 @exclusive_outputs
-def evaluate_detector(config: EvalConfig, adaptive: AdaptiveSqueezePGD) -> Result:
-    """Craft the evaluation's cascade (oblivious: it does not know the detector) and the adaptive attack through
-    the PyTorch detector at each budget; score both on every runtime's detector graph."""
+def evaluate_detector(config: EvalConfig, adaptive: AdaptiveSqueezeAttack) -> Result:
+    """Craft the evaluation's cascade (oblivious: it does not know the detector) and take the adaptive attack
+    through the PyTorch detector at each budget (from the cache when it was crafted before); score both on
+    every runtime's detector graph."""
     session = open_session(config)
     detectors = open_detectors(session.bundle, [r.label for r in session.runtimes], config.device)
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
     out = out if config.out else out.with_name(f"{out.stem}-detector.json")
     result = new_result("detector", session, scorer="detect")
-    result.extra = {"detector": detector_section(session.bundle), "adaptive_attack": adaptive.params()}
     plan = replace(config.plan(), group="oblivious")
     stored = run_plans(result, session, [plan], out, config.resume)
-    detector = DetectorView(reference_detector(session.bundle).to(config.device).eval())
-    view = OnGrid(detector) if config.realise else detector  # gradients at the 8-bit image the detector receives
-    adaptive = replace(adaptive, norm=result.norm, threshold=detector.threshold)
-    spec, adaptive_plan = AttackSpec("squeeze-pgd"), Plan((), (), config.realise, group=ADAPTIVE)
-    source = Source("torch", view, lambda z: detectors["torch"].run(z, session.batch_size)[0].argmax(1), stored)
-    for eps in result.epsilons:
-        new = craft_budget(session, adaptive_plan, 0, spec, adaptive, source, eps, source.robust([], session.test.y))
-        result.sets.append(asdict(new))
-    result.seconds["adaptive"] = round(sum(s["seconds"] for s in result.sets if s["group"] == ADAPTIVE), 4)
+    adaptive = replace(adaptive, norm=result.norm, threshold=detector_section(session.bundle)["threshold"])
+    cache = adaptive_cache(out.parent, session, adaptive, config.realise)
+    sets, tensors, reused = adaptive_sets(session, adaptive, result.epsilons, config.realise, cache, detectors)
+    result.sets += sets
+    stored.update(tensors)
+    result.extra.update({"detector": detector_section(session.bundle), "adaptive_attack": adaptive.params(),
+                         "adaptive_cache": cache.name, "adaptive_reused": reused})
+    result.seconds["adaptive"] = round(sum(s["seconds"] for s in sets), 4)
     result.cells = detect_cells(result, stored, detectors, session.batch_size)
     result.complete = True
     save_result(out, result, stored)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from robustdeploy.bundle import load_bundle
+from robustdeploy.evaluation.defense import baseline_runner, defense_cells
 from robustdeploy.evaluation.detector import detect_cells, open_detectors
 from robustdeploy.evaluation.evaluate import classify_cells
 from robustdeploy.evaluation.patch import patch_cells, patch_runners
@@ -24,4 +25,7 @@ def rescore(path: Path, device: str = "cpu", batch_size: int = 256) -> list[dict
         return detect_cells(result, stored, open_detectors(bundle, result.runtime_labels(), device), batch_size)
     opened = {label: create_runtime(bundle, label, device=device) for label in result.runtime_labels()}
     opened.setdefault("torch", TorchRuntime(RuntimeSpec("torch"), bundle.reference_model(), device))
+    if result.kind == "defense":
+        baseline = baseline_runner(bundle, result.extra["oblivious_source"], device, batch_size)
+        return defense_cells(result, stored, runners(opened.values(), batch_size), baseline)
     return classify_cells(result, stored, runners(opened.values(), batch_size))
