@@ -194,6 +194,8 @@ def evaluate(
         echo(detector_table(evaluate_detector(config, adaptive)))
         return
     result = run_evaluation(config)
+    if not result.complete:  # a torchrun rank other than 0: rank 0 writes and prints the result
+        return
     echo(evaluation_table(result))
     warn(result.checks)
     echo(f"results -> {result.path} (examples in {result.adversarial_file}, figure {result.figure})")
