@@ -5,6 +5,7 @@ outcomes are written to disk as they finish, and rank 0 gathers the shards into 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -54,7 +55,16 @@ def join(device: str) -> Group:
         else:
             dist.init_process_group("gloo")
         atexit.register(dist.destroy_process_group)
+        logging.getLogger("robustdeploy").addFilter(_tag(group.rank))
     return group
+
+
+def _tag(rank: int) -> Callable[[logging.LogRecord], bool]:
+    """Progress lines of the ranks interleave on one terminal: each says which rank it comes from."""
+    def tag(record: logging.LogRecord) -> bool:
+        record.msg = f"[rank {rank}] {record.msg}"
+        return True
+    return tag
 
 
 def bounds(samples: int, batch_size: int, group: Group) -> tuple[int, int]:
