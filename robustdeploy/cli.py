@@ -388,6 +388,24 @@ def patch(
              f"{out.with_suffix('.adv.safetensors')})")
 
 
+@app.command("run")
+def run_suite(
+    suite: Annotated[Path, typer.Argument(help="A suite file (TOML): bundles, evaluations, gate thresholds.")],
+    out: Annotated[Path | None, typer.Option(help="Results folder (default: the suite's `out`, else "
+                                                  "<suite>-results beside it).")] = None,
+) -> None:
+    """Run every evaluation of a suite on every bundle; a restart skips what is complete; exit 1 if a gate fails."""
+    from robustdeploy.errors import CheckFailed
+    from robustdeploy.evaluation.suite import failed_gates
+    from robustdeploy.evaluation.suite import run_suite as run
+    from robustdeploy.report import suite_table
+
+    done = run(suite, out)
+    echo(suite_table(done))
+    if failed_gates(done):
+        raise CheckFailed(f"gate failed: {', '.join(failed_gates(done))}")
+
+
 @app.command("list")
 def list_registries() -> None:
     """List the registered datasets, architectures, attacks, runtimes and defenses."""

@@ -78,3 +78,20 @@ def patch_table(result) -> str:
     rows = [[c["runtime"], c["defense"], c["samples"], c["clean_target_rate"], c["tsuc"], c["fooling_rate"]]
             for c in result.cells]
     return table(["bundle/runtime", "defense", "n", "clean->t %", "tSuc %", "fool %"], rows)
+
+
+def suite_table(done) -> str:
+    """One row per job of a suite: what it is, whether it ran now, and its headline number."""
+    rows = []
+    for d in done:
+        r = d.result
+        if d.job.kind == "check":
+            headline = "PASSED" if r.extra.get("passed") else "FAILED"
+        elif r.cells and "robust_accuracy" in r.cells[0]:
+            top = max(c["eps"] for c in r.cells)
+            worst = {c["runtime"]: c["robust_accuracy"] for c in r.cells if c["eps"] == top}
+            headline = ", ".join(f"{k} {v:.2f}%" for k, v in worst.items()) + f" robust at eps={top:g}"
+        else:
+            headline = "-"
+        rows.append([d.job.title, d.job.kind, d.status, headline, str(d.job.out)])
+    return table(["job", "kind", "status", "headline", "result"], rows)
