@@ -406,6 +406,20 @@ def run_suite(
         raise CheckFailed(f"gate failed: {', '.join(failed_gates(done))}")
 
 
+@app.command()
+def report(
+    results: Annotated[list[Path], typer.Argument(help="Result JSONs (evaluate, compare, check, detector, ...).")],
+    html: Annotated[Path | None, typer.Option(help="Write one self-contained HTML page here.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write the tables and warnings as Markdown here.")] = None,
+) -> None:
+    """One page over result files: warnings first, then per bundle curves, tables, examples and detector scores."""
+    from robustdeploy.report_page import write_report
+
+    page = write_report(results, html, markdown)
+    echo(f"report of {len(results)} results, {len(page.warnings)} warnings -> "
+         + " and ".join(str(p) for p in (html, markdown) if p is not None))
+
+
 @app.command("list")
 def list_registries() -> None:
     """List the registered datasets, architectures, attacks, runtimes and defenses."""
