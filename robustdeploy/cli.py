@@ -189,6 +189,10 @@ def evaluate(
     if detector:
         from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
         from robustdeploy.evaluation.detector import evaluate_detector
+        from robustdeploy.evaluation.shards import Group
+
+        if Group.from_env().active:
+            raise RobustDeployError("evaluate --detector is not sharded; run it without torchrun")
 
         adaptive = AdaptiveSqueezePGD(steps=adaptive_steps, lam=adaptive_lam, seed=config.seed)
         echo(detector_table(evaluate_detector(config, adaptive)))
@@ -396,11 +400,14 @@ def run_suite(
 ) -> None:
     """Run every evaluation of a suite on every bundle; a restart skips what is complete; exit 1 if a gate fails."""
     from robustdeploy.errors import CheckFailed
+    from robustdeploy.evaluation.shards import Group
     from robustdeploy.evaluation.suite import failed_gates
     from robustdeploy.evaluation.suite import run_suite as run
     from robustdeploy.report import suite_table
 
     done = run(suite, out)
+    if Group.from_env().rank != 0:  # under torchrun rank 0 reports for all
+        return
     echo(suite_table(done))
     if failed_gates(done):
         raise CheckFailed(f"gate failed: {', '.join(failed_gates(done))}")

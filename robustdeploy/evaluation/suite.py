@@ -191,10 +191,10 @@ def run_suite(path: Path, out: Path | None = None) -> list[Done]:
             log.info("suite [%d/%d] %s: already complete in %s, skipped", number, len(jobs), job.title, job.out)
             done.append(Done(job, "skipped", previous))
             continue
-        status = "resumed" if job.out.is_file() else "ran"
-        log.info("suite [%d/%d] %s: %s", number, len(jobs), job.title, job.kind)
         if shards.Group.from_env().rank != 0 and job.kind != "evaluate":
             continue  # under torchrun only `evaluate` is sharded; rank 0 runs the others alone
+        status = "resumed" if job.out.is_file() or shards.folder(job.out).is_dir() else "ran"
+        log.info("suite [%d/%d] %s: %s", number, len(jobs), job.title, job.kind)
         done.append(Done(job, status, KINDS.get(job.kind)(job)))
     return done
 
