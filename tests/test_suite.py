@@ -82,6 +82,8 @@ def test_killed_suite_resumes_without_recomputing(bundle_dir, tmp_path) -> None:
     ("bundles = ['nowhere']\n[[evaluation]]\nname = 'a'\n", "bundle"),
     ("bundles = ['{bundle}']\n[[evaluation]]\nname = 'a'\n[[evaluation]]\nname = 'a'\n", "used twice"),
     ("bundles = ['{bundle}']\n", "[[evaluation]]"),
+    ("bundles = ['{bundle}']\nevaluation = [1]\n", "[[evaluation]]"),
+    ("bundles = ['{bundle}']\ndefaults = 3\n[[evaluation]]\nname = 'a'\n", "defaults must be a table"),
 ])
 def test_bad_suites_are_one_line_errors(bundle_dir, tmp_path, text, needle) -> None:
     suite = write(tmp_path, text.format(bundle=bundle_dir))

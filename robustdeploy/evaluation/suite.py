@@ -149,9 +149,11 @@ def load_suite(path: Path, out: Path | None = None) -> list[Job]:
     if missing:
         raise RobustDeployError(f"{where}: bundle {missing[0]} not found (no manifest.json); paths are relative "
                                 "to the suite file")
+    if not isinstance(data.get("defaults", {}), dict):
+        raise RobustDeployError(f"{where}: defaults must be a table ([defaults] with keys below it)")
     defaults = _options(f"{where} [defaults]", data.get("defaults", {}), COMMON)
     entries = data.get("evaluation", [])
-    if not entries or not isinstance(entries, list):
+    if not entries or not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise RobustDeployError(f"{where}: give at least one [[evaluation]] table")
     folder = Path(out) if out else base / data.get("out", f"{path.stem}-results")
     jobs, names = [], set()
