@@ -78,6 +78,12 @@ def _part(path: Path, result: Result, stored: dict[str, torch.Tensor], device: s
         part.blocks += ["Per attack of the cascade; the last row of each budget and runtime is the worst case.",
                         Table(EVALUATION_HEADERS, evaluation_rows(result))]
         part.blocks += differs(result)
+    if "median_latency_ms" in result.extra:  # compare keeps medians only, not the distributions
+        agreement, latency = result.extra.get("agreement_with_torch", {}), result.extra["median_latency_ms"]
+        part.blocks += [f"Median latency at batch {result.extra.get('latency_batch')} and top-1 agreement with "
+                        "PyTorch on clean inputs.",
+                        Table(["runtime", "median ms", "agreement %"],
+                              [[k, f"{v:.3f}", agreement.get(k)] for k, v in latency.items()])]
     part.blocks += examples(path, result, stored)
     if result.scorer == "detect":
         part.blocks += detector_blocks(result, stored, device)
