@@ -204,12 +204,18 @@ def evaluate(
     if detector:
         from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
         from robustdeploy.evaluation.detector import evaluate_detector
+        from robustdeploy.evaluation.shards import Group
+
+        if Group.from_env().active:
+            raise RobustDeployError("evaluate --detector is not sharded; run it without torchrun")
 
         adaptive = AdaptiveSqueezeAttack(steps=adaptive_steps, targets=adaptive_targets, restarts=adaptive_restarts,
                                          seed=config.seed)
         echo(detector_table(evaluate_detector(config, adaptive)))
         return
     result = run_evaluation(config)
+    if not result.complete:  # a torchrun rank other than 0: rank 0 writes and prints the result
+        return
     echo(evaluation_table(result))
     warn(result.checks)
     echo(f"results -> {result.path} (examples in {result.adversarial_file}, figure {result.figure})")
@@ -400,6 +406,41 @@ def patch(
     if out is not None:
         echo(f"results -> {out} (patch in {out.with_suffix('.patch.png')}, patched images in "
              f"{out.with_suffix('.adv.safetensors')})")
+
+
+@app.command("run")
+def run_suite(
+    suite: Annotated[Path, typer.Argument(help="A suite file (TOML): bundles, evaluations, gate thresholds.")],
+    out: Annotated[Path | None, typer.Option(help="Results folder (default: the suite's `out`, else "
+                                                  "<suite>-results beside it).")] = None,
+) -> None:
+    """Run every evaluation of a suite on every bundle; a restart skips what is complete; exit 1 if a gate fails."""
+    from robustdeploy.errors import CheckFailed
+    from robustdeploy.evaluation.shards import Group
+    from robustdeploy.evaluation.suite import failed_gates
+    from robustdeploy.evaluation.suite import run_suite as run
+    from robustdeploy.report import suite_table
+
+    done = run(suite, out)
+    if Group.from_env().rank != 0:  # under torchrun rank 0 reports for all
+        return
+    echo(suite_table(done))
+    if failed_gates(done):
+        raise CheckFailed(f"gate failed: {', '.join(failed_gates(done))}")
+
+
+@app.command()
+def report(
+    results: Annotated[list[Path], typer.Argument(help="Result JSONs (evaluate, compare, check, detector, ...).")],
+    html: Annotated[Path | None, typer.Option(help="Write one self-contained HTML page here.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write the tables and warnings as Markdown here.")] = None,
+) -> None:
+    """One page over result files: warnings first, then per bundle curves, tables, examples and detector scores."""
+    from robustdeploy.report_page import write_report
+
+    page = write_report(results, html, markdown)
+    echo(f"report of {len(results)} results, {len(page.warnings)} warnings -> "
+         + " and ".join(str(p) for p in (html, markdown) if p is not None))
 
 
 @app.command("list")

@@ -1,6 +1,7 @@
 """A PNG of a few adversarial examples: original, amplified perturbation, adversarial, predictions per runtime.
 
-Drawn with Pillow only, in the layout of seed 001's attack figures (one row per example).
+The example figure is drawn with Pillow in the layout of seed 001's attack figures (one row per example); the
+report's plots (budget curves, detector scores, example grids) with matplotlib.
 """
 
 from __future__ import annotations
@@ -67,3 +68,72 @@ def pick_examples(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, adv_pred:
     fooled = (changed & (adv_pred != y)).nonzero().flatten()
     rest = (changed & (adv_pred == y)).nonzero().flatten()
     return torch.cat([fooled, rest, (~changed).nonzero().flatten()])[:count]
+
+
+def _matplotlib():
+    """pyplot on the file-only Agg backend (no display needed), imported when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(figure) -> bytes:
+    """A matplotlib figure as PNG bytes (closed afterwards)."""
+    plt = _matplotlib()
+    buffer = BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def budget_curves(curves: dict[str, list[tuple[float, float]]], norm: str, title: str) -> bytes:
+    """Accuracy (%) against the budget, one line per runtime (`curves[label] = [(eps, accuracy), ...]`)."""
+    plt = _matplotlib()
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    for label, points in curves.items():
+        eps, accuracy = zip(*sorted(points))
+        axis.plot(eps, accuracy, marker="o", label=label)
+    axis.set(xlabel=f"budget eps ({norm})", ylabel="robust accuracy (%)", ylim=(-2, 102), title=title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return png_bytes(figure)
+
+
+def score_figure(clean: torch.Tensor, adversarial: torch.Tensor, threshold: float, title: str) -> bytes:
+    """Detector scores of clean and of successful adversarial samples (histograms), and the ROC curve."""
+    plt = _matplotlib()
+    figure, (hist, roc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    top = float(torch.cat([clean, adversarial]).max()) if len(clean) + len(adversarial) else 1.0
+    bins = torch.linspace(0, max(top, threshold) * 1.05 or 1.0, 31).tolist()
+    hist.hist(clean.tolist(), bins=bins, alpha=0.6, label=f"clean ({len(clean)})")
+    hist.hist(adversarial.tolist(), bins=bins, alpha=0.6, label=f"adversarial, fooling ({len(adversarial)})")
+    hist.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    hist.set(xlabel="detector score", ylabel="samples", title=title)
+    hist.legend(fontsize=8)
+    cuts = torch.cat([torch.tensor([float("inf")]), torch.cat([clean, adversarial]).sort(descending=True).values])
+    fpr = [float((clean >= t).double().mean()) if len(clean) else 0.0 for t in cuts]
+    tpr = [float((adversarial >= t).double().mean()) if len(adversarial) else 0.0 for t in cuts]
+    roc.plot(fpr, tpr, marker=".")
+    roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    roc.set(xlabel="false-positive rate", ylabel="detection rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
+    return png_bytes(figure)
+
+
+def example_grid(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, title: str) -> bytes:
+    """Clean / amplified perturbation / adversarial per row, for results that kept no figure of their own."""
+    plt = _matplotlib()
+    figure, axes = plt.subplots(len(x), 3, figsize=(4.5, 1.6 * len(x)), squeeze=False)
+    for row in range(len(x)):
+        delta = adv[row] - x[row]
+        scale = float(delta.abs().max()) or 1.0
+        for col, (name, image) in enumerate((("clean", x[row]), ("perturbation", 0.5 + delta / (2 * scale)),
+                                             ("adversarial", adv[row]))):
+            shown = image.clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+            axes[row][col].imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1)
+            axes[row][col].set_title(f"{name}, true {int(y[row])}" if col != 1 else name, fontsize=7)
+            axes[row][col].axis("off")
+    figure.suptitle(title, fontsize=8)
+    return png_bytes(figure)

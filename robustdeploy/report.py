@@ -25,9 +25,24 @@ def _fmt(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+EVALUATION_HEADERS = ["eps", "runtime", "after attack", "clean %", "robust %", "success %", "queries",
+                      "lost to rounding", "clean≠torch", "outcome≠torch"]
+
+
 def evaluation_table(result, markdown: bool = False) -> str:
     """One row per (budget, runtime, attack of the cascade): robust accuracy after that attack (the last row of
     each budget and runtime is the worst case), queries and examples lost to 8-bit rounding where they apply."""
+    text = table(EVALUATION_HEADERS, evaluation_rows(result), markdown)
+    for name, norms in result.extra.get("norms", {}).items():
+        found = [n for n in norms if n is not None and n > 0]
+        if found:
+            text += f"\n{name}: median norm {statistics.median(found):.4g}, mean {statistics.fmean(found):.4g} " \
+                    f"over {len(found)} fooled samples ({sum(n is None for n in norms)} not fooled)"
+    return text
+
+
+def evaluation_rows(result) -> list[list]:
+    """The rows of `evaluation_table`."""
     sets = {(s["attack"], s["source"], s["eps"]): s for s in result.sets}
     rows = []
     for c in sorted(result.cells, key=lambda c: c["eps"]):
@@ -36,15 +51,7 @@ def evaluation_table(result, markdown: bool = False) -> str:
                      c["attack_success_rate"], own.get("queries_mean"), (own.get("rounding") or {}).get(
                          "stopped_fooling"), len(c["clean_differs_from_torch"]),
                      len(c["outcome_differs_from_torch"])])
-    headers = ["eps", "runtime", "after attack", "clean %", "robust %", "success %", "queries", "lost to rounding",
-               "clean≠torch", "outcome≠torch"]
-    text = table(headers, rows, markdown)
-    for name, norms in result.extra.get("norms", {}).items():
-        found = [n for n in norms if n is not None and n > 0]
-        if found:
-            text += f"\n{name}: median norm {statistics.median(found):.4g}, mean {statistics.fmean(found):.4g} " \
-                    f"over {len(found)} fooled samples ({sum(n is None for n in norms)} not fooled)"
-    return text
+    return rows
 
 
 def defense_table(result) -> str:
@@ -84,3 +91,20 @@ def patch_table(result) -> str:
     rows = [[c["runtime"], c["defense"], c["samples"], c["clean_target_rate"], c["tsuc"], c["fooling_rate"]]
             for c in result.cells]
     return table(["bundle/runtime", "defense", "n", "clean->t %", "tSuc %", "fool %"], rows)
+
+
+def suite_table(done) -> str:
+    """One row per job of a suite: what it is, whether it ran now, and its headline number."""
+    rows = []
+    for d in done:
+        r = d.result
+        if d.job.kind == "check":
+            headline = "PASSED" if r.extra.get("passed") else "FAILED"
+        elif r.cells and "robust_accuracy" in r.cells[0]:
+            top = max(c["eps"] for c in r.cells)
+            worst = {c["runtime"]: c["robust_accuracy"] for c in r.cells if c["eps"] == top}
+            headline = ", ".join(f"{k} {v:.2f}%" for k, v in worst.items()) + f" robust at eps={top:g}"
+        else:
+            headline = "-"
+        rows.append([d.job.title, d.job.kind, d.status, headline, str(d.job.out)])
+    return table(["job", "kind", "status", "headline", "result"], rows)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +24,7 @@ from robustdeploy.attacks import (
 from robustdeploy.attacks import predict as labels
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.grid import OnGrid, grid_budget, realise, rounding_report
+from robustdeploy.evaluation.grid import ROUNDING, OnGrid, grid_budget, realise, rounding_report
 from robustdeploy.evaluation.score import predictions
 from robustdeploy.evaluation.session import Session
 
@@ -165,7 +165,6 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
                  source: Source, eps: float, todo: torch.Tensor, previous: str | None = None) -> CraftedSet:
     """One budget of a fixed-budget attack on the samples in `todo`; the rest keep x or the example stored under
     `previous` (a smaller budget's)."""
-    torch.manual_seed(session.config.seed)
     index = todo.nonzero().flatten()
     blackbox = attack.needs < Capability.GRADIENTS
     attack.realiser = None
@@ -193,11 +192,22 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
                       float(statistics.median(queries)) if queries else None, rounding, plan.group)
 
 
+def chunks(session: Session, index: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(global start, samples of `index` in it) per block of `batch_size` consecutive samples of the split: a
+    sample's batch depends on its position only, not on which others are attacked or how the split is sharded."""
+    size = session.batch_size
+    for start in range(0, len(session.test), size):
+        chunk = index[(index >= start) & (index < start + size)]
+        if len(chunk):
+            yield session.offset + start, chunk
+
+
 def _batched(session: Session, index: torch.Tensor, base: torch.Tensor, call) -> torch.Tensor:
-    """`call(x, y)` over the samples in `index`, in batches on the session's device; the others keep `base`."""
+    """`call(x, y)` over the samples in `index`, block by block on the session's device, each block seeded by its
+    position; the others keep `base`."""
     x, y, out = session.test.x, session.test.y, base.clone()
-    for i in range(0, len(index), session.batch_size):
-        chunk = index[i : i + session.batch_size]
+    for start, chunk in chunks(session, index):
+        torch.manual_seed(session.config.seed * 1_000_003 + start)
         out[chunk] = call(x[chunk].to(session.device), y[chunk].to(session.device)).detach().cpu()
     return out
 
@@ -209,7 +219,8 @@ def _realised(plan: Plan, source: Source, session: Session, raw: torch.Tensor, i
         return raw, None
     x, y, adv = session.test.x, session.test.y, raw.clone()
     adv[index] = realise(raw[index], x[index], eps, norm)
-    return adv, rounding_report(source.labels_of, raw[index], adv[index], y[index])
+    reports = [rounding_report(source.labels_of, raw[c], adv[c], y[c]) for _, c in chunks(session, index)]
+    return adv, {k: sum(r[k] for r in reports) for k in ROUNDING}
 
 
 def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack: MinimalNormAttack, source: Source,
@@ -218,7 +229,6 @@ def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack:
     x, y, stored = session.test.x, session.test.y, source.stored
     whole = set_key(label(plan, spec), source.name, None)
     if whole not in finished:
-        torch.manual_seed(session.config.seed)
         index = source.robust([], y).nonzero().flatten()
         start, before = time.perf_counter(), attack.stats.gradients
         view = OnGrid(source.model) if plan.realise else source.model  # straight-through: the norm is realised

@@ -4,15 +4,17 @@ saved as they are crafted, so `resume=True` continues an interrupted run."""
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from robustdeploy.attacks import cascade
-from robustdeploy.evaluation import checks
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation import checks, shards
 from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe
-from robustdeploy.evaluation.results import Result, resume_from, save_result
+from robustdeploy.evaluation.results import Result, load_matching, resume_from, save_result
 from robustdeploy.evaluation.score import predictions, score_cascade
 from robustdeploy.evaluation.session import Session, SessionConfig, open_session
 from robustdeploy.figures import example_figure, pick_examples
@@ -44,22 +46,27 @@ def new_result(kind: str, session: Session, scorer: str = "classify") -> Result:
 
 def classify_cells(result: Result, stored: dict[str, torch.Tensor], predict: dict) -> list[dict]:
     """The cells of a classification result, per group of sets: the scorer `rescore` reruns."""
-    cells, labels = [], predictions(predict, stored)
+    return score_sets(result, stored["y"], predictions(predict, stored))
+
+
+def score_sets(result: Result, y: torch.Tensor, labels: Callable[[str, str], torch.Tensor]) -> list[dict]:
+    """`classify_cells` from per-sample labels: `labels(runtime, stored key)`."""
+    cells = []
     for group in dict.fromkeys(s["group"] for s in result.sets):
         sets = [s for s in result.sets if s["group"] == group]
-        cells += [asdict(c) for c in score_cascade(result.runtime_labels(), sets, result.epsilons, stored["y"],
-                                                   labels)]
+        cells += [asdict(c) for c in score_cascade(result.runtime_labels(), sets, result.epsilons, y, labels)]
     return cells
 
 
-def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool) -> dict[str, torch.Tensor]:
+def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool,
+              check: bool = True) -> dict[str, torch.Tensor]:
     """Craft every plan into one store, saving after each set; with `resume`, keep what `out` already has."""
     stored = {"x": session.test.x, "y": session.test.y}
     built = [build(p, session.config.seed, session.test.x[0].numel()) for p in plans]
     check_output(out, "--out")  # once the plans are known to be sound, before anything is written
     result.attacks = [a for p, (attacks, _) in zip(plans, built) for a in describe(p, attacks)]
     result.norm = built[0][1]
-    result.checks = masking_checks(result, session)
+    result.checks = masking_checks(result, session) if check else []
     done: list = []
     if resume and Path(out).exists():
         previous, kept = resume_from(out, result)
@@ -84,18 +91,62 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
 
 @exclusive_outputs
 def evaluate(config: EvalConfig) -> Result:
-    """Run the cascade on every runtime it applies to; score every runtime; checks, figure, one result file."""
-    session = open_session(config)
+    """Run the cascade on every runtime it applies to; score every runtime; checks, figure, one result file.
+    Under torchrun each rank does its shard and rank 0 writes the result (other ranks return their shard's)."""
+    group = shards.join(config.device)
+    session = open_session(replace(config, device=group.device(config.device)))
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
     result = new_result("evaluate", session)
-    stored = run_plans(result, session, [config.plan()], out, config.resume)
-    result.cells = classify_cells(result, stored, session.runners())
+    if group.active:
+        if group.rank == 0:
+            check_output(out, "--out")  # the merged result; each rank holds its own shard file
+        stored = run_sharded(result, session, [config.plan()], out, config.resume, group)
+        if group.rank != 0:
+            return result
+    else:
+        stored = run_plans(result, session, [config.plan()], out, config.resume)
+        result.cells = classify_cells(result, stored, session.runners())
     result.checks += [asdict(c) for c in checks.for_cells(result.cells, result.attacks, result.norm or "linf",
                                                           session.test.x[0].numel()) if c is not None]
     result.figure = write_figure(out.with_suffix(".png"), session, stored, result)
     result.complete = True
     save_result(out, result, stored)
+    shards.finish(out)
     return result
+
+
+def run_sharded(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool,
+                group: shards.Group) -> dict[str, torch.Tensor]:
+    """This rank's shard crafted and scored on its own and saved as it goes (with `resume`, a finished shard on
+    disk is reused and an unfinished one continued); on rank 0, every shard gathered into `result`."""
+    if any(not p.epsilons for p in plans):
+        raise RobustDeployError("under torchrun give --eps: budgets picked from minimal norms would differ by shard")
+    start, stop = shards.bounds(len(session.test), session.batch_size, group)
+    part = session.shard(start, stop)
+    path = shards.shard_path(out, start, stop)
+    shard = new_result("evaluate", part)
+    outcomes = shards.load_outcomes(path) if resume and path.is_file() else None
+    if outcomes is None:
+        shards.outcomes_path(path).unlink(missing_ok=True)  # a stale one would mark this shard finished
+        stored = run_plans(shard, part, plans, path, resume, check=False)
+        outcomes = {}
+        score_sets(shard, stored["y"], shards.recording(predictions(part.runners(), stored), outcomes))
+        save_result(path, shard, stored)
+        shards.save_outcomes(path, outcomes)  # last: a shard with outcomes is finished
+        log.info("shard %d-%d of %d samples finished -> %s", start, stop, len(session.test), path)
+    else:
+        shard, stored = load_matching(path, shard)
+        log.info("shard %d-%d of %d samples already finished in %s", start, stop, len(session.test), path)
+    parts = shards.gather((shard, stored, outcomes), group)
+    if parts is None:
+        return stored
+    result.sets, stored, outcomes, norms = shards.merge(parts)
+    result.attacks, result.norm, result.epsilons = shard.attacks, shard.norm, shard.epsilons
+    result.extra["norms"] = norms
+    result.seconds["attack"] = round(sum(s["seconds"] for s in result.sets), 4)
+    result.checks = masking_checks(result, session)
+    result.cells = score_sets(result, stored["y"], lambda runtime, key: outcomes[runtime + shards.SEP + key])
+    return stored
 
 
 def masking_checks(result: Result, session: Session) -> list[dict]:

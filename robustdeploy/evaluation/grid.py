@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 LEVELS = 255.0
+ROUNDING = ("fooled_before", "fooled_after", "stopped_fooling", "started_fooling")  # rounding_report's counts
 
 
 def to_grid(x: torch.Tensor) -> torch.Tensor:

@@ -96,10 +96,16 @@ def load_result(path: Path) -> tuple[Result, dict[str, torch.Tensor]]:
 SAME = ("kind", "bundle", "seed", "samples", "limit", "norm", "attacks")
 
 
-def resume_from(out: Path, fresh: Result) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Sets already crafted by an interrupted run with the same settings, and their tensors."""
+def load_matching(out: Path, fresh: Result) -> tuple[Result, dict[str, torch.Tensor]]:
+    """The result at `out` and its tensors, refused unless it was made with `fresh`'s settings."""
     previous, stored = load_result(out)
     if any(getattr(previous, k) != getattr(fresh, k) for k in SAME) or \
             previous.runtime_labels() != fresh.runtime_labels():
         raise RobustDeployError(f"{out} was made with other settings; use another --out or drop --resume")
+    return previous, stored
+
+
+def resume_from(out: Path, fresh: Result) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Sets already crafted by an interrupted run with the same settings, and their tensors."""
+    previous, stored = load_matching(out, fresh)
     return previous.sets, stored

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,12 @@ class Session:
     runtimes: list[Runtime]
     reference: torch.nn.Module
     torch: Runtime
+    offset: int = 0  # index in the split of `test`'s first sample (non-zero for a shard of a distributed run)
+
+    def shard(self, start: int, stop: int) -> Session:
+        """This session on samples [start, stop) of its split only (copied, so the whole split can be freed)."""
+        part = Split(self.test.x[start:stop].clone(), self.test.y[start:stop].clone())
+        return replace(self, test=part, offset=self.offset + start)
 
     @property
     def batch_size(self) -> int:

@@ -56,8 +56,9 @@ class SessionOptions:
         return options
 
 
-def open_session(path: Path, runtime: str, options: SessionOptions | None = None):
-    """An InferenceSession on `runtime`'s providers; raises if the main provider is not really in use."""
+def open_session(path: Path, runtime: str, options: SessionOptions | None = None, device_id: int = 0):
+    """An InferenceSession on `runtime`'s providers (GPU ones on `device_id`); raises if the main provider is not
+    really in use."""
     import onnxruntime as ort
 
     wanted = PROVIDERS[runtime]
@@ -70,7 +71,8 @@ def open_session(path: Path, runtime: str, options: SessionOptions | None = None
     ort.set_default_logger_severity(4)  # the fallback is reported below, in one line
     try:
         session = ort.InferenceSession(str(path), sess_options=(options or SessionOptions()).build(),
-                                       providers=wanted)
+                                       providers=[p if p == "CPUExecutionProvider" else (p, {"device_id": device_id})
+                                                  for p in wanted])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
         raise RobustDeployError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
     finally:
@@ -90,10 +92,11 @@ class OrtRuntime(Runtime):
 
     capability = Capability.SCORES
 
-    def __init__(self, spec: RuntimeSpec, path: Path, options: SessionOptions | None = None) -> None:
+    def __init__(self, spec: RuntimeSpec, path: Path, options: SessionOptions | None = None,
+                 device_id: int = 0) -> None:
         super().__init__(spec)
-        self.options = options or SessionOptions()
-        self.session = open_session(path, spec.name, self.options)
+        self.options, self.device_id = options or SessionOptions(), device_id
+        self.session = open_session(path, spec.name, self.options, device_id)
         self.input = self.session.get_inputs()[0]
         self.output_name = self.session.get_outputs()[0].name
         self.dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
@@ -110,10 +113,10 @@ class OrtRuntime(Runtime):
         if self.spec.name == "ort-cpu":
             return TimedCall(lambda: self.session.run([self.output_name], {self.input.name: array}), None)
         start = time.perf_counter()
-        device_input = ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0)
+        device_input = ort.OrtValue.ortvalue_from_numpy(array, "cuda", self.device_id)
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(self.input.name, device_input)
-        binding.bind_output(self.output_name, "cuda", 0)
+        binding.bind_output(self.output_name, "cuda", self.device_id)
         self.session.run_with_iobinding(binding)
         binding.copy_outputs_to_cpu()
         copy = time.perf_counter() - start
@@ -137,8 +140,9 @@ class OrtRuntime(Runtime):
 
 def _factory(name: str):
     def create(bundle: Bundle, spec: RuntimeSpec, session_options: SessionOptions | None = None,
-               **_: object) -> OrtRuntime:
-        return OrtRuntime(spec, bundle.variant_path(spec.variant), session_options)
+               device: str = "cpu", **_: object) -> OrtRuntime:
+        device_id = int(device.partition(":")[2] or 0)  # --device cuda:N (a torchrun rank's GPU) for CUDA/TRT
+        return OrtRuntime(spec, bundle.variant_path(spec.variant), session_options, device_id)
 
     create.__doc__ = f"ONNX Runtime on {PROVIDERS[name][0]}"
     return create

@@ -1,0 +1,147 @@
+"""Scale-out on torch.distributed (run under `torchrun`): each rank takes a contiguous shard of the split, made of
+whole batches so every sample meets the same batch and seed as in one process; a shard's sets and per-sample
+outcomes are written to disk as they finish, and rank 0 gathers the shards into the one result."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save
+
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation.results import Result
+from robustdeploy.io import atomic_write_bytes
+
+SEP = "|"  # joins runtime and set key in an outcomes file: "ort-cpu|pgd/torch/eps=0.1"
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place in a torchrun job (rank 0 of 1 outside one)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Group:
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    def device(self, device: str) -> str:
+        """`cuda:LOCAL_RANK` for a CUDA run under torchrun (torch and ONNX Runtime's device_id alike)."""
+        return f"cuda:{self.local_rank}" if self.active and device.startswith("cuda") else device
+
+
+def join(device: str) -> Group:
+    """Under torchrun, join the process group (gloo on CPU, NCCL on GPUs) once; a no-op in a single process."""
+    group = Group.from_env()
+    if group.active and not dist.is_initialized():
+        if device.startswith("cuda"):
+            torch.cuda.set_device(group.local_rank)
+            dist.init_process_group("nccl", device_id=torch.device(group.device(device)))
+        else:
+            dist.init_process_group("gloo")
+        atexit.register(dist.destroy_process_group)
+        logging.getLogger("robustdeploy").addFilter(_tag(group.rank))
+    return group
+
+
+def _tag(rank: int) -> Callable[[logging.LogRecord], bool]:
+    """Progress lines of the ranks interleave on one terminal: each says which rank it comes from."""
+    def tag(record: logging.LogRecord) -> bool:
+        record.msg = f"[rank {rank}] {record.msg}"
+        return True
+    return tag
+
+
+def bounds(samples: int, batch_size: int, group: Group) -> tuple[int, int]:
+    """[start, stop) of this rank's shard: contiguous whole batches, the first ranks taking one more if uneven."""
+    batches = -(-samples // batch_size)
+    if batches < group.size:
+        raise RobustDeployError(f"{samples} samples in batches of {batch_size} make {batches} batches for "
+                                f"{group.size} processes; use fewer processes or a smaller --batch-size")
+    share, extra = divmod(batches, group.size)
+    first = group.rank * share + min(group.rank, extra)
+    last = first + share + (group.rank < extra)
+    return first * batch_size, min(last * batch_size, samples)
+
+
+def folder(out: Path) -> Path:
+    return Path(out).with_suffix(".shards")
+
+
+def shard_path(out: Path, start: int, stop: int) -> Path:
+    return folder(out) / f"samples-{start:07d}-{stop:07d}.json"
+
+
+def outcomes_path(path: Path) -> Path:
+    return Path(path).with_suffix(".outcomes.safetensors")
+
+
+def recording(labels: Callable[[str, str], torch.Tensor], seen: dict[str, torch.Tensor]) -> Callable:
+    """`labels` that also keeps every (runtime, set) it was asked for: the shard's per-sample outcomes."""
+    def call(runner: str, key: str) -> torch.Tensor:
+        seen[runner + SEP + key] = labels(runner, key)
+        return seen[runner + SEP + key]
+    return call
+
+
+def save_outcomes(path: Path, outcomes: dict[str, torch.Tensor]) -> None:
+    atomic_write_bytes(outcomes_path(path), save({k: v.contiguous() for k, v in outcomes.items()}))
+
+
+def load_outcomes(path: Path) -> dict[str, torch.Tensor] | None:
+    """The outcomes of a finished shard, or None if it never finished."""
+    found = outcomes_path(path)
+    return load_file(str(found)) if found.is_file() else None
+
+
+Shard = tuple[Result, dict[str, torch.Tensor], dict[str, torch.Tensor]]  # result, stored sets, outcomes
+
+
+def gather(shard: Shard, group: Group) -> list[Shard] | None:
+    """Every rank's shard, in rank order, on rank 0 (None elsewhere)."""
+    found: list[Shard] | None = [None] * group.size if group.rank == 0 else None  # type: ignore[list-item]
+    dist.gather_object(shard, found, dst=0)
+    return found
+
+
+def merge(parts: list[Shard]) -> tuple[list[dict], dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """Sets (counts summed over shards), stored sets and outcomes (concatenated), and minimal-norm norms."""
+    results = [p[0] for p in parts]
+    stored = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+    outcomes = {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
+    sets = []
+    for each in zip(*(r.sets for r in results)):
+        merged = dict(each[0])
+        attacked = sum(s["attacked"] for s in each)
+        merged.update(attacked=attacked, seconds=round(sum(s["seconds"] for s in each), 4),
+                      gradients=sum(s["gradients"] for s in each), queries_median=None)
+        if merged["queries_mean"] is not None:  # the median of a split run is not recoverable from shards
+            merged["queries_mean"] = round(sum(s["queries_mean"] * s["attacked"] for s in each) / max(1, attacked),
+                                           2)
+        if merged["rounding"] is not None:
+            merged["rounding"] = {k: sum(s["rounding"][k] for s in each) for k in merged["rounding"]}
+        sets.append(merged)
+    norms = {k: [n for r in results for n in r.extra.get("norms", {}).get(k, [])]
+             for k in results[0].extra.get("norms", {})}
+    return sets, stored, outcomes, norms
+
+
+def finish(out: Path) -> None:
+    """Drop the shards once the one result that holds them all is on disk."""
+    shutil.rmtree(folder(out), ignore_errors=True)
+

@@ -1,0 +1,242 @@
+"""`report RESULTS --html page.html [--markdown page.md]`: one self-contained page over result files. Every
+sanity-check warning comes first, in words; then per bundle and result: accuracy-versus-budget curves per
+runtime, the per-attack and worst-case table, examples, samples whose outcome differs from PyTorch, detector
+scores and ROC, and the rounding report. Figures are PNGs inside the HTML (base64), so it needs no network."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation.results import Result, load_result
+from robustdeploy.figures import budget_curves, example_grid, score_figure
+from robustdeploy.io import atomic_write_text, check_output
+from robustdeploy.report import EVALUATION_HEADERS, _fmt, evaluation_rows, table
+
+SHOWN_INDICES = 20  # sample indices listed per row of the differs-from-torch table
+
+
+@dataclass
+class Figure:
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list]
+
+
+@dataclass
+class Part:
+    """One result's section: a title, then text, tables and figures in order."""
+
+    title: str
+    blocks: list[str | Table | Figure] = field(default_factory=list)
+
+
+@dataclass
+class Page:
+    warnings: list[str]
+    bundles: dict[str, list[Part]]
+
+
+def build_page(paths: list[Path], detector_device: str = "cpu") -> Page:
+    """Read every result and lay the page out; nothing is measured here except the detector scores, which are
+    recomputed from the stored examples."""
+    if not paths:
+        raise RobustDeployError("give at least one result JSON (written by evaluate, compare, check, ...)")
+    loaded = [(Path(p), *load_result(p)) for p in paths]
+    warnings, bundles = [], {}
+    for path, result, stored in loaded:
+        name = f"{Path(result.bundle).name} / {path.name}"
+        warnings += [f"{name}: {c['name'].replace('_', ' ')} — {c['detail']}" for c in result.checks
+                     if not c["passed"]]
+        if not result.complete:
+            warnings.append(f"{name}: the run was interrupted; its numbers cover only the sets crafted before that")
+        if result.kind == "check" and not result.extra.get("passed", True):
+            warnings += [f"{name}: gate FAILED for {i['runtime']}: {i['check']} — {i['detail']}"
+                         for i in result.extra.get("items", []) if not i["passed"]]
+        bundles.setdefault(Path(result.bundle).name, []).append(_part(path, result, stored, detector_device))
+    return Page(warnings, bundles)
+
+
+def _part(path: Path, result: Result, stored: dict[str, torch.Tensor], device: str) -> Part:
+    attacks = ", ".join(a["label"] for a in result.attacks) or "-"
+    part = Part(f"{path.name}: {result.kind}", [
+        f"{result.samples} test samples, seed {result.seed}, norm {result.norm}, attacks {attacks}; runtimes "
+        f"{', '.join(result.runtime_labels())}."])
+    if result.cells and "robust_accuracy" in result.cells[0]:
+        part.blocks.append(Figure(budget_curves(curves(result), result.norm or "linf", "worst case over the "
+                                                "cascade"), "Accuracy against the budget (eps 0: clean accuracy)."))
+        part.blocks += ["Per attack of the cascade; the last row of each budget and runtime is the worst case.",
+                        Table(EVALUATION_HEADERS, evaluation_rows(result))]
+        part.blocks += differs(result)
+    if "median_latency_ms" in result.extra:  # compare keeps medians only, not the distributions
+        agreement, latency = result.extra.get("agreement_with_torch", {}), result.extra["median_latency_ms"]
+        part.blocks += [f"Median latency at batch {result.extra.get('latency_batch')} and top-1 agreement with "
+                        "PyTorch on clean inputs.",
+                        Table(["runtime", "median ms", "agreement %"],
+                              [[k, f"{v:.3f}", agreement.get(k)] for k, v in latency.items()])]
+    part.blocks += examples(path, result, stored)
+    if result.scorer == "detect":
+        part.blocks += detector_blocks(result, stored, device)
+    rounding = [[s["key"], s["attacked"], *(s["rounding"][k] for k in ("fooled_before", "fooled_after",
+                                                                       "stopped_fooling", "started_fooling"))]
+                for s in result.sets if s.get("rounding")]
+    if rounding:
+        part.blocks += ["Rounding to the 8-bit images the deployment receives: samples fooling the attacked model "
+                        "before and after rounding.",
+                        Table(["set", "attacked", "fooled (float)", "fooled (8-bit)", "stopped fooling",
+                               "started fooling"], rounding)]
+    return part
+
+
+def curves(result: Result) -> dict[str, list[tuple[float, float]]]:
+    """Per runtime (and group of sets), (0, clean accuracy) and (eps, accuracy after the whole cascade)."""
+    group = {s["attack"]: s["group"] for s in result.sets}
+    worst: dict[tuple[str, str, float], dict] = {}
+    for c in result.cells:  # cells run in cascade order: the last one of a budget is the worst case
+        worst[c["runtime"], group.get(c["attack"], ""), c["eps"]] = c
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for (runtime, name, eps), c in worst.items():
+        line = lines.setdefault(f"{runtime} {name}".strip(), [(0.0, c["clean_accuracy"])])
+        line.append((eps, c["robust_accuracy"]))
+    return lines
+
+
+def differs(result: Result) -> list:
+    """Samples whose clean prediction or attacked outcome differs between PyTorch and each deployment."""
+    rows = [[c["runtime"], f"{c['eps']:g}", c["attack"], len(c["clean_differs_from_torch"]),
+             len(c["outcome_differs_from_torch"]), _indices(c["outcome_differs_from_torch"])]
+            for c in result.cells if c["runtime"] != "torch" and
+            (c["clean_differs_from_torch"] or c["outcome_differs_from_torch"])]
+    if not rows:
+        return ["Every deployment agrees with PyTorch on every sample's clean prediction and attacked outcome."]
+    return ["Samples whose outcome differs between PyTorch and a deployment (indices into the test split).",
+            Table(["runtime", "eps", "after attack", "clean≠torch", "outcome≠torch", "samples"], rows)]
+
+
+def _indices(found: list[int]) -> str:
+    shown = ", ".join(map(str, found[:SHOWN_INDICES]))
+    return shown + (f" … ({len(found)} in all)" if len(found) > SHOWN_INDICES else "")
+
+
+def examples(path: Path, result: Result, stored: dict[str, torch.Tensor]) -> list:
+    """The result's own example figure (with each runtime's predictions), else a grid drawn from its examples."""
+    if result.figure and (path.parent / result.figure).is_file():
+        return [Figure((path.parent / result.figure).read_bytes(), "Examples: clean, perturbation, adversarial, "
+                       "with each runtime's clean -> adversarial prediction.")]
+    sets = [s for s in result.sets if s["eps"] is not None and s["key"] in stored]
+    if not sets or "x" not in stored:
+        return []
+    last = max(sets, key=lambda s: (s["eps"], s["stage"]))
+    x, adv, y = stored["x"], stored[last["key"]], stored["y"]
+    index = (adv != x).flatten(1).any(1).nonzero().flatten()[:4]
+    if not len(index):
+        return []
+    return [Figure(example_grid(x[index], adv[index], y[index], f"{last['key']}"),
+                   f"Examples of {last['key']} (this result kept no predictions per runtime).")]
+
+
+def detector_blocks(result: Result, stored: dict[str, torch.Tensor], device: str) -> list:
+    """Per runtime, detector scores of clean samples and of successful adversarials at the largest budget, for
+    each set (oblivious cascade and adaptive), recomputed from the stored examples with the bundle's graphs."""
+    from robustdeploy.bundle import load_bundle
+    from robustdeploy.evaluation.detector import open_detectors
+
+    bundle = load_bundle(Path(result.bundle))
+    detectors = open_detectors(bundle, result.runtime_labels(), device)
+    threshold = result.extra["detector"]["threshold"]
+    top = max(result.epsilons)
+    y, blocks = stored["y"], []
+    for label in result.runtime_labels():
+        logits, clean, _ = detectors[label].run(stored["x"])
+        correct = logits.argmax(1) == y
+        for s in [s for s in result.sets if s["eps"] is not None and abs(s["eps"] - top) < 1e-12]:
+            adv_logits, scores, _ = detectors[label].run(stored[s["key"]])
+            fooled = correct & (adv_logits.argmax(1) != y)
+            blocks.append(Figure(score_figure(clean[correct], scores[fooled], threshold, f"{label}: {s['key']}"),
+                                 f"Detector scores on {label}, {s['key']}: clean samples it classifies correctly "
+                                 f"and the adversarials that fool it."))
+    return blocks
+
+
+def _table_html(t: Table) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in t.headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in t.rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:0.85em}th,td{border:1px solid #ccc;padding:3px 8px;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.warnings{background:#fff4e5;border-left:4px solid #e69500;padding:0.5em 1em}.ok{background:#eef8ee;
+border-left:4px solid #3a3;padding:0.5em 1em}figure{margin:0.5em 0 1.5em}img{max-width:100%}
+figcaption{font-size:0.85em;color:#555}"""
+
+
+def to_html(page: Page) -> str:
+    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>robustdeploy report</title>",
+           f"<style>{STYLE}</style></head><body><h1>robustdeploy report</h1>"]
+    if page.warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in page.warnings)
+        out.append(f"<div class='warnings' id='warnings'><h2>Warnings ({len(page.warnings)})</h2><ul>{items}</ul>"
+                   "</div>")
+    else:
+        out.append("<div class='ok' id='warnings'>Every sanity check passed.</div>")
+    for bundle, parts in page.bundles.items():
+        out.append(f"<h2>Bundle {html.escape(bundle)}</h2>")
+        for part in parts:
+            out.append(f"<h3>{html.escape(part.title)}</h3>")
+            for block in part.blocks:
+                if isinstance(block, Table):
+                    out.append(_table_html(block))
+                elif isinstance(block, Figure):
+                    data = base64.b64encode(block.png).decode()
+                    out.append(f"<figure><img alt='{html.escape(block.caption)}' src='data:image/png;base64,{data}'>"
+                               f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+                else:
+                    out.append(f"<p>{html.escape(block)}</p>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def to_markdown(page: Page) -> str:
+    """The same page without its figures (they live in the HTML)."""
+    out = ["# robustdeploy report", ""]
+    out += ["## Warnings", "", *[f"- {w}" for w in page.warnings], ""] if page.warnings else \
+        ["Every sanity check passed.", ""]
+    for bundle, parts in page.bundles.items():
+        out += [f"## Bundle {bundle}", ""]
+        for part in parts:
+            out += [f"### {part.title}", ""]
+            for block in part.blocks:
+                if isinstance(block, Table):
+                    out += [table(block.headers, block.rows, markdown=True), ""]
+                elif isinstance(block, Figure):
+                    out += [f"*Figure (in the HTML report): {block.caption}*", ""]
+                else:
+                    out += [block, ""]
+    return "\n".join(out)
+
+
+def write_report(paths: list[Path], html_out: Path | None, markdown_out: Path | None) -> Page:
+    """Build the page once and write it as HTML and/or Markdown (atomically)."""
+    if html_out is None and markdown_out is None:
+        raise RobustDeployError("give --html report.html and/or --markdown report.md")
+    for out, option in ((html_out, "--html"), (markdown_out, "--markdown")):
+        if out is not None:
+            check_output(out, option)
+    page = build_page(paths)
+    if html_out is not None:
+        atomic_write_text(html_out, to_html(page))
+    if markdown_out is not None:
+        atomic_write_text(markdown_out, to_markdown(page))
+    return page
