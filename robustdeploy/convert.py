@@ -1,9 +1,10 @@
 """A PyTorch graph for an ONNX file that came without one: onnx2torch for gradients, ONNX Runtime for scores only.
 
-onnx2torch 1.5 refuses `Reshape(allowzero=1)`, which torch's dynamo exporter emits on every reshape; with a target
-shape that holds no 0, allowzero changes nothing (it only matters for a 0 in the shape), so such nodes are rewritten
-to allowzero=0 before converting. Targets computed at run time cannot be read here; the converted graph's parity with
-ONNX Runtime, measured at import, is what decides whether it is trusted.
+onnx2torch 1.5 knows operator versions up to opset 17 and refuses `Reshape(allowzero=1)`; torch's dynamo exporter
+writes opset 18 to 20 and allowzero=1 on every reshape. So a newer graph is first lowered to opset 17 with ONNX's
+version converter, and with a target shape that holds no 0 allowzero changes nothing (it only matters for a 0 in the
+shape), so such nodes are rewritten to allowzero=0. Targets computed at run time cannot be read here; the converted
+graph's parity with ONNX Runtime, measured at import, is what decides whether it is trusted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,22 @@ def _constants(model) -> dict[str, np.ndarray]:
     return found
 
 
+CONVERTER_OPSET = 17
+
+
+def lowered(model):
+    """`model` at opset 17 when it is newer and ONNX's version converter can lower it; else unchanged."""
+    from onnx import version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset <= CONVERTER_OPSET:
+        return model
+    try:
+        return version_converter.convert_version(model, CONVERTER_OPSET)
+    except Exception:  # no adapter for some operator: let onnx2torch try the original and name what it lacks
+        return model
+
+
 def without_allowzero(model):
     """A copy of `model` with `Reshape(allowzero=1)` set to 0 wherever the target shape cannot hold a 0."""
     model = type(model).FromString(model.SerializeToString())
@@ -52,7 +69,7 @@ def convert_onnx(path: Path, preprocessing: Preprocessing) -> torch.nn.Module:
     from onnx2torch import convert
 
     try:
-        net = convert(without_allowzero(onnx.load(str(path))))
+        net = convert(without_allowzero(lowered(onnx.load(str(path)))))
     except Exception as exc:  # the converter raises NotImplementedError, KeyError, ... for what it lacks
         raise RobustDeployError(f"onnx2torch cannot convert {path.name} ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from None

@@ -76,22 +76,25 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
 
 
 def check_parity(model: torch.nn.Module, onnx_path: Path, x: torch.Tensor, tolerance: ParityTolerance,
-                 label: str = "ort-cpu", preprocessing: Preprocessing | None = None) -> ParityReport:
-    """ONNX Runtime CPU against PyTorch on `x`."""
+                 label: str = "ort-cpu", preprocessing: Preprocessing | None = None,
+                 reference: str = "torch") -> ParityReport:
+    """ONNX Runtime CPU against PyTorch (`model`, named `reference` in the report) on `x`."""
     runtime = OrtRuntime(RuntimeSpec("ort-cpu", label.partition(":")[2] or "fp32"), onnx_path,
                          preprocessing=preprocessing)
     with torch.no_grad():
-        reference = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
-    return compare_logits(reference, runtime.logits(x), tolerance, runtime=label)
+        expected = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
+    return compare_logits(expected, runtime.logits(x), tolerance, runtime=label, reference_name=reference)
 
 
 def build_variants(model: torch.nn.Module, tmp: Path, test_x: torch.Tensor, train_x: torch.Tensor,
                    config: VariantConfig, tolerance: ParityTolerance, input_name: str = INPUT_NAME,
-                   preprocessing: Preprocessing | None = None) -> tuple[dict, list[ParityReport], ParityReport]:
+                   preprocessing: Preprocessing | None = None,
+                   reference: str = "torch") -> tuple[dict, list[ParityReport], ParityReport]:
     """Parity of `tmp/model.onnx` with `model`, then each precision variant built from it and checked: the variants'
     manifest entries, the reports that failed, and the fp32 report. `preprocessing` normalises ONNX inputs when the
     graph expects normalised input (an imported model's)."""
-    parity = check_parity(model, tmp / "model.onnx", test_x, tolerance, preprocessing=preprocessing)
+    parity = check_parity(model, tmp / "model.onnx", test_x, tolerance, preprocessing=preprocessing,
+                          reference=reference)
     variants = {"fp32": variant_entry("fp32", config, parity.to_dict())}
     failed = [] if parity.passed else [parity]
     outside = preprocessing is not None and preprocessing.normalisation == "outside"
@@ -106,7 +109,7 @@ def build_variants(model: torch.nn.Module, tmp: Path, test_x: torch.Tensor, trai
             make_int8(tmp / "model.onnx", path, preprocessing.normalise(calibration) if outside else calibration,
                       config, input_name)
         report = check_parity(model, path, test_x, config.tolerances[precision], label=f"ort-cpu:{precision}",
-                              preprocessing=preprocessing)
+                              preprocessing=preprocessing, reference=reference)
         variants[precision] = variant_entry(precision, config, report.to_dict())
         failed += [] if report.passed else [report]
     return variants, failed, parity

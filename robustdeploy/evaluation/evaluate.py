@@ -11,7 +11,16 @@ import torch
 
 from robustdeploy.attacks import cascade
 from robustdeploy.evaluation import checks
-from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe
+from robustdeploy.evaluation.craft import (
+    Crafted,
+    CraftedSet,
+    Plan,
+    build,
+    craft,
+    describe,
+    require_gradient_source,
+    with_surrogate,
+)
 from robustdeploy.evaluation.results import Result, resume_from, save_result
 from robustdeploy.evaluation.score import predictions, score_cascade
 from robustdeploy.evaluation.session import Session, SessionConfig, open_session
@@ -29,6 +38,7 @@ class EvalConfig(SessionConfig):
     out: Path | None = None
     resume: bool = False
     realise: bool = True
+    surrogate: Path | None = None  # craft gradient attacks on this bundle's PyTorch graph (a transfer attack)
 
     def plan(self) -> Plan:
         return Plan(cascade(self.attacks, self.attack_params), self.epsilons, self.realise)
@@ -58,7 +68,9 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
     built = [build(p, session.config.seed, session.test.x[0].numel()) for p in plans]
     result.attacks = [a for p, (attacks, _) in zip(plans, built) for a in describe(p, attacks)]
     result.norm = built[0][1]
-    result.checks = masking_checks(result, session)
+    for plan, (attacks, _) in zip(plans, built):
+        require_gradient_source(session, plan, attacks)
+    result.checks = masking_checks(result, session, plans[0].source_model)
     done: list = []
     if resume and Path(out).exists():
         previous, kept = resume_from(out, result)
@@ -87,7 +99,11 @@ def evaluate(config: EvalConfig) -> Result:
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
     check_output(out, "--out")
     result = new_result("evaluate", session)
-    stored = run_plans(result, session, [config.plan()], out, config.resume)
+    plan = config.plan()
+    if config.surrogate is not None:
+        plan = with_surrogate(plan, session, config.surrogate)
+        result.extra["surrogate"] = {"bundle": str(config.surrogate), "source": plan.source}
+    stored = run_plans(result, session, [plan], out, config.resume)
     result.cells = classify_cells(result, stored, session.runners())
     result.checks += [asdict(c) for c in checks.for_cells(result.cells, result.attacks, result.norm or "linf",
                                                           session.test.x[0].numel()) if c is not None]
@@ -97,12 +113,14 @@ def evaluate(config: EvalConfig) -> Result:
     return result
 
 
-def masking_checks(result: Result, session: Session) -> list[dict]:
-    """Masking signs on the reference for the attacks' own losses, logged before any budget is spent."""
+def masking_checks(result: Result, session: Session, source: torch.nn.Module | None = None) -> list[dict]:
+    """Masking signs on the gradient source (the reference unless `source`) for the attacks' own losses, logged before
+    any budget is spent; a score-only bundle without a surrogate has no gradients to check."""
     losses = {a["params"].get("loss") for a in result.attacks if a["needs"] == "gradients"} - {None}
-    found = [checks.input_gradients(session.reference, session.test.x, session.test.y, loss,
+    model = source if source is not None else None if session.bundle.score_only else session.reference
+    found = [checks.input_gradients(model, session.test.x, session.test.y, loss,
                                     batch_size=session.batch_size, device=session.device)
-             for loss in sorted(losses or {"margin"})]
+             for loss in sorted(losses or {"margin"}) if model is not None]
     found += [checks.outputs_are_logits(session.runtimes[0].logits(session.test.x, session.batch_size)),
               checks.masking_defense(session.bundle.defense, losses)]
     for c in (c for c in found if not c.passed):
@@ -113,7 +131,8 @@ def masking_checks(result: Result, session: Session) -> list[dict]:
 def write_figure(path: Path, session: Session, stored: dict[str, torch.Tensor], result: Result) -> str | None:
     """A PNG of a few examples of the last set scored on the first runtime, predictions of every runtime."""
     first = session.runtimes[0].label
-    sets = [s for s in result.sets if s["eps"] is not None and s["source"] in ("torch", first)]
+    sources = ("torch", first, result.extra.get("surrogate", {}).get("source"))
+    sets = [s for s in result.sets if s["eps"] is not None and s["source"] in sources]
     if not sets:
         return None
     last = max(sets, key=lambda s: (s["eps"], s["stage"]))
