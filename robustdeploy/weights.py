@@ -28,11 +28,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise RobustDeployError(f"cannot read {path} as safetensors ({exc}); re-save it") from None
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as exc:
-        detail = str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else type(exc).__name__
-        raise RobustDeployError(f"{path} is not a plain state dict (a pickled checkpoint or model cannot be read "
-                                f"safely: {detail}); save model.state_dict() with safetensors.torch.save_file or "
-                                "torch.save") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError):
+        raise RobustDeployError(f"{path} is a pickled checkpoint, not a plain state dict (torch.load with "
+                                "weights_only=True refuses the objects in it, and robustdeploy never unpickles); save "
+                                "model.state_dict() with safetensors.torch.save_file or torch.save") from None
     if isinstance(state, dict):
         inner = [state[k] for k in WRAPPERS if isinstance(state.get(k), dict)]
         state = inner[0] if inner and not any(isinstance(v, torch.Tensor) for v in state.values()) else state
