@@ -1,6 +1,8 @@
 """robustdeploy: does my image classifier stay accurate and robust once it is deployed?"""
 
-__version__ = "0.1.0"
+from robustdeploy.version import __version__
+
+__all__ = ["__version__", "bundle_from_module"]
 
 
 def __getattr__(name: str):

@@ -487,7 +487,7 @@ def list_registries() -> None:
     from robustdeploy.runtimes import RUNTIMES
 
     echo("datasets:      " + ", ".join(DATASETS.names()))
-    echo("architectures: " + ", ".join(MODELS.names()) + ", timm:<any timm model>")
+    echo("architectures: " + ", ".join(MODELS.names()) + ", timm:<any timm model>, tv:<any torchvision model>")
     echo("attacks:       " + ", ".join(ATTACKS.names()))
     echo("runtimes:      " + ", ".join(RUNTIMES.names()))
     echo("defenses:      " + ", ".join(DEFENSES.names()))

@@ -37,7 +37,10 @@ def inspect_onnx(path: Path) -> OnnxInterface:
     if not path.is_file():
         raise RobustDeployError(f"{path} does not exist; give the ONNX file of the deployment")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            raise RobustDeployError(f"{path.name} keeps its weights in external data files; save it as one file "
+                                    "(onnx.save(model, path, save_as_external_data=False)) to import it")
         onnx.checker.check_model(model, full_check=True)
     except (DecodeError, OSError, ValueError, onnx.checker.ValidationError,
             onnx.shape_inference.InferenceError) as exc:

@@ -130,8 +130,8 @@ def require_gradient_source(session: Session, plan: Plan, attacks: list[Attack])
     if needing and plan.source_model is None and session.bundle.score_only:
         raise RobustDeployError(f"bundle {session.bundle.name!r} is score-only (its ONNX graph has no PyTorch twin), "
                                 f"so {', '.join(needing)} cannot compute gradients on it; use a black-box attack on "
-                                "the deployment (--attack square or --attack hsj) or transfer from another bundle "
-                                "(--surrogate BUNDLE)")
+                                "the deployment (--attack square or --attack hopskipjump) or transfer from another "
+                                "bundle (--surrogate BUNDLE)")
 
 
 def with_surrogate(plan: Plan, session: Session, surrogate: Path) -> Plan:
