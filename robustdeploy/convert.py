@@ -3,8 +3,10 @@
 onnx2torch 1.5 knows operator versions up to opset 17 and refuses `Reshape(allowzero=1)`; torch's dynamo exporter
 writes opset 18 to 20 and allowzero=1 on every reshape. So a newer graph is first lowered to opset 17 with ONNX's
 version converter, and with a target shape that holds no 0 allowzero changes nothing (it only matters for a 0 in the
-shape), so such nodes are rewritten to allowzero=0. Targets computed at run time cannot be read here; the converted
-graph's parity with ONNX Runtime, measured at import, is what decides whether it is trusted.
+shape), so such nodes are rewritten to allowzero=0. torch's TorchScript exporter shares equal weights through
+`Identity` nodes, where onnx2torch's Conv wants an initializer: such Identity nodes are bypassed. Targets computed
+at run time cannot be read here; the converted graph's parity with ONNX Runtime, measured at import, is what decides
+whether it is trusted.
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ def lowered(model):
         return model
 
 
+def without_constant_identities(model):
+    """A copy of `model` whose nodes read initializers directly instead of through `Identity(initializer)`."""
+    model = type(model).FromString(model.SerializeToString())
+    initializers = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in outputs}
+    kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            node.input[i] = alias.get(name, name)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
 def without_allowzero(model):
     """A copy of `model` with `Reshape(allowzero=1)` set to 0 wherever the target shape cannot hold a 0."""
     model = type(model).FromString(model.SerializeToString())
@@ -69,7 +87,7 @@ def convert_onnx(path: Path, preprocessing: Preprocessing) -> torch.nn.Module:
     from onnx2torch import convert
 
     try:
-        net = convert(without_allowzero(lowered(onnx.load(str(path)))))
+        net = convert(without_constant_identities(without_allowzero(lowered(onnx.load(str(path))))))
     except Exception as exc:  # the converter raises NotImplementedError, KeyError, ... for what it lacks
         raise RobustDeployError(f"onnx2torch cannot convert {path.name} ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from None

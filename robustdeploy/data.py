@@ -103,9 +103,8 @@ def load_dataset(config: DataConfig) -> Dataset:
         raise RobustDeployError("--val-fraction and --test-fraction must lie in (0, 1)")
     factory = DATASETS.get(config.name)
     raw = factory(config)
-    x, y = _to_float(raw.x), torch.from_numpy(np.asarray(raw.y)).long()
-    order = torch.from_numpy(_permute(len(y), config.seed))
-    x, y = x[order], y[order]
+    order = _permute(len(raw.y), config.seed)  # permuted before the float copy: one float copy of the pool, not two
+    x, y = _to_float(raw.x[order]), torch.from_numpy(np.asarray(raw.y)[order]).long()
     n_val = max(1, int(round(len(y) * config.val_fraction)))
     if raw.x_test is not None:
         test = Split(_to_float(raw.x_test), torch.from_numpy(np.asarray(raw.y_test)).long())

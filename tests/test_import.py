@@ -256,3 +256,28 @@ def test_weights_that_do_not_fit_are_one_line(case, needle, image_folder, tmp_pa
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_weights_shared_through_identity_nodes_still_convert(tmp_path):
+    """TorchScript-exported graphs feed Conv biases through Identity(initializer); onnx2torch needs them direct."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from robustdeploy.convert import convert_onnx
+    from robustdeploy.runtimes.base import RuntimeSpec
+    from robustdeploy.runtimes.ort import OrtRuntime
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((3, 1, 3, 3)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["b"], ["b_shared"]), helper.make_node("Conv", ["x", "w", "b_shared"], ["c"]),
+         helper.make_node("GlobalAveragePool", ["c"], ["p"]), helper.make_node("Flatten", ["p"], ["out"])],
+        "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 3])], [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = torch.rand(4, 1, 8, 8)
+    converted = convert_onnx(tmp_path / "m.onnx", Preprocessing((1, 8, 8)))
+    expected = OrtRuntime(RuntimeSpec("ort-cpu"), tmp_path / "m.onnx").logits(x)
+    assert torch.allclose(converted(x).detach(), expected, atol=1e-5)
