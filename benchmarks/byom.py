@@ -103,6 +103,7 @@ def main() -> None:
     from robustdeploy.variants import VariantConfig
 
     torch.set_num_threads(2)
+    torch.manual_seed(0)  # the random weights
     work = Path(tempfile.mkdtemp(prefix="byom-"))
     # the folders hold 2x the test images: load_dataset splits test_fraction=0.5 off for evaluation
     roots = [write_folder(work / f"data-{n}", 2 * n, args.classes) for n in args.sizes]
