@@ -10,10 +10,13 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
+import torch
+
 from robustdeploy.data import DataConfig
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import read_document, sha256_file
-from robustdeploy.models import Classifier, ModelSpec, load_weights
+from robustdeploy.models import ModelSpec, load_weights
+from robustdeploy.preprocess import Preprocessing
 
 BUNDLE_FORMAT = "robustdeploy-bundle/1"
 MANIFEST = "manifest.json"
@@ -156,9 +159,35 @@ class Bundle:
             raise RobustDeployError(f"bundle {self.name!r} has no {variant!r} variant (has {have}); {fix}")
         return self.path / self.variants[variant]["file"]
 
-    def reference_model(self) -> Classifier:
-        """The PyTorch training graph, rebuilt from the spec and safetensors weights."""
-        return load_weights(self.spec, self.path / self.manifest["reference"])
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become the pixels the runtimes receive (manifest `preprocessing`; older bundles: the input
+        shape with normalisation inside the graph)."""
+        if "preprocessing" in self.manifest:
+            return Preprocessing.from_dict(self.manifest["preprocessing"])
+        return Preprocessing(self.input_shape, self.spec.mean, self.spec.std)
+
+    @property
+    def gradients(self) -> str:
+        """Where the PyTorch graph comes from (manifest `gradients.source`): `spec` (rebuilt from the model spec and
+        safetensors weights), `onnx2torch` (converted from the ONNX reference file) or `none` (score-only)."""
+        return self.manifest.get("gradients", {}).get("source", "spec")
+
+    @property
+    def score_only(self) -> bool:
+        return self.gradients == "none"
+
+    def reference_model(self) -> torch.nn.Module:
+        """The PyTorch graph taking [0, 1] pixels: rebuilt from spec + weights, converted from ONNX, or (score-only
+        bundles) the ONNX graph on ONNX Runtime CPU, which gives scores but no gradients."""
+        reference = self.path / self.manifest["reference"]
+        if self.gradients == "spec":
+            return load_weights(self.spec, reference)
+        from robustdeploy.convert import OnnxScores, convert_onnx
+
+        if self.score_only:
+            return OnnxScores(reference, self.preprocessing)
+        return convert_onnx(reference, self.preprocessing)
 
 
 def load_bundle(path: Path) -> Bundle:

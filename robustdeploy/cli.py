@@ -162,6 +162,91 @@ def export(
     echo(f"bundle -> {bundle.path}")
 
 
+import_app = typer.Typer(no_args_is_help=True, help="Bring your own model: a bundle from PyTorch weights or an ONNX "
+                                                     "file, exported, parity-checked and hashed like a trained one.")
+app.add_typer(import_app, name="import")
+InputSize = Annotated[tuple[int, int, int], typer.Option(help="Model input C H W, e.g. 3 224 224.")]
+ImportArch = Annotated[str | None, typer.Option(help="timm:NAME, tv:NAME or a built-in architecture.")]
+ImportWeights = Annotated[Path | None, typer.Option(help=".safetensors, or a state dict saved with torch.save.")]
+ImportOut = Annotated[Path, typer.Option(help="Bundle folder to write.")]
+ImportDataset = Annotated[str, typer.Option(help="Evaluation data: imagefolder (class sub-folders of images), or "
+                                                 "any dataset of `robustdeploy list`.")]
+Stats = Annotated[str | None, typer.Option(help="Per-channel values, comma-separated (0.485,0.456,0.406) or "
+                                                "'imagenet'.")]
+Resize = Annotated[int | None, typer.Option(help="Resize the shorter side to this before the centre crop (default: "
+                                                 "the input size).")]
+ChannelOrder = Annotated[str, typer.Option(help="RGB or BGR.")]
+ClassesFile = Annotated[Path | None, typer.Option("--classes", help="Class names, one a line (default: the data "
+                                                                    "folder's sub-folders).")]
+Precisions = Annotated[list[str], typer.Option("--precision", help="Variants to build: fp32, fp16, int8.")]
+ParityLimit = Annotated[int | None, typer.Option(help="Parity on the first N test images only.")]
+Force = Annotated[bool, typer.Option(help="Replace an existing bundle.")]
+
+
+def _import_config(normalisation: str, input_size, mean, std, resize, channel_order, dataset, data_root, seed,
+                   **rest):
+    from robustdeploy.data import DataConfig
+    from robustdeploy.importer import ImportConfig
+    from robustdeploy.preprocess import Preprocessing, parse_stats
+    from robustdeploy.variants import VariantConfig
+
+    pre = Preprocessing(input_size, parse_stats(mean, "--mean"), parse_stats(std, "--std"), resize=resize,
+                        channel_order=channel_order.upper(), normalisation=normalisation)
+    precisions = rest.pop("precision")
+    return ImportConfig(data=DataConfig(name=dataset, data_root=data_root, seed=seed, preprocessing=pre),
+                        variants=VariantConfig(precisions=tuple(dict.fromkeys(precisions))), **rest)
+
+
+def _imported(bundle) -> None:
+    for entry in bundle.variants.values():
+        echo(ParityReport.from_dict(entry["parity"]).summary())
+    gradients = bundle.manifest["gradients"]
+    if gradients["source"] == "onnx2torch":
+        echo("gradients: the ONNX graph converted by onnx2torch (its parity with ONNX Runtime above)")
+    elif gradients["source"] == "none":
+        echo(f"score-only bundle (black-box attacks, or --surrogate): {gradients['reason']}")
+    echo(f"bundle -> {bundle.path}")
+
+
+@import_app.command("torch")
+def import_torch(
+    arch: ImportArch = None, weights: ImportWeights = None, input_size: InputSize = ...,
+    out: ImportOut = ..., dataset: ImportDataset = "imagefolder", data_root: opt.DataRoot = None, mean: Stats = None,
+    std: Stats = None, resize: Resize = None, channel_order: ChannelOrder = "RGB", classes: ClassesFile = None,
+    precision: Precisions = ["fp32"], opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,  # noqa: B006
+    exporter: Annotated[str, typer.Option(help="dynamo or torchscript.")] = "dynamo",
+    parity_limit: ParityLimit = None, seed: Annotated[int, typer.Option(help="Data split seed.")] = 0,
+    force: Force = False,
+) -> None:
+    """A timm / torchvision / built-in architecture with your weights -> a bundle (normalisation inside the graph)."""
+    from robustdeploy.importer import import_torch as run_import
+
+    _imported(run_import(_import_config(
+        "in-graph", input_size, mean, std, resize, channel_order, dataset, data_root, seed, out=out,
+        classes_file=classes, arch=arch, weights=weights, opset=opset, exporter=exporter, parity_limit=parity_limit,
+        force=force, precision=precision)))
+
+
+@import_app.command("onnx")
+def import_onnx(
+    file: Annotated[Path, typer.Argument(help="The ONNX model that runs in production (copied unchanged).")],
+    arch: ImportArch = None, weights: ImportWeights = None, input_size: InputSize = ...,
+    out: ImportOut = ..., dataset: ImportDataset = "imagefolder", data_root: opt.DataRoot = None, mean: Stats = None,
+    std: Stats = None, resize: Resize = None, channel_order: ChannelOrder = "RGB", classes: ClassesFile = None,
+    precision: Precisions = ["fp32"], parity_limit: ParityLimit = None,  # noqa: B006
+    seed: Annotated[int, typer.Option(help="Data split seed.")] = 0, force: Force = False,
+) -> None:
+    """An ONNX deployment -> a bundle; --mean/--std when it expects normalised input (robustdeploy normalises [0, 1]
+    pixels before it, so budgets stay in pixel units). Gradients from --arch/--weights, else onnx2torch, else none."""
+    from robustdeploy.importer import import_onnx as run_import
+
+    normalisation = "outside" if mean is not None or std is not None else "in-graph"
+    _imported(run_import(_import_config(
+        normalisation, input_size, mean, std, resize, channel_order, dataset, data_root, seed, out=out,
+        classes_file=classes, arch=arch, weights=weights, parity_limit=parity_limit, force=force,
+        precision=precision), file))
+
+
 @app.command()
 def evaluate(
     bundle: opt.BundleDir,
@@ -189,6 +274,8 @@ def evaluate(
     adaptive_targets: Annotated[int, typer.Option(help="Adaptive detector attack: most likely wrong classes "
                                                        "tried as targets.")] = 3,
     adaptive_restarts: Annotated[int, typer.Option(help="Adaptive detector attack: starts per target.")] = 2,
+    surrogate: Annotated[Path | None, typer.Option(help="Craft gradient attacks on this bundle's PyTorch graph and "
+                                                        "score them here (a transfer attack).")] = None,
 ) -> None:
     """Run an attack cascade (gradient attacks crafted on PyTorch, score/decision attacks on each runtime) and
     score every runtime side by side."""
@@ -200,7 +287,8 @@ def evaluate(
     config = EvalConfig(bundle=bundle, attack_params=attack_params(norm, steps, loss, restarts, attack_opt),
                         resume=resume, realise=realise, **given(runtimes=runtime, attacks=attack, epsilons=eps,
                                                                 limit=limit, batch_size=batch_size, seed=seed,
-                                                                device=device, data_root=data_root, out=out))
+                                                                device=device, data_root=data_root, out=out,
+                                                                surrogate=surrogate))
     if detector:
         from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
         from robustdeploy.evaluation.detector import evaluate_detector
@@ -217,6 +305,9 @@ def evaluate(
     if not result.complete:  # a torchrun rank other than 0: rank 0 writes and prints the result
         return
     echo(evaluation_table(result))
+    if "surrogate" in result.extra:
+        echo(f"transfer attack: gradient attacks crafted on {result.extra['surrogate']['source']} "
+             f"({result.extra['surrogate']['bundle']}), scored on this bundle's runtimes")
     warn(result.checks)
     echo(f"results -> {result.path} (examples in {result.adversarial_file}, figure {result.figure})")
 
@@ -453,7 +544,7 @@ def list_registries() -> None:
     from robustdeploy.runtimes import RUNTIMES
 
     echo("datasets:      " + ", ".join(DATASETS.names()))
-    echo("architectures: " + ", ".join(MODELS.names()) + ", timm:<any timm model>")
+    echo("architectures: " + ", ".join(MODELS.names()) + ", timm:<any timm model>, tv:<any torchvision model>")
     echo("attacks:       " + ", ".join(ATTACKS.names()))
     echo("runtimes:      " + ", ".join(RUNTIMES.names()))
     echo("defenses:      " + ", ".join(DEFENSES.names()))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.preprocess import Preprocessing
 from robustdeploy.registry import Registry
 
 
@@ -26,6 +27,11 @@ class DataConfig:
     test_fraction: float = 0.15
     image_size: int | None = None
     download: bool = False
+    preprocessing: Preprocessing | None = None  # how image files become pixels (imagefolder); see preprocess.py
+
+    def __post_init__(self) -> None:
+        if isinstance(self.preprocessing, dict):  # read back from a manifest or run record
+            object.__setattr__(self, "preprocessing", Preprocessing.from_dict(self.preprocessing))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,9 +103,8 @@ def load_dataset(config: DataConfig) -> Dataset:
         raise RobustDeployError("--val-fraction and --test-fraction must lie in (0, 1)")
     factory = DATASETS.get(config.name)
     raw = factory(config)
-    x, y = _to_float(raw.x), torch.from_numpy(np.asarray(raw.y)).long()
-    order = torch.from_numpy(_permute(len(y), config.seed))
-    x, y = x[order], y[order]
+    order = _permute(len(raw.y), config.seed)  # permuted before the float copy: one float copy of the pool, not two
+    x, y = _to_float(raw.x[order]), torch.from_numpy(np.asarray(raw.y)[order]).long()
     n_val = max(1, int(round(len(y) * config.val_fraction)))
     if raw.x_test is not None:
         test = Split(_to_float(raw.x_test), torch.from_numpy(np.asarray(raw.y_test)).long())
@@ -245,7 +250,8 @@ def gtsrb(config: DataConfig) -> RawData:
 
 @DATASETS.register("imagefolder")
 def imagefolder(config: DataConfig) -> RawData:
-    """Any folder of class sub-folders of images (torchvision ImageFolder), at the images' own size when they all
+    """Any folder of class sub-folders of images (torchvision ImageFolder). With `config.preprocessing` (an imported
+    model's), every image goes through it (resize, centre crop, channels); else the images' own size when they all
     share one square size, else resized to --image-size (default 32)."""
     import logging
 
@@ -259,6 +265,9 @@ def imagefolder(config: DataConfig) -> RawData:
     if len(folder.classes) < 2:
         raise RobustDeployError(f"image folder {root} has one class ({folder.classes[0]}); a classifier needs at "
                                 "least two class sub-folders")
+    if config.preprocessing is not None:
+        x = np.stack([config.preprocessing.image(_open_image(path)) for path, _ in folder.samples])
+        return RawData(tuple(folder.classes), x, np.asarray(folder.targets))
     images = [_open_image(path) for path, _ in folder.samples]
     channels = 1 if images[0].mode in ("L", "1", "I;16") else 3
     sizes = {image.size for image in images}

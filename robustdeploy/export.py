@@ -16,8 +16,17 @@ from robustdeploy.bundle import BUNDLE_FORMAT, MANIFEST, Bundle, load_bundle
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.defenses.squeeze import SqueezeConfig
 from robustdeploy.errors import CheckFailed, RobustDeployError
-from robustdeploy.io import atomic_write_json, check_output_dir, exclusive_outputs, sha256_file, staging_dir, versions
+from robustdeploy.io import (
+    atomic_write_json,
+    check_output_dir,
+    exclusive_outputs,
+    sha256_file,
+    staging_dir,
+    versions,
+)
+from robustdeploy.models import ModelSpec
 from robustdeploy.parity import ParityReport, ParityTolerance, compare_logits
+from robustdeploy.preprocess import Preprocessing
 from robustdeploy.runtimes.base import RuntimeSpec
 from robustdeploy.runtimes.ort import OrtRuntime
 from robustdeploy.train import load_run
@@ -77,12 +86,80 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
 
 
 def check_parity(model: torch.nn.Module, onnx_path: Path, x: torch.Tensor, tolerance: ParityTolerance,
-                 label: str = "ort-cpu") -> ParityReport:
-    """ONNX Runtime CPU against PyTorch on `x`."""
-    runtime = OrtRuntime(RuntimeSpec("ort-cpu", label.partition(":")[2] or "fp32"), onnx_path)
+                 label: str = "ort-cpu", preprocessing: Preprocessing | None = None,
+                 reference: str = "torch") -> ParityReport:
+    """ONNX Runtime CPU against PyTorch (`model`, named `reference` in the report) on `x`."""
+    runtime = OrtRuntime(RuntimeSpec("ort-cpu", label.partition(":")[2] or "fp32"), onnx_path,
+                         preprocessing=preprocessing)
     with torch.no_grad():
-        reference = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
-    return compare_logits(reference, runtime.logits(x), tolerance, runtime=label)
+        expected = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
+    return compare_logits(expected, runtime.logits(x), tolerance, runtime=label, reference_name=reference)
+
+
+def build_variants(model: torch.nn.Module, tmp: Path, test_x: torch.Tensor, train_x: torch.Tensor,
+                   config: VariantConfig, tolerance: ParityTolerance, input_name: str = INPUT_NAME,
+                   preprocessing: Preprocessing | None = None,
+                   reference: str = "torch") -> tuple[dict, list[ParityReport], ParityReport]:
+    """Parity of `tmp/model.onnx` with `model`, then each precision variant built from it and checked: the variants'
+    manifest entries, the reports that failed, and the fp32 report. `preprocessing` normalises ONNX inputs when the
+    graph expects normalised input (an imported model's)."""
+    parity = check_parity(model, tmp / "model.onnx", test_x, tolerance, preprocessing=preprocessing,
+                          reference=reference)
+    log.info("export: fp32 graph parity-checked")
+    variants = {"fp32": variant_entry("fp32", config, parity.to_dict())}
+    failed = [] if parity.passed else [parity]
+    outside = preprocessing is not None and preprocessing.normalisation == "outside"
+    for precision in config.precisions:
+        if precision == "fp32":
+            continue
+        path = tmp / variant_file(precision)
+        if precision == "fp16":
+            make_fp16(tmp / "model.onnx", path)
+        else:
+            calibration = train_x[: config.calibration_samples]
+            make_int8(tmp / "model.onnx", path, preprocessing.normalise(calibration) if outside else calibration,
+                      config, input_name)
+        report = check_parity(model, path, test_x, config.tolerances[precision], label=f"ort-cpu:{precision}",
+                              preprocessing=preprocessing, reference=reference)
+        log.info("export: %s variant built and parity-checked", precision)
+        variants[precision] = variant_entry(precision, config, report.to_dict())
+        failed += [] if report.passed else [report]
+    return variants, failed, parity
+
+
+def bundle_manifest(tmp: Path, *, name: str, spec: ModelSpec, classes: tuple[str, ...], variants: dict, data: dict,
+                    reference: str, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME,
+                    meaning: str = "logits", **extra: object) -> dict:
+    """The manifest of a bundle staged in `tmp`: graph interface, variants, data, versions, and the SHA-256 of the
+    reference and every variant file; `extra` adds sections (opset, run, preprocessing, gradients, ...)."""
+    return {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": spec.to_dict(),
+        "classes": list(classes),
+        "input": {"name": input_name, "shape": [None, *spec.input_shape], "dtype": "float32",
+                  "range": [0.0, 1.0], "layout": "NCHW"},
+        "output": {"name": output_name, "shape": [None, spec.num_classes], "dtype": "float32", "meaning": meaning},
+        "reference": reference,
+        "variants": variants,
+        "data": data,
+        **extra,
+        "versions": versions(),
+        "files": {file: sha256_file(tmp / file) for file in dict.fromkeys([reference,
+                                                                            *(v["file"] for v in variants.values())])},
+    }
+
+
+def finish_bundle(tmp: Path, out: Path, manifest: dict, failed: list[ParityReport]) -> Bundle:
+    """Write the manifest; refuse a bundle whose parity failed; move the staged folder to `out` and verify it."""
+    atomic_write_json(tmp / MANIFEST, manifest)
+    if failed:
+        raise CheckFailed(f"export parity check failed, no bundle written: {failed[0].summary()}")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return load_bundle(out)
 
 
 @exclusive_outputs
@@ -108,58 +185,21 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
         export_onnx(model, record.spec.input_shape, tmp / "model.onnx", config.opset, config.exporter)
         shutil.copyfile(Path(config.run_dir) / "model.safetensors", tmp / "reference.safetensors")
         export_seconds = time.perf_counter() - start
-        parity = check_parity(model, tmp / "model.onnx", test.x, config.tolerance)
-        log.info("export: fp32 graph exported in %.1f s and parity-checked", export_seconds)
-        variants = {"fp32": variant_entry("fp32", config.variants, parity.to_dict())}
-        failed = [] if parity.passed else [parity]
-        for precision in config.variants.precisions:
-            if precision == "fp32":
-                continue
-            path = tmp / variant_file(precision)
-            if precision == "fp16":
-                make_fp16(tmp / "model.onnx", path)
-            else:
-                calibration = dataset.train.x[: config.variants.calibration_samples]
-                make_int8(tmp / "model.onnx", path, calibration, config.variants, INPUT_NAME)
-            report = check_parity(model, path, test.x, config.variants.tolerances[precision],
-                                  label=f"ort-cpu:{precision}")
-            log.info("export: %s variant built and parity-checked", precision)
-            variants[precision] = variant_entry(precision, config.variants, report.to_dict())
-            failed += [] if report.passed else [report]
-        manifest = {
-            "format": BUNDLE_FORMAT,
-            "name": record.name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": record.spec.to_dict(),
-            "classes": list(record.classes),
-            "input": {"name": INPUT_NAME, "shape": [None, *record.spec.input_shape], "dtype": "float32",
-                      "range": [0.0, 1.0], "layout": "NCHW"},
-            "output": {"name": OUTPUT_NAME, "shape": [None, record.spec.num_classes], "dtype": "float32",
-                       "meaning": "logits"},
-            "opset": config.opset,
-            "exporter": config.exporter,
-            "reference": "reference.safetensors",
-            "variants": variants,
-            "data": data_config.to_dict() | {"split": "test", "samples": len(test)},
-            "run": {"metrics": record.metrics, "train": record.train},
-            "export_seconds": round(export_seconds, 3),
-            "versions": versions(),
-            "files": {name: sha256_file(tmp / name) for name in
-                      ["reference.safetensors", *(v["file"] for v in variants.values())]},
-        }
+        variants, failed, parity = build_variants(model, tmp, test.x, dataset.train.x, config.variants,
+                                                  config.tolerance)
+        manifest = bundle_manifest(
+            tmp, name=record.name, spec=record.spec, classes=record.classes, variants=variants,
+            data=data_config.to_dict() | {"split": "test", "samples": len(test)}, reference="reference.safetensors",
+            opset=config.opset, exporter=config.exporter, run={"metrics": record.metrics, "train": record.train},
+            export_seconds=round(export_seconds, 3))
         if config.detector is not None:
             from robustdeploy.defenses.detector_bundle import add_detector
 
             manifest["detector"] = add_detector(tmp, model, record.spec.input_shape, dataset.val.x, test.x,
                                                 config.squeeze, config.opset)
             manifest["files"][manifest["detector"]["file"]] = sha256_file(tmp / manifest["detector"]["file"])
-        atomic_write_json(tmp / MANIFEST, manifest)
-        if failed:
-            raise CheckFailed(f"export parity check failed, no bundle written: {failed[0].summary()}")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        bundle = finish_bundle(tmp, out, manifest, failed)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return load_bundle(out), parity
+    return bundle, parity

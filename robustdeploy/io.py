@@ -188,7 +188,7 @@ def versions() -> dict[str, str]:
     import onnxruntime
     import torch
 
-    from robustdeploy import __version__
+    from robustdeploy.version import __version__
 
     return {
         "robustdeploy": __version__,

@@ -26,7 +26,7 @@ Attacks = Annotated[list[str] | None, typer.Option("--attack", help=f"Attack[:lo
                                                    "repeat for a cascade, each attack run on the samples the earlier "
                                                    "ones left robust.")]
 Epsilons = Annotated[list[float] | None, typer.Option("--eps", help="Budget(s) in pixel units; repeat for a curve.")]
-Arch = Annotated[str, typer.Option(help=f"Architecture: {', '.join(MODELS.names())}, timm:<name>.")]
+Arch = Annotated[str, typer.Option(help=f"Architecture: {', '.join(MODELS.names())}, timm:<name>, tv:<name>.")]
 Norm = Annotated[str | None, typer.Option(help="Threat model: linf or l2 (attack default: linf).")]
 Steps = Annotated[int | None, typer.Option(help="Attack iterations (attack default).")]
 Loss = Annotated[str | None, typer.Option(help="Attack loss: ce, margin or dlr (attack default: ce).")]

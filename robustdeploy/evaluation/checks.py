@@ -74,12 +74,14 @@ def masking_defense(defense: str, losses: set[str]) -> Check:
                  else f"defense {defense!r} masks no loss the attack uses")
 
 
-def outputs_are_logits(logits: torch.Tensor) -> Check:
-    """Rows that are non-negative and sum to 1 are probabilities; margin/CE attacks then see a squashed loss."""
+def outputs_are_logits(logits: torch.Tensor, declared: str = "logits") -> Check:
+    """Rows that are non-negative and sum to 1 are probabilities; margin/CE attacks then see a squashed loss.
+    `declared` is the bundle's `output.meaning` (an imported ONNX file's, detected at import)."""
     probability = bool((logits >= 0).all()) and bool(((logits.sum(1) - 1).abs() < 1e-3).all())
+    where = " (recorded when the ONNX file was imported)" if declared == "probabilities" else ""
     return Check("outputs_are_logits", not probability,
-                 "the model outputs probabilities (rows >= 0 summing to 1), not logits; export the logits"
-                 if probability else "the model outputs logits")
+                 f"the model outputs probabilities (rows >= 0 summing to 1), not logits{where}; export the logits, or "
+                 "prefer decision-based attacks (hopskipjump)" if probability else "the model outputs logits")
 
 
 def for_cells(cells: list[dict], attacks: list[dict], norm: str, dim: int) -> list[Check | None]:

@@ -8,7 +8,8 @@ import functools
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -22,6 +23,7 @@ from robustdeploy.attacks import (
     make_attack,
 )
 from robustdeploy.attacks import predict as labels
+from robustdeploy.bundle import load_bundle
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.grid import ROUNDING, OnGrid, grid_budget, realise, rounding_report
@@ -122,10 +124,33 @@ def build(plan: Plan, seed: int, dim: int) -> tuple[list[Attack], str]:
     return attacks, norm
 
 
+def require_gradient_source(session: Session, plan: Plan, attacks: list[Attack]) -> None:
+    """Refuse gradient attacks on a score-only bundle (no PyTorch graph) unless a surrogate supplies the gradients."""
+    needing = [s.label for s, a in zip(plan.attacks, attacks) if a.needs >= Capability.GRADIENTS]
+    if needing and plan.source_model is None and session.bundle.score_only:
+        raise RobustDeployError(f"bundle {session.bundle.name!r} is score-only (its ONNX graph has no PyTorch twin), "
+                                f"so {', '.join(needing)} cannot compute gradients on it; use a black-box attack on "
+                                "the deployment (--attack square or --attack hopskipjump) or transfer from another "
+                                "bundle (--surrogate BUNDLE)")
+
+
+def with_surrogate(plan: Plan, session: Session, surrogate: Path) -> Plan:
+    """`plan` with its gradient attacks crafted on another bundle's PyTorch graph: a transfer attack."""
+    other = load_bundle(surrogate)
+    if other.input_shape != session.bundle.input_shape or len(other.classes) != len(session.bundle.classes):
+        raise RobustDeployError(f"--surrogate {surrogate} takes {list(other.input_shape)} and has "
+                                f"{len(other.classes)} classes, the bundle {list(session.bundle.input_shape)} and "
+                                f"{len(session.bundle.classes)}; use a surrogate trained on the same task")
+    if other.score_only:
+        raise RobustDeployError(f"--surrogate {surrogate} is score-only itself; use a bundle with a PyTorch graph")
+    return replace(plan, source=f"surrogate:{other.name}", source_model=other.reference_model())
+
+
 def craft(session: Session, plan: Plan, attacks: list[Attack], stored: dict[str, torch.Tensor],
           done: list[CraftedSet] | None = None, on_set: Callable[[Crafted], None] | None = None) -> Crafted:
     """Craft every set of `plan` (its `build` attacks) into `stored` (keys from `set_key`); sets listed in `done`
     are kept as they are, so an interrupted run resumes. `on_set` is called after each new set (to save it)."""
+    require_gradient_source(session, plan, attacks)
     y = session.test.y
     crafted = Crafted(tuple(sorted(set(plan.epsilons))))
     finished = {s.key: s for s in done or [] if s.key in stored}

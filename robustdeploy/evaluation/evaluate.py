@@ -13,7 +13,16 @@ import torch
 from robustdeploy.attacks import cascade
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation import checks, shards
-from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe
+from robustdeploy.evaluation.craft import (
+    Crafted,
+    CraftedSet,
+    Plan,
+    build,
+    craft,
+    describe,
+    require_gradient_source,
+    with_surrogate,
+)
 from robustdeploy.evaluation.results import Result, load_matching, resume_from, save_result
 from robustdeploy.evaluation.score import predictions, score_cascade
 from robustdeploy.evaluation.session import Session, SessionConfig, open_session
@@ -31,6 +40,7 @@ class EvalConfig(SessionConfig):
     out: Path | None = None
     resume: bool = False
     realise: bool = True
+    surrogate: Path | None = None  # craft gradient attacks on this bundle's PyTorch graph (a transfer attack)
 
     def plan(self) -> Plan:
         return Plan(cascade(self.attacks, self.attack_params), self.epsilons, self.realise)
@@ -66,7 +76,9 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
     check_output(out, "--out")  # once the plans are known to be sound, before anything is written
     result.attacks = [a for p, (attacks, _) in zip(plans, built) for a in describe(p, attacks)]
     result.norm = built[0][1]
-    result.checks = masking_checks(result, session) if check else []
+    for plan, (attacks, _) in zip(plans, built):
+        require_gradient_source(session, plan, attacks)
+    result.checks = masking_checks(result, session, plans[0].source_model) if check else []
     done: list = []
     if resume and Path(out).exists():
         previous, kept = resume_from(out, result)
@@ -97,14 +109,18 @@ def evaluate(config: EvalConfig) -> Result:
     session = open_session(replace(config, device=group.device(config.device)))
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
     result = new_result("evaluate", session)
+    plan = config.plan()
+    if config.surrogate is not None:
+        plan = with_surrogate(plan, session, config.surrogate)
+        result.extra["surrogate"] = {"bundle": str(config.surrogate), "source": plan.source}
     if group.active:
         if group.rank == 0:
             check_output(out, "--out")  # the merged result; each rank holds its own shard file
-        stored = run_sharded(result, session, [config.plan()], out, config.resume, group)
+        stored = run_sharded(result, session, [plan], out, config.resume, group)
         if group.rank != 0:
             return result
     else:
-        stored = run_plans(result, session, [config.plan()], out, config.resume)
+        stored = run_plans(result, session, [plan], out, config.resume)
         result.cells = classify_cells(result, stored, session.runners())
     result.checks += [asdict(c) for c in checks.for_cells(result.cells, result.attacks, result.norm or "linf",
                                                           session.test.x[0].numel()) if c is not None]
@@ -144,18 +160,21 @@ def run_sharded(result: Result, session: Session, plans: list[Plan], out: Path, 
     result.attacks, result.norm, result.epsilons = shard.attacks, shard.norm, shard.epsilons
     result.extra["norms"] = norms
     result.seconds["attack"] = round(sum(s["seconds"] for s in result.sets), 4)
-    result.checks = masking_checks(result, session)
+    result.checks = masking_checks(result, session, plans[0].source_model)
     result.cells = score_sets(result, stored["y"], lambda runtime, key: outcomes[runtime + shards.SEP + key])
     return stored
 
 
-def masking_checks(result: Result, session: Session) -> list[dict]:
-    """Masking signs on the reference for the attacks' own losses, logged before any budget is spent."""
+def masking_checks(result: Result, session: Session, source: torch.nn.Module | None = None) -> list[dict]:
+    """Masking signs on the gradient source (the reference unless `source`) for the attacks' own losses, logged before
+    any budget is spent; a score-only bundle without a surrogate has no gradients to check."""
     losses = {a["params"].get("loss") for a in result.attacks if a["needs"] == "gradients"} - {None}
-    found = [checks.input_gradients(session.reference, session.test.x, session.test.y, loss,
+    model = source if source is not None else None if session.bundle.score_only else session.reference
+    found = [checks.input_gradients(model, session.test.x, session.test.y, loss,
                                     batch_size=session.batch_size, device=session.device)
-             for loss in sorted(losses or {"margin"})]
-    found += [checks.outputs_are_logits(session.runtimes[0].logits(session.test.x, session.batch_size)),
+             for loss in sorted(losses or {"margin"}) if model is not None]
+    found += [checks.outputs_are_logits(session.runtimes[0].logits(session.test.x, session.batch_size),
+                                        session.bundle.manifest.get("output", {}).get("meaning", "logits")),
               checks.masking_defense(session.bundle.defense, losses)]
     for c in (c for c in found if not c.passed):
         log.warning("warning: check %s failed: %s", c.name, c.detail)
@@ -165,7 +184,8 @@ def masking_checks(result: Result, session: Session) -> list[dict]:
 def write_figure(path: Path, session: Session, stored: dict[str, torch.Tensor], result: Result) -> str | None:
     """A PNG of a few examples of the last set scored on the first runtime, predictions of every runtime."""
     first = session.runtimes[0].label
-    sets = [s for s in result.sets if s["eps"] is not None and s["source"] in ("torch", first)]
+    sources = ("torch", first, result.extra.get("surrogate", {}).get("source"))
+    sets = [s for s in result.sets if s["eps"] is not None and s["source"] in sources]
     if not sets:
         return None
     last = max(sets, key=lambda s: (s["eps"], s["stage"]))

@@ -55,11 +55,15 @@ class Classifier(nn.Module):
 
 
 def create_net(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Create an untrained network by registry name (`cnn`, `mlp-bn`, `timm:resnet18`, ...)."""
+    """Create an untrained network by registry name (`cnn`, `mlp-bn`, `timm:resnet18`, `tv:resnet18`, ...)."""
     if arch.startswith("timm:"):
         from robustdeploy.models.timm_nets import create_timm
 
         return create_timm(arch[5:], input_shape, num_classes)
+    if arch.startswith("tv:"):
+        from robustdeploy.models.tv_nets import create_tv
+
+        return create_tv(arch[3:], input_shape, num_classes)
     return MODELS.create(arch, input_shape=input_shape, num_classes=num_classes)
 
 

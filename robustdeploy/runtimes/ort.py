@@ -16,6 +16,7 @@ import torch
 
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.preprocess import Preprocessing
 from robustdeploy.runtimes.base import RUNTIMES, Runtime, RuntimeSpec, TimedCall
 
 if TYPE_CHECKING:
@@ -93,23 +94,29 @@ class OrtRuntime(Runtime):
     capability = Capability.SCORES
 
     def __init__(self, spec: RuntimeSpec, path: Path, options: SessionOptions | None = None,
-                 device_id: int = 0) -> None:
+                 preprocessing: Preprocessing | None = None, device_id: int = 0) -> None:
         super().__init__(spec)
         self.options, self.device_id = options or SessionOptions(), device_id
+        # a graph that expects normalised input gets it here, so every caller speaks [0, 1] pixels
+        self.normalise = preprocessing.normalise if preprocessing and preprocessing.normalisation == "outside" \
+            else None
         self.session = open_session(path, spec.name, self.options, device_id)
         self.input = self.session.get_inputs()[0]
         self.output_name = self.session.get_outputs()[0].name
         self.dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
 
+    def _array(self, x: torch.Tensor) -> np.ndarray:
+        return (self.normalise(x) if self.normalise else x).numpy().astype(self.dtype, copy=False)
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run([self.output_name], {self.input.name: x.numpy().astype(self.dtype, copy=False)})
+        out = self.session.run([self.output_name], {self.input.name: self._array(x)})
         return torch.from_numpy(np.asarray(out[0], dtype=np.float32))
 
     def timed_call(self, x: torch.Tensor) -> TimedCall:
         """On CPU a plain run; on CUDA/TensorRT an I/O-bound run on device buffers, the copies timed apart."""
         import onnxruntime as ort
 
-        array = x.numpy().astype(self.dtype)
+        array = self._array(x)
         if self.spec.name == "ort-cpu":
             return TimedCall(lambda: self.session.run([self.output_name], {self.input.name: array}), None)
         start = time.perf_counter()
@@ -142,7 +149,7 @@ def _factory(name: str):
     def create(bundle: Bundle, spec: RuntimeSpec, session_options: SessionOptions | None = None,
                device: str = "cpu", **_: object) -> OrtRuntime:
         device_id = int(device.partition(":")[2] or 0)  # --device cuda:N (a torchrun rank's GPU) for CUDA/TRT
-        return OrtRuntime(spec, bundle.variant_path(spec.variant), session_options, device_id)
+        return OrtRuntime(spec, bundle.variant_path(spec.variant), session_options, bundle.preprocessing, device_id)
 
     create.__doc__ = f"ONNX Runtime on {PROVIDERS[name][0]}"
     return create

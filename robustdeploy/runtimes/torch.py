@@ -56,4 +56,7 @@ def torch_runtime(bundle: Bundle, spec: RuntimeSpec, device: str = "cpu", **_: o
     if spec.variant != "fp32":
         raise RobustDeployError(f"runtime 'torch' has only the fp32 graph, not {spec.variant!r}; "
                                 f"use e.g. 'ort-cpu:{spec.variant}'")
+    if bundle.score_only:
+        raise RobustDeployError(f"bundle {bundle.name!r} is score-only (its ONNX graph has no PyTorch twin), so it "
+                                "has no runtime 'torch'; use -r ort-cpu")
     return TorchRuntime(spec, bundle.reference_model(), device)
