@@ -77,8 +77,13 @@ def train(
     eps: Annotated[float | None, typer.Option(help="Adv-train L-inf budget in pixel units (required).")] = None,
     attack_steps: Annotated[int | None, typer.Option(help="Adv-train PGD steps (default 40).")] = None,
     base: Annotated[Path | None, typer.Option(help="Purifier: reuse this trained classifier run.")] = None,
-    train_attack: Annotated[str | None, typer.Option(help="Adv-train: the gradient attack crafting the "
-                                                          "training examples (default pgd).")] = None,
+    train_attack: Annotated[str | None, typer.Option(help="Adv-train, --inner early-stop: the gradient attack "
+                                                          "crafting the training examples (default pgd).")] = None,
+    inner: Annotated[str | None, typer.Option(help="Adv-train inner maximisation: madry (default; final PGD "
+                                                   "iterate), early-stop (first fooling iterate) or trades.")] = None,
+    beta: Annotated[float | None, typer.Option(help="Adv-train, --inner trades: weight of the KL term "
+                                                    "(default 6).")] = None,
+    purifier: Annotated[str | None, typer.Option(help="Purifier network: conv-ae (default) or conv-vae.")] = None,
 ) -> None:
     """Train a classifier (optionally with a defense) and write a run folder (safetensors weights + run.json)."""
     from robustdeploy.data import DataConfig
@@ -88,7 +93,7 @@ def train(
     data = DataConfig(name=dataset, data_root=data_root, seed=seed, val_fraction=val_fraction,
                       image_size=image_size, download=download)
     given = {"temperature": temperature, "eps": eps, "attack_steps": attack_steps, "base": base,
-             "attack": train_attack}
+             "attack": train_attack, "inner": inner, "beta": beta, "purifier": purifier}
     config = TrainConfig(arch=arch, data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, defense=defense,
                          defense_params={k: str(v) if k == "base" else v for k, v in given.items() if v is not None})

@@ -12,6 +12,7 @@ import torch
 from robustdeploy.attacks import AttackSpec
 from robustdeploy.attacks.spec import takes
 from robustdeploy.bundle import Bundle
+from robustdeploy.defenses.purify import adaptive_source
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.craft import Plan
 from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
@@ -78,7 +79,7 @@ def evaluate_defense(config: DefenseEvalConfig) -> Result:
     loss = ADAPTIVE_LOSS.get(defense, "ce")
     plans = [Plan((_spec(config, "ce"),), (config.eps,), source=source, source_model=source_model,
                   group="oblivious"),
-             Plan((_spec(config, loss),), (config.eps,), group="adaptive")]
+             Plan((_spec(config, loss),), (config.eps,), group="adaptive", **adaptive_source(session.reference))]
     result = new_result("defense", session)
     stored = run_plans(result, session, plans, out, resume=False)
     result.cells = classify_cells(result, stored, session.runners())
