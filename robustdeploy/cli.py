@@ -81,8 +81,13 @@ def train(
     attack_steps: Annotated[int | None, typer.Option(help="Adv-train PGD steps (default 40).")] = None,
     base: Annotated[Path | None, typer.Option(help="Purifier, transfer: reuse this trained classifier run.")]
     = None,
-    train_attack: Annotated[str | None, typer.Option(help="Adv-train: the gradient attack crafting the "
-                                                          "training examples (default pgd).")] = None,
+    train_attack: Annotated[str | None, typer.Option(help="Adv-train, --inner early-stop: the gradient attack "
+                                                          "crafting the training examples (default pgd).")] = None,
+    inner: Annotated[str | None, typer.Option(help="Adv-train inner maximisation: madry (default; final PGD "
+                                                   "iterate), early-stop (first fooling iterate) or trades.")] = None,
+    beta: Annotated[float | None, typer.Option(help="Adv-train, --inner trades: weight of the KL term "
+                                                    "(default 6).")] = None,
+    purifier: Annotated[str | None, typer.Option(help="Purifier network: conv-ae (default) or conv-vae.")] = None,
     poison: Annotated[Path | None, typer.Option(help="Poison set replacing a share of the training images.")]
     = None,
     poison_rate: Annotated[float | None, typer.Option(help="Share of the poison set used, in [0, 1] (default 1).")]
@@ -96,7 +101,7 @@ def train(
     data = DataConfig(name=dataset, data_root=data_root, seed=seed, val_fraction=val_fraction,
                       image_size=image_size, download=download)
     given = {"temperature": temperature, "eps": eps, "attack_steps": attack_steps, "base": base,
-             "attack": train_attack}
+             "attack": train_attack, "inner": inner, "beta": beta, "purifier": purifier}
     if poison_rate is not None and poison is None:
         raise RobustDeployError("--poison-rate needs --poison POISON_SET")
     config = TrainConfig(arch=arch, data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,

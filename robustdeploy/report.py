@@ -88,9 +88,9 @@ def detector_table(result) -> str:
 
 
 def patch_table(result) -> str:
-    rows = [[c["runtime"], c["defense"], c["samples"], c["clean_target_rate"], c["tsuc"], c["fooling_rate"]]
-            for c in result.cells]
-    return table(["bundle/runtime", "defense", "n", "clean->t %", "tSuc %", "fool %"], rows)
+    rows = [[c["runtime"], c["defense"], c["samples"], c["clean_accuracy"], c["clean_target_rate"], c["tsuc"],
+             c["fooling_rate"]] for c in result.cells]
+    return table(["bundle/runtime", "defense", "n", "clean acc %", "clean->t %", "tSuc %", "fool %"], rows)
 
 
 def suite_table(done) -> str:

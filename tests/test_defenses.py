@@ -46,6 +46,38 @@ def test_purifier_plus_classifier_is_one_onnx_graph_matching_torch(purifier_bund
     assert (bare - torch_logits).abs().max() > 1e-2  # the purifier really is inside the exported graph
 
 
+@pytest.fixture(scope="module")
+def vae_bundle(run_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae")
+    train(TrainConfig(epochs=3, defense="purifier", defense_params={"base": str(run_dir), "purifier": "conv-vae"}),
+          root / "run")
+    return export_bundle(ExportConfig(run_dir=root / "run", out=root / "bundle"))[0]
+
+
+def test_vae_purifier_plus_classifier_is_one_onnx_graph_matching_torch(vae_bundle, digits):
+    assert vae_bundle.manifest["model"]["extra"] == {"purifier": "conv-vae"}
+    assert vae_bundle.manifest["run"]["metrics"]["defense"]["loss"] == "elbo"
+    reference = vae_bundle.reference_model()
+    x = digits.test.x[:100]
+    with torch.no_grad():
+        torch_logits, again, bare = reference(x), reference(x), reference.classifier(x)
+    assert torch.equal(torch_logits, again)  # the deployed graph uses z = mu: no sampling
+    assert (create_runtime(vae_bundle, "ort-cpu").logits(x) - torch_logits).abs().max() < 1e-4
+    assert (bare - torch_logits).abs().max() > 1e-2
+    reference.transform.sample = True
+    with torch.no_grad():
+        assert not torch.equal(reference(x), torch_logits)  # sampling z really is inside the VAE
+
+
+def test_vae_adaptive_attack_uses_eot_over_sampling(vae_bundle, tmp_path):
+    out = tmp_path / "vae.json"
+    result = evaluate_defense(DefenseEvalConfig(bundle=vae_bundle.path, eps=0.2, steps=5, limit=40, out=out))
+    assert {s["source"] for s in result.sets} == {"classifier", "torch+eot10"}
+    robust = {(c["runtime"], c["attack"]): c["robust_accuracy"] for c in result.cells}
+    assert robust["torch", "adaptive:pgd"] < 50 and robust["ort-cpu", "adaptive:pgd"] < 50
+    assert rescore(out) == result.cells
+
+
 def test_purifier_keeps_the_base_classifier_weights(purifier_bundle, run_dir):
     base, _ = load_run(run_dir)
     composite = purifier_bundle[0].reference_model()
@@ -53,10 +85,11 @@ def test_purifier_keeps_the_base_classifier_weights(purifier_bundle, run_dir):
         assert torch.equal(composite.classifier.state_dict()[key], value)
 
 
-def test_adversarial_training_raises_pgd_robust_accuracy(run_dir, digits, tmp_path):
-    record = train(TrainConfig(epochs=6, defense="adv-train", defense_params={"eps": 0.1, "attack_steps": 5}),
-                   tmp_path / "adv")
-    assert record.metrics["defense"]["eps"] == 0.1
+@pytest.mark.parametrize("inner", ["madry", "trades"])
+def test_adversarial_training_raises_pgd_robust_accuracy(inner, run_dir, digits, tmp_path):
+    record = train(TrainConfig(epochs=6, defense="adv-train",
+                               defense_params={"eps": 0.1, "attack_steps": 5, "inner": inner}), tmp_path / "adv")
+    assert record.metrics["defense"]["eps"] == 0.1 and record.metrics["defense"]["inner"] == inner
     defended, _ = load_run(tmp_path / "adv")
     standard, _ = load_run(run_dir)
     x, y = digits.test.x[:150], digits.test.y[:150]
@@ -110,11 +143,11 @@ def test_defense_eval_verdict_compares_with_the_baseline_under_the_same_adaptive
 
 
 def test_adversarial_training_takes_any_gradient_attack(tmp_path):
-    record = train(TrainConfig(epochs=1, defense="adv-train", defense_params={"eps": 0.1, "attack_steps": 2,
-                                                                             "attack": "apgd"}), tmp_path / "a")
-    assert record.metrics["defense"]["attack"] == "apgd"
+    record = train(TrainConfig(epochs=1, defense="adv-train", defense_params={
+        "eps": 0.1, "attack_steps": 2, "attack": "apgd", "inner": "early-stop"}), tmp_path / "a")
+    assert record.metrics["defense"]["attack"] == "apgd" and record.metrics["defense"]["inner"] == "early-stop"
     assert_one_line_error(cli("train", "--epochs", "1", "--out", tmp_path / "b", "--defense", "adv-train", "--eps",
-                              "0.1", "--train-attack", "square"), "gradient attack")
+                              "0.1", "--inner", "early-stop", "--train-attack", "square"), "gradient attack")
 
 
 def test_defense_eval_needs_a_baseline_for_distillation(tmp_path):
@@ -130,6 +163,9 @@ def test_defense_eval_needs_a_baseline_for_distillation(tmp_path):
     (["--defense", "distillation", "--temperature", "0"], "--temperature must be positive"),
     (["--defense", "distilation"], "did you mean 'distillation'"),
     (["--defense", "adv-train"], "needs --eps"),
+    (["--defense", "adv-train", "--eps", "0.1", "--inner", "fast"], "unknown --inner 'fast'"),
+    (["--defense", "adv-train", "--eps", "0.1", "--train-attack", "fgsm"], "applies to --inner early-stop"),
+    (["--defense", "adv-train", "--eps", "0.1", "--beta", "3"], "applies to --inner trades"),
 ])
 def test_train_defense_bad_input_is_one_line(args, needle, tmp_path):
     assert_one_line_error(cli("train", "--epochs", "1", "--out", tmp_path / "r", *args), needle)

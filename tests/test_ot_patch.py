@@ -6,11 +6,8 @@ import pytest
 import torch
 
 from robustdeploy.attacks.ot_patch import PatchConfig, apply_patch, sliced_wasserstein_sq
-from robustdeploy.bundle import load_bundle
 from robustdeploy.defenses.lgs import LocalGradientSmoothing
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.patch import lgs_runtimes
-from robustdeploy.models import Composite
 from tests.conftest import assert_one_line_error, cli
 
 
@@ -29,13 +26,31 @@ def test_apply_patch_places_patch_and_passes_gradient():
     assert patch.grad.eq(2.0).all()
 
 
-def test_lgs_classifier_onnx_matches_torch(bundle_dir, digits, tmp_path):
-    bundle = load_bundle(bundle_dir)
-    x = digits.split("test").x[:64]
-    torch_rt, ort_rt = lgs_runtimes(bundle, x)
-    assert torch.allclose(torch_rt.logits(x), ort_rt.logits(x), atol=1e-4, rtol=1e-3)
-    model = Composite(LocalGradientSmoothing.for_size(8), bundle.reference_model())
-    assert not torch.equal(model.transform(x), x)
+def test_lgs_is_refused_on_images_too_small_for_it(bundle_dir):
+    with pytest.raises(RobustDeployError, match="at least 32 px"):
+        LocalGradientSmoothing.for_size(8)
+    assert_one_line_error(cli("patch", bundle_dir, "--target-class", "1", "--lgs"), "LGS needs images of at least")
+
+
+def test_lgs_patch_reports_clean_accuracy_with_and_without_lgs(tmp_path):
+    from robustdeploy.data import DataConfig
+    from robustdeploy.evaluation.patch import PatchEvalConfig, evaluate_patch
+    from robustdeploy.evaluation.rescore import rescore
+    from robustdeploy.export import ExportConfig, export_bundle
+    from robustdeploy.recipe import train
+    from robustdeploy.train import TrainConfig
+
+    train(TrainConfig(epochs=1, data=DataConfig(image_size=32)), tmp_path / "run")
+    export_bundle(ExportConfig(run_dir=tmp_path / "run", out=tmp_path / "bundle"))
+    config = PatchConfig(target=3, method="ce", steps=2, batch_size=64)
+    out = tmp_path / "patch.json"
+    result, _ = evaluate_patch(PatchEvalConfig(tmp_path / "bundle", config, lgs=True, limit=60, out=out))
+    cells = {(c["runtime"], c["defense"]): c for c in result.cells}
+    assert set(cells) == {("run/torch", "none"), ("run/ort-cpu", "none"), ("run/torch+lgs", "lgs"),
+                          ("run/ort-cpu+lgs", "lgs")}
+    assert abs(cells["run/torch+lgs", "lgs"]["clean_accuracy"] - cells["run/ort-cpu+lgs", "lgs"]
+               ["clean_accuracy"]) < 2  # LGS's ONNX graph is parity-checked against torch
+    assert rescore(out) == result.cells
 
 
 @pytest.mark.parametrize("kwargs", [{"patch_size": 1.0}, {"patch_size": 0.0}, {"method": "l2"}])

@@ -4,7 +4,12 @@ The normalised first-order gradient magnitude g of the image is kept only inside
 exceeds `threshold` (a patch is a high-frequency, high-gradient region); the image is then damped there:
 x' = x * (1 - smoothing * g), clipped to [0, 1]. Defaults follow the paper (window 15, stride 5,
 threshold 0.1, smoothing 2.3 on 299-pixel ImageNet images); `LocalGradientSmoothing.for_size` scales the
-window and stride to smaller images. Only conv/pool/elementwise ops, so LGS + classifier exports to ONNX.
+window and stride to smaller images and refuses images under MIN_SIZE pixels. Why: g is normalised per image,
+so on a small image of strokes (digits) every stroke edge has g near 1 and is erased as if it were a patch,
+whatever the window and threshold. Measured on a `cnn` on the built-in digits (270 test images): clean accuracy
+96.7% -> 22.6% at 28 px with the scaled window (2, stride 1), and no window/threshold tried (windows up to half
+the image, thresholds 0.1-0.5) kept it above 65% (16 px: 94.8% -> at best 77.8%). Only conv/pool/elementwise ops,
+so LGS + classifier exports to ONNX.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from robustdeploy.defenses.base import TRANSFORMS
 from robustdeploy.errors import RobustDeployError
 
 PAPER_IMAGE_SIZE = 299
+MIN_SIZE = 32  # below this LGS destroys clean images (see the module docstring)
 
 
 @TRANSFORMS.register("lgs")
@@ -32,7 +38,11 @@ class LocalGradientSmoothing(nn.Module):
 
     @classmethod
     def for_size(cls, size: int, threshold: float = 0.1, smoothing: float = 2.3) -> LocalGradientSmoothing:
-        """The paper's window/stride scaled from 299 pixels to `size` (at least 2 and 1)."""
+        """The paper's window/stride scaled from 299 pixels to `size` (at least 2 and 1); refused below MIN_SIZE."""
+        if size < MIN_SIZE:
+            raise RobustDeployError(f"LGS needs images of at least {MIN_SIZE} px, got {size} px: on small images it "
+                                    "erases every stroke edge as if it were a patch (digits at 28 px: clean accuracy "
+                                    "96.7% -> 22.6%); drop --lgs or use larger images")
         scale = size / PAPER_IMAGE_SIZE
         return cls(max(2, round(15 * scale)), max(1, round(5 * scale)), threshold, smoothing)
 

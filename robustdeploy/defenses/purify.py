@@ -1,8 +1,10 @@
-"""Autoencoder purification (seed 003; in the spirit of MagNet, Meng and Chen, CCS 2017).
+"""Purification (seed 003; in the spirit of MagNet, Meng and Chen, CCS 2017): `conv-ae` or `conv-vae`.
 
-A small convolutional autoencoder is trained on clean training images with a reconstruction (MSE) loss;
-the deployment is purifier followed by classifier, one graph exported as one ONNX model. The run's
-`ModelSpec.extra = {"purifier": "conv-ae"}` tells `build_classifier` to rebuild the composite.
+A purifier is trained on clean training images with its own objective (MSE for the autoencoder, the negative
+ELBO for the variational autoencoder) while the classifier stays frozen; the deployment is purifier followed
+by classifier, one graph exported as one ONNX model. The run's `ModelSpec.extra = {"purifier": NAME}` tells
+`build_classifier` to rebuild the composite. The VAE deploys z = mu; an adaptive attack differentiates it with
+EOT over the VAE's sampling (Athalye, Carlini and Wagner, ICML 2018), see `SampledGradients`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from robustdeploy.data import Dataset
 from robustdeploy.defenses.base import DEFENSES, Trained
@@ -19,19 +22,50 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.models import PURIFIERS, Composite
 from robustdeploy.train import fit, load_run, new_classifier
 
-PURIFIER = "conv-ae"
+EOT_SAMPLES = 10
 
 
 def reconstruction_loss(model: Composite, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.mse_loss(model.transform(x), x)
+    return model.transform.loss(x)
+
+
+class SampledGradients(nn.Module):
+    """The deployed graph's outputs (log-softmax of the z = mu path) with gradients averaged over `samples` draws
+    of z (EOT). Averaging log-softmax makes the cross-entropy and margin gradients exactly the mean of the
+    per-draw ones; the forward value stays the deployed one, so an attack judges success on what is deployed."""
+
+    def __init__(self, model: Composite, samples: int = EOT_SAMPLES) -> None:
+        super().__init__()
+        if samples < 1:
+            raise RobustDeployError(f"EOT needs at least one sample, got {samples}")
+        self.model, self.samples = model, samples
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        purifier = self.model.transform
+        deployed = F.log_softmax(self.model(x), 1)
+        purifier.sample = True
+        try:
+            drawn = torch.stack([F.log_softmax(self.model(x), 1) for _ in range(self.samples)]).mean(0)
+        finally:
+            purifier.sample = False
+        return deployed.detach() + drawn - drawn.detach()
+
+
+def adaptive_source(model: nn.Module) -> dict:
+    """`Plan` fields for an adaptive attack on `model`: EOT over sampling (source `torch+eot10`) for a purifier
+    that samples; the graph itself (no fields) for every other model."""
+    if isinstance(model, Composite) and hasattr(model.transform, "sample"):
+        return {"source": f"torch+eot{EOT_SAMPLES}", "source_model": SampledGradients(model)}
+    return {}
 
 
 @DEFENSES.register("purifier")
-def purifier(config, data: Dataset, base: Path | None = None, **_: object) -> Trained:
+def purifier(config, data: Dataset, base: Path | None = None, purifier: str = "conv-ae", **_: object) -> Trained:
     """Train (or load from `base`) a classifier, then a purifier on clean data with the classifier frozen."""
+    PURIFIERS.get(purifier)
     _, h, w = data.input_shape
     if h % 2 or w % 2:
-        raise RobustDeployError(f"the conv-ae purifier needs even image sizes, got {h}x{w}; use --image-size")
+        raise RobustDeployError(f"the {purifier} purifier needs even image sizes, got {h}x{w}; use --image-size")
     if base is not None:
         classifier, record = load_run(Path(base))
         if record.spec.input_shape != data.input_shape or record.spec.extra:
@@ -44,9 +78,12 @@ def purifier(config, data: Dataset, base: Path | None = None, **_: object) -> Tr
         classifier.to(config.device)
         fit(classifier, data, config, desc="classifier")
     classifier.requires_grad_(False)
-    spec = replace(spec, extra={"purifier": PURIFIER})
-    model = Composite(PURIFIERS.create(PURIFIER, channels=data.input_shape[0]), classifier).to(config.device)
+    spec = replace(spec, extra={"purifier": purifier})
+    network = PURIFIERS.create(purifier, channels=data.input_shape[0])
+    model = Composite(network, classifier).to(config.device)
     losses = fit(model, data, config, loss_fn=reconstruction_loss, desc="purifier")
     model.requires_grad_(True)
-    return Trained(model, spec, losses, {"purifier": PURIFIER, "base": str(base) if base else None,
-                                         "loss": "mse"})
+    info = {"purifier": purifier, "base": str(base) if base else None, "loss": network.objective}
+    if hasattr(network, "sample"):
+        info |= {"inference": "z = mu (deterministic, exported)", "adaptive_eot_samples": EOT_SAMPLES}
+    return Trained(model, spec, losses, info)

@@ -17,6 +17,7 @@ from robustdeploy.attacks import AttackSpec
 from robustdeploy.attacks import predict as labels
 from robustdeploy.attacks.spec import takes
 from robustdeploy.bundle import Bundle
+from robustdeploy.defenses.purify import adaptive_source
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.craft import Plan
 from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
@@ -114,7 +115,7 @@ def evaluate_defense(config: DefenseEvalConfig) -> Result:
     loss = ADAPTIVE_LOSS.get(defense, "ce")
     attacks = cascade(config, loss)
     plans = [Plan(attacks, (config.eps,), source=source, source_model=source_model, group="oblivious"),
-             Plan(attacks, (config.eps,), group="adaptive")]
+             Plan(attacks, (config.eps,), group="adaptive", **adaptive_source(session.reference))]
     result = new_result("defense", session)
     stored = run_plans(result, session, plans, out, resume=False)
     result.extra.update({"defense": defense, "adaptive_loss": loss,

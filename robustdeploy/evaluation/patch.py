@@ -63,9 +63,9 @@ def patch_runners(result: Result, probe: torch.Tensor, device: str = "cpu") -> d
     found: dict[str, Runtime] = {}
     for path in result.extra["bundles"]:
         bundle = load_bundle(Path(path))
-        opened = lgs_runtimes(bundle, probe) if result.extra["lgs"] \
-            else [create_runtime(bundle, name, device=device) for name in RUNTIMES]
-        found.update({f"{bundle.name}/{r.label}": r for r in opened})
+        found.update({f"{bundle.name}/{name}": create_runtime(bundle, name, device=device) for name in RUNTIMES})
+        if result.extra["lgs"]:  # beside the bare model, so LGS's own cost on clean images shows
+            found.update({f"{bundle.name}/{r.label}+lgs": r for r in lgs_runtimes(bundle, probe)})
     return found
 
 
@@ -76,8 +76,9 @@ def patch_cells(result: Result, stored: dict[str, torch.Tensor], runners: dict[s
     cells = []
     for name, runtime in runners.items():
         clean, patched = runtime.predict(stored["x"], batch_size), runtime.predict(stored[PATCHED], batch_size)
-        cells.append({"runtime": name, "defense": "lgs" if result.extra["lgs"] else "none", "samples": len(y),
-                      "clean_target_rate": percent(clean == target), "tsuc": percent(patched == target),
+        cells.append({"runtime": name, "defense": "lgs" if name.endswith("+lgs") else "none", "samples": len(y),
+                      "clean_accuracy": percent(clean == y), "clean_target_rate": percent(clean == target),
+                      "tsuc": percent(patched == target),
                       "fooling_rate": percent(patched != y)})
     return cells
 
@@ -89,6 +90,8 @@ def evaluate_patch(config: PatchEvalConfig) -> tuple[Result, torch.Tensor]:
                                          data_root=config.data_root))
     source = session.bundle
     check_target(config.patch.target, len(source.classes))
+    if config.lgs:
+        LocalGradientSmoothing.for_size(source.input_shape[-1])  # refused on images too small for it, before crafting
     if config.out is not None:
         check_output(config.out, "--out")
     bundles = [source] + [load_bundle(path) for path in config.transfer]
