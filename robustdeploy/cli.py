@@ -314,6 +314,39 @@ def bench(
 
 
 @app.command()
+def diff(
+    bundle: opt.BundleDir,
+    against: Annotated[list[str] | None, typer.Option(help="Deployment runtime[:variant] to search for "
+                                                      "disagreements (repeatable; default ort-cpu:int8).")] = None,
+    reference: Annotated[str | None, typer.Option(help="Runtime the deployment should agree with (default "
+                                                  "torch, the training graph).")] = None,
+    eps: Annotated[list[float] | None, typer.Option("--eps", help="L-inf budget(s) in pixel units, in (0, 1] "
+                                                    "(repeatable; default 0.03).")] = None,
+    search: Annotated[list[str] | None, typer.Option(help="Search: gradient, genetic (repeatable, a cascade; "
+                                                     "default every one the reference allows).")] = None,
+    budget: Annotated[int | None, typer.Option(help="Deployment queries per sample and search (default 100).")]
+    = None,
+    limit: opt.Limit = None,
+    batch_size: opt.BatchSize = None,
+    out: opt.OutFile = None,
+    seed: opt.Seed = None,
+    device: opt.Device = None,
+    data_root: opt.DataRoot = None,
+) -> None:
+    """Search each test sample's 8-bit eps-ball for inputs where the deployment and the reference disagree."""
+    from robustdeploy.evaluation.checks import warn
+    from robustdeploy.evaluation.diff import DiffConfig, run_diff
+    from robustdeploy.report import diff_table
+
+    result = run_diff(DiffConfig(bundle=bundle, **given(
+        against=against, reference=reference, epsilons=eps, searches=search, budget=budget, limit=limit,
+        batch_size=batch_size, out=out, seed=seed, device=device, data_root=data_root)))
+    echo(diff_table(result))
+    warn(result.checks)
+    echo(f"results -> {result.path} (examples in {result.adversarial_file}, figure {result.figure})")
+
+
+@app.command()
 def check(
     bundle: opt.BundleDir,
     runtime: Annotated[list[str] | None, typer.Option("--runtime", "-r", help="Deployments to gate (default: "

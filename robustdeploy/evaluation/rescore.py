@@ -6,6 +6,7 @@ from pathlib import Path
 
 from robustdeploy.bundle import load_bundle
 from robustdeploy.evaluation.detector import detect_cells, open_detectors
+from robustdeploy.evaluation.diff import diff_cells
 from robustdeploy.evaluation.evaluate import classify_cells
 from robustdeploy.evaluation.patch import patch_cells, patch_runners
 from robustdeploy.evaluation.results import load_result
@@ -24,4 +25,6 @@ def rescore(path: Path, device: str = "cpu", batch_size: int = 256) -> list[dict
         return detect_cells(result, stored, open_detectors(bundle, result.runtime_labels(), device), batch_size)
     opened = {label: create_runtime(bundle, label, device=device) for label in result.runtime_labels()}
     opened.setdefault("torch", TorchRuntime(RuntimeSpec("torch"), bundle.reference_model(), device))
+    if result.scorer == "diff":
+        return diff_cells(result, stored, runners(opened.values(), batch_size))
     return classify_cells(result, stored, runners(opened.values(), batch_size))
