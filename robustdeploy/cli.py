@@ -361,6 +361,13 @@ def check(
                                                         "99.5).")] = None,
     max_robust_drop: Annotated[float | None, typer.Option(help="Max worst-case robust accuracy drop vs torch, "
                                                           "points (default 2).")] = None,
+    diff_eps: Annotated[float | None, typer.Option(help="Budget of the disagreement check, a gradient-guided "
+                                                   "search for inputs splitting deployment and torch (default "
+                                                   "0.01).")] = None,
+    diff_budget: Annotated[int | None, typer.Option(help="Its deployment queries per sample (default 10).")] = None,
+    max_disagreement: Annotated[float | None, typer.Option(help="Max share of samples split within --diff-eps, "
+                                                           "percent (default 1).")] = None,
+    no_diff: Annotated[bool, typer.Option("--no-diff", help="Skip the disagreement check.")] = False,
     limit: opt.Limit = None,
     markdown: Annotated[Path | None, typer.Option(help="Markdown summary file.")] = Path("check-summary.md"),
     junit: Annotated[Path | None, typer.Option(help="JUnit XML file.")] = Path("check-junit.xml"),
@@ -377,7 +384,8 @@ def check(
     _, found = run_check(CheckConfig(bundle=bundle, markdown=markdown, junit=junit, **given(
         runtimes=runtime, attacks=cascade(tuple(attack), {}) if attack else None, epsilons=eps,
         max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_robust_drop=max_robust_drop,
-        limit=limit, out=out, seed=seed, device=device, data_root=data_root)))
+        diff_budget=diff_budget, max_disagreement=max_disagreement, limit=limit, out=out, seed=seed, device=device,
+        data_root=data_root), **({"diff_eps": None} if no_diff else given(diff_eps=diff_eps))))
     for line in lines(found):
         echo(line)
     echo(f"summary -> {markdown}, junit -> {junit}")
