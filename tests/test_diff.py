@@ -1,5 +1,7 @@
 """`diff`: differential searches between the PyTorch graph and a deployment, on the digits CNN's variants."""
 
+import re
+
 import pytest
 import torch
 
@@ -91,14 +93,44 @@ def test_query_only_search_with_an_onnx_reference(variant_bundle_dir, tmp_path):
     (["--against", "ort-cpx:int8"], "unknown runtime 'ort-cpx'"),
     (["--against", "ort-cpu:int4"], "no 'int4' variant"),
     (["--eps", "0"], "outside (0, 1]"),
-    (["--eps", "1.5"], "outside (0, 1]"),
     (["--budget", "0"], "--budget must be at least 1"),
-    (["--search", "gradiant"], "did you mean 'gradient'"),
-    (["--against", "torch"], "is the reference itself"),
 ])
 def test_bad_inputs_are_one_line_errors(variant_bundle_dir, tmp_path, args, needle):
     out = tmp_path / "d.json"
     proc = cli("diff", variant_bundle_dir, "--out", out, *args)
     assert proc.returncode == 2
     assert_one_line_error(proc, needle)
-    assert not out.exists() and not list(tmp_path.iterdir())
+    assert not list(tmp_path.iterdir())  # nothing left behind
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"epsilons": (1.5,)}, "outside (0, 1]"),
+    ({"searches": ("gradiant",)}, "did you mean 'gradient'"),
+    ({"against": ("torch",)}, "is the reference itself"),
+    ({"against": ()}, "at least one --against"),
+    ({"searches": ("genetic", "genetic")}, "listed twice"),
+])
+def test_bad_options_are_refused_before_any_work(variant_bundle_dir, tmp_path, options, needle):
+    with pytest.raises(RobustDeployError, match=re.escape(needle)):
+        run_diff(DiffConfig(variant_bundle_dir, out=tmp_path / "d.json", **options))
+    assert not list(tmp_path.iterdir())
+
+
+def test_gate_fails_a_deployment_that_splits_from_torch_within_the_ball(variant_bundle_dir, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from robustdeploy.attacks import AttackSpec
+    from robustdeploy.evaluation.gate import CheckConfig, run_check
+    from robustdeploy.evaluation.results import load_result
+
+    result, found = run_check(CheckConfig(variant_bundle_dir, runtimes=("ort-cpu:int8",), attacks=(AttackSpec("fgsm"),),
+                                          limit=60, diff_eps=0.1, diff_budget=8, max_disagreement=0.0,
+                                          max_accuracy_drop=100, min_agreement=0, out=tmp_path / "c.json",
+                                          markdown=tmp_path / "s.md", junit=tmp_path / "j.xml"))
+    differ = next(i for i in found if i.check == "disagreement eps=0.1")
+    assert not differ.passed and differ.measured > 0 and not result.extra["passed"]
+    failures = ET.parse(tmp_path / "j.xml").getroot().findall("testcase/failure")
+    assert any("split from torch within eps=0.1" in f.get("message") for f in failures)
+    assert "| ort-cpu:int8 | disagreement eps=0.1 |" in (tmp_path / "s.md").read_text()
+    assert result.extra["diff_result"] == "c.diff.json"
+    assert rescore(tmp_path / "c.diff.json") == load_result(tmp_path / "c.diff.json")[0].cells
