@@ -1,5 +1,6 @@
 """`diff`: differential searches between the PyTorch graph and a deployment, on the digits CNN's variants."""
 
+import copy
 import re
 
 import pytest
@@ -21,6 +22,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_searches_find_a_shifted_boundary_within_the_budget():
+    """Two linear models whose class-0 bias differs: both searches find inputs between their boundaries."""
+    from robustdeploy.attacks import SEARCHES
+    from robustdeploy.evaluation.grid import realise
+
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).requires_grad_(False)
+    deployment = copy.deepcopy(reference)
+    deployment[1].bias[0] += 0.3
+    x = torch.round(torch.rand(40, 1, 4, 4) * 255) / 255
+    for name in ("gradient", "genetic"):
+        for model, some in ((deployment, True), (reference, False)):
+            out = SEARCHES.create(name).search(reference, model, x, 0.1, 12, lambda a, z, e: realise(a, z, e, "linf"))
+            split = reference(out.adv).argmax(1) != model(out.adv).argmax(1)
+            assert torch.equal(split, out.found) and bool(split.any()) == some, name
+            assert int(out.queries.max()) <= 12 and torch.equal(torch.round(out.adv * 255) / 255, out.adv)
+            assert ((out.adv - x).abs().max() * 255).round() <= 25
 
 
 def split_on_stored(bundle_dir, result, stored, key):
@@ -93,7 +113,7 @@ def test_query_only_search_with_an_onnx_reference(variant_bundle_dir, tmp_path):
     (["--against", "ort-cpx:int8"], "unknown runtime 'ort-cpx'"),
     (["--against", "ort-cpu:int4"], "no 'int4' variant"),
     (["--eps", "0"], "outside (0, 1]"),
-    (["--budget", "0"], "--budget must be at least 1"),
+    (["--budget", "0"], "query budget must be at least 1"),
 ])
 def test_bad_inputs_are_one_line_errors(variant_bundle_dir, tmp_path, args, needle):
     out = tmp_path / "d.json"

@@ -105,7 +105,7 @@ def test_check_cli_exit_codes_follow_measured_drop(bundle_copy, tmp_path):
     loose = cli(*common, "--min-agreement", f"{agreement - 0.1:.2f}")
     assert loose.returncode == 0, loose.stdout + loose.stderr
     assert_one_line_error(cli("check", bundle_copy, "--min-agreement", "120"), "percentage")
-    assert_one_line_error(cli("check", bundle_copy, "--diff-budget", "0"), "--budget must be at least 1")
+    assert_one_line_error(cli("check", bundle_copy, "--diff-budget", "0"), "query budget must be at least 1")
 
 
 def test_compare_runs_a_blackbox_attack_on_each_variant_itself(variant_bundle_dir, tmp_path):

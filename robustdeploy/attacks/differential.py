@@ -9,6 +9,7 @@ the two already disagree clean: that sample's x is the disagreement.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class DifferentialSearch(ABC):
         with torch.no_grad():
             ref, dep = labels(reference, x), labels(deployment, x)
         outcome = Outcome(x.clone(), ref != dep, queries)
-        todo = ~outcome.found
+        todo = ~outcome.found & (budget > 1) & (math.floor(eps * 255 + 1e-6) > 0)  # else the ball holds x alone
         if todo.any():
             index = todo.nonzero().flatten()
             sub = Outcome(x[index].clone(), outcome.found[index], queries[index])

@@ -53,10 +53,10 @@ def check_diff(against: tuple[str, ...], reference: str, epsilons: tuple[float, 
         raise RobustDeployError("give at least one --eps")
     for eps in epsilons:
         if not 0 < eps <= 1:
-            raise RobustDeployError(f"--eps {eps:g} is outside (0, 1]; give an L-inf budget in pixel units, "
-                                    "e.g. --eps 0.03")
+            raise RobustDeployError(f"eps {eps:g} is outside (0, 1]; give an L-inf budget in pixel units, "
+                                    "e.g. 0.03")
     if budget < 1:
-        raise RobustDeployError(f"--budget must be at least 1 query per sample, got {budget}")
+        raise RobustDeployError(f"the query budget must be at least 1 per sample, got {budget}")
     for name in searches:
         SEARCHES.get(name)
     if len(set(searches)) != len(searches):
