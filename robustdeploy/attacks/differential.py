@@ -93,7 +93,7 @@ SEARCHES: Registry[DifferentialSearch] = Registry("search")
 class GradientDiff(DifferentialSearch):
     """Gradient-guided boundary walk. Per restart: PGD with the margin loss on the reference (Madry et al. 2018;
     a random start from the second restart on) gives an 8-bit end point near or past the reference's decision
-    boundary; the 8-bit path from x to it, one grid step at a time, is bisected on the reference alone to the
+    boundary; the 8-bit path from x to it (a point per grid step between them) is bisected on the reference to the
     step where the reference leaves class c; the deployment is queried on both sides of that step. Where the
     deployment's boundary is off the reference's by a grid step or more (quantisation error of the margin larger
     than what one step changes), one side splits them. If the reference never leaves c, the deployment is asked
