@@ -430,7 +430,7 @@ def patch(
 @app.command("list")
 def list_registries() -> None:
     """List the registered datasets, architectures, attacks, runtimes and defenses."""
-    from robustdeploy.attacks import ATTACKS
+    from robustdeploy.attacks import ATTACKS, SEARCHES
     from robustdeploy.data import DATASETS
     from robustdeploy.defenses import DEFENSES, DETECTORS, TRANSFORMS
     from robustdeploy.models import MODELS
@@ -439,6 +439,7 @@ def list_registries() -> None:
     echo("datasets:      " + ", ".join(DATASETS.names()))
     echo("architectures: " + ", ".join(MODELS.names()) + ", timm:<any timm model>")
     echo("attacks:       " + ", ".join(ATTACKS.names()))
+    echo("diff searches: " + ", ".join(SEARCHES.names()))
     echo("runtimes:      " + ", ".join(RUNTIMES.names()))
     echo("defenses:      " + ", ".join(DEFENSES.names()))
     echo("detectors:     " + ", ".join(DETECTORS.names()))
