@@ -1,5 +1,5 @@
-"""DiffChaser-style genetic search for disagreements, queries only (Xie et al., "DiffChaser: detecting
-disagreements for deep neural networks", IJCAI 2019 / ISSTA 2019 tool track).
+"""DiffChaser-style genetic search for disagreements, queries only (after Xie et al., "DiffChaser: detecting
+disagreements for deep neural networks", IJCAI 2019; the fitness below is this module's own).
 
 A population of 8-bit images inside the eps-ball evolves by tournament selection, uniform crossover and
 mutation, with one elite kept per generation. Fitness rewards nearness to either model's decision boundary and,
