@@ -432,6 +432,39 @@ def bench(
 
 
 @app.command()
+def diff(
+    bundle: opt.BundleDir,
+    against: Annotated[list[str] | None, typer.Option(help="Deployment runtime[:variant] to search for "
+                                                      "disagreements (repeatable; default ort-cpu:int8).")] = None,
+    reference: Annotated[str | None, typer.Option(help="Runtime the deployment should agree with (default "
+                                                  "torch, the training graph).")] = None,
+    eps: Annotated[list[float] | None, typer.Option("--eps", help="L-inf budget(s) in pixel units, in (0, 1] "
+                                                    "(repeatable; default 0.03).")] = None,
+    search: Annotated[list[str] | None, typer.Option(help="Search: gradient, genetic (repeatable, a cascade; "
+                                                     "default every one the reference allows).")] = None,
+    budget: Annotated[int | None, typer.Option(help="Deployment queries per sample and search (default 100).")]
+    = None,
+    limit: opt.Limit = None,
+    batch_size: opt.BatchSize = None,
+    out: opt.OutFile = None,
+    seed: opt.Seed = None,
+    device: opt.Device = None,
+    data_root: opt.DataRoot = None,
+) -> None:
+    """Search each test sample's 8-bit eps-ball for inputs where the deployment and the reference disagree."""
+    from robustdeploy.evaluation.checks import warn
+    from robustdeploy.evaluation.diff import DiffConfig, run_diff
+    from robustdeploy.report import diff_table
+
+    result = run_diff(DiffConfig(bundle=bundle, **given(
+        against=against, reference=reference, epsilons=eps, searches=search, budget=budget, limit=limit,
+        batch_size=batch_size, out=out, seed=seed, device=device, data_root=data_root)))
+    echo(diff_table(result))
+    warn(result.checks)
+    echo(f"results -> {result.path} (examples in {result.adversarial_file}, figure {result.figure})")
+
+
+@app.command()
 def check(
     bundle: opt.BundleDir,
     runtime: Annotated[list[str] | None, typer.Option("--runtime", "-r", help="Deployments to gate (default: "
@@ -446,6 +479,13 @@ def check(
                                                         "99.5).")] = None,
     max_robust_drop: Annotated[float | None, typer.Option(help="Max worst-case robust accuracy drop vs torch, "
                                                           "points (default 2).")] = None,
+    diff_eps: Annotated[float | None, typer.Option(help="Budget of the disagreement check, a gradient-guided "
+                                                   "search for inputs splitting deployment and torch (default "
+                                                   "0.01).")] = None,
+    diff_budget: Annotated[int | None, typer.Option(help="Its deployment queries per sample (default 10).")] = None,
+    max_disagreement: Annotated[float | None, typer.Option(help="Max share of samples split within --diff-eps, "
+                                                           "percent (default 1).")] = None,
+    no_diff: Annotated[bool, typer.Option("--no-diff", help="Skip the disagreement check.")] = False,
     limit: opt.Limit = None,
     markdown: Annotated[Path | None, typer.Option(help="Markdown summary file.")] = Path("check-summary.md"),
     junit: Annotated[Path | None, typer.Option(help="JUnit XML file.")] = Path("check-junit.xml"),
@@ -462,7 +502,8 @@ def check(
     _, found = run_check(CheckConfig(bundle=bundle, markdown=markdown, junit=junit, **given(
         runtimes=runtime, attacks=cascade(tuple(attack), {}) if attack else None, epsilons=eps,
         max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_robust_drop=max_robust_drop,
-        limit=limit, out=out, seed=seed, device=device, data_root=data_root)))
+        diff_budget=diff_budget, max_disagreement=max_disagreement, limit=limit, out=out, seed=seed, device=device,
+        data_root=data_root), **({"diff_eps": None} if no_diff else given(diff_eps=diff_eps))))
     for line in lines(found):
         echo(line)
     echo(f"summary -> {markdown}, junit -> {junit}")
@@ -542,7 +583,7 @@ def report(
 @app.command("list")
 def list_registries() -> None:
     """List the registered datasets, architectures, attacks, runtimes and defenses."""
-    from robustdeploy.attacks import ATTACKS
+    from robustdeploy.attacks import ATTACKS, SEARCHES
     from robustdeploy.data import DATASETS
     from robustdeploy.defenses import DEFENSES, DETECTORS, TRANSFORMS
     from robustdeploy.models import MODELS
@@ -551,6 +592,7 @@ def list_registries() -> None:
     echo("datasets:      " + ", ".join(DATASETS.names()))
     echo("architectures: " + ", ".join(MODELS.names()) + ", timm:<any timm model>, tv:<any torchvision model>")
     echo("attacks:       " + ", ".join(ATTACKS.names()))
+    echo("diff searches: " + ", ".join(SEARCHES.names()))
     echo("runtimes:      " + ", ".join(RUNTIMES.names()))
     echo("defenses:      " + ", ".join(DEFENSES.names()))
     echo("detectors:     " + ", ".join(DETECTORS.names()))

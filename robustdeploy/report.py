@@ -108,3 +108,18 @@ def suite_table(done) -> str:
             headline = "-"
         rows.append([d.job.title, d.job.kind, d.status, headline, str(d.job.out)])
     return table(["job", "kind", "status", "headline", "result"], rows)
+
+
+def diff_table(result) -> str:
+    """One row per (budget, deployment, search of the cascade): disagreement with the reference after it."""
+    sets = {s["key"]: s for s in result.sets}
+    rows = []
+    for c in sorted(result.cells, key=lambda c: c["eps"]):
+        s = next(s for s in sets.values() if (s["attack"], s["source"], s["eps"]) == (c["search"], c["runtime"],
+                                                                                      c["eps"]))
+        rows.append([f"{c['eps']:g}", f"{c['runtime']} vs {c['reference']}", c["search"], c["clean_disagreement"],
+                     c["disagreement"], c["found_beyond_clean"], s["attacked"], s["queries_mean"], s["seconds"]])
+    head = (f"disagreements within the 8-bit L-inf ball, {result.samples} test samples, budget "
+            f"{result.extra['budget']} deployment queries per sample and search")
+    return head + "\n" + table(["eps", "deployment", "after search", "clean split %", "split %", "beyond clean",
+                                "searched", "queries", "seconds"], rows)

@@ -45,9 +45,15 @@ def test_realised_robust_accuracy_is_no_higher_than_fixed_step_pgd_then_rounding
     x, y = digits.test.x, digits.test.y
     model = load_bundle(bundle_dir).reference_model().requires_grad_(False)
     ort = create_runtime(load_bundle(bundle_dir), "ort-cpu")
+    size = EvalConfig(bundle=bundle_dir).batch_size
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
     for eps in (0.05, 0.1, 0.2):
         result = evaluate(EvalConfig(bundle=bundle_dir, epsilons=(eps,), out=tmp_path / f"{eps}.json"))
-        plain = ATTACKS.create("pgd", early_stop=False, seed=0).perturb(model, x, y, eps)
+        plain, attack = x.clone(), ATTACKS.create("pgd", early_stop=False, seed=0)
+        for start in range(0, len(x), size):  # the same blocks, samples and starts as the evaluation's
+            block = torch.arange(start, min(start + size, len(x)))[correct[start : start + size]]
+            plain[block] = attack.perturb(model, x[block], y[block], eps)
         rounded = realise(plain, x, eps, "linf")
         for runtime, predict in (("torch", lambda z: model(z).argmax(1)), ("ort-cpu", ort.predict)):
             with torch.no_grad():

@@ -73,6 +73,9 @@ def test_check_gate_verdicts_and_files(variant_bundle_dir, tmp_path):
     assert "all checks passed" in (tmp_path / "s.md").read_text()
     assert [c["attack"] for c in result.cells if c["runtime"] == "ort-cpu"] == ["fgsm", "pgd"]  # worst case last
     assert rescore(tmp_path / "c.json") == result.cells
+    differ = next(i for i in found if i.check == "disagreement eps=0.01")
+    assert differ.passed and differ.measured == 0.0 and "10 queries per sample" in differ.detail
+    assert rescore(tmp_path / "c.diff.json")[0]["disagreement"] == 0.0
 
 
 def test_check_cli_exit_codes_follow_measured_drop(bundle_copy, tmp_path):
@@ -91,16 +94,18 @@ def test_check_cli_exit_codes_follow_measured_drop(bundle_copy, tmp_path):
     agreement = next(i.measured for i in found if i.check == "top-1 agreement")
     assert 0.0 < agreement < 100.0
     common = ["check", bundle_copy, "--limit", "100", "--max-accuracy-drop", "100", "--max-robust-drop", "100",
+              "--max-disagreement", "100",
               "--markdown", tmp_path / "s.md", "--junit", tmp_path / "j.xml", "--out", tmp_path / "c.json"]
     tight = cli(*common, "--min-agreement", f"{agreement + 0.1:.2f}")
     assert tight.returncode == 1 and "FAILED ort-cpu top-1 agreement" in tight.stdout
-    assert tight.stderr.strip().splitlines()[-1] == "error: 1 of 3 checks failed (see above)"
+    assert tight.stderr.strip().splitlines()[-1] == "error: 1 of 4 checks failed (see above)"
     assert "fgsm/torch/eps=0.05: " in tight.stderr  # progress lines on stderr, one per crafted set
     assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
     assert "some checks failed" in (tmp_path / "s.md").read_text()
     loose = cli(*common, "--min-agreement", f"{agreement - 0.1:.2f}")
     assert loose.returncode == 0, loose.stdout + loose.stderr
     assert_one_line_error(cli("check", bundle_copy, "--min-agreement", "120"), "percentage")
+    assert_one_line_error(cli("check", bundle_copy, "--diff-budget", "0"), "query budget must be at least 1")
 
 
 def test_compare_runs_a_blackbox_attack_on_each_variant_itself(variant_bundle_dir, tmp_path):

@@ -16,6 +16,7 @@ import torch
 from robustdeploy.attacks import (
     Attack,
     AttackSpec,
+    DifferentialSearch,
     FixedBudgetAttack,
     MinimalNormAttack,
     check_eps,
@@ -29,6 +30,7 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.grid import ROUNDING, OnGrid, grid_budget, realise, rounding_report
 from robustdeploy.evaluation.score import predictions
 from robustdeploy.evaluation.session import Session
+from robustdeploy.runtimes import Runtime
 
 
 @dataclass
@@ -291,3 +293,31 @@ def _grid_from_norms(norms: torch.Tensor) -> tuple[float, ...]:
     finite = norms[torch.isfinite(norms)]
     top = float(finite.max()) if len(finite) and float(finite.max()) > 0 else 1.0
     return tuple(sorted({round(top * i / 8, 4) for i in range(9)}))
+
+
+def craft_diff(session: Session, stage: int, name: str, search: DifferentialSearch, reference: Callable,
+               deployment: Runtime, eps: float, budget: int, todo: torch.Tensor,
+               stored: dict[str, torch.Tensor]) -> tuple[CraftedSet, torch.Tensor]:
+    """One budget of a differential search of `deployment` against `reference` (a model on the 8-bit grid) on the
+    samples in `todo`, the rest keeping x; returns the set and the samples the search claims split the two."""
+    torch.manual_seed(session.config.seed)
+    index = todo.nonzero().flatten()
+    claimed = torch.zeros(len(session.test), dtype=torch.bool)
+    queries: list[int] = []
+
+    def run(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        outcome = search.search(reference, deployment.logits, xb, eps, budget, lambda a, x, e: realise(a, x, e, "linf"))
+        queries.extend(outcome.queries.tolist())
+        found.append(outcome.found.cpu())
+        return outcome.adv
+
+    found: list[torch.Tensor] = []
+    start, before = time.perf_counter(), search.gradients
+    adv = _batched(session, index, session.test.x, run)
+    if found:
+        claimed[index] = torch.cat(found)
+    key = set_key(name, deployment.label, eps)
+    stored[key] = adv
+    return CraftedSet(key, stage, name, deployment.label, eps, len(index), round(time.perf_counter() - start, 4),
+                      search.gradients - before, round(statistics.fmean(queries), 2) if queries else None,
+                      float(statistics.median(queries)) if queries else None), claimed

@@ -1,5 +1,6 @@
-"""`check`, the CI gate: clean accuracy drop, top-1 agreement and worst-case robust accuracy drop of every
-deployment against the PyTorch graph, with Markdown, JUnit and the re-scorable result."""
+"""`check`, the CI gate: clean accuracy drop, top-1 agreement, worst-case robust accuracy drop and disagreement
+within a small eps-ball (a differential search under a fixed query budget) of every deployment against the PyTorch
+graph, with Markdown, JUnit and the re-scorable results."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.compare import default_runtimes
 from robustdeploy.evaluation.craft import Plan
+from robustdeploy.evaluation.diff import check_diff, diff_into
 from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.session import SessionConfig, open_session
@@ -30,6 +32,9 @@ class CheckConfig(SessionConfig):
     max_robust_drop: float = 2.0  # points
     attacks: tuple[AttackSpec, ...] = DEFAULT_ATTACKS
     epsilons: tuple[float, ...] = (0.05,)
+    diff_eps: float | None = 0.01  # budget of the disagreement check (None: no check); 2 grid steps
+    diff_budget: int = 10  # deployment queries per sample of its gradient-guided search
+    max_disagreement: float = 1.0  # percent of samples split from torch within diff_eps
     markdown: Path | None = None
     junit: Path | None = None
     out: Path | None = None
@@ -39,6 +44,8 @@ class CheckConfig(SessionConfig):
             raise RobustDeployError("--max-accuracy-drop and --max-robust-drop are points >= 0")
         if not 0 <= self.min_agreement <= 100:
             raise RobustDeployError("--min-agreement is a percentage in [0, 100]")
+        if not 0 <= self.max_disagreement <= 100:
+            raise RobustDeployError("--max-disagreement is a percentage in [0, 100]")
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,18 @@ def items(result: Result, config: CheckConfig) -> list[CheckItem]:
     return found
 
 
+def diff_items(result: Result, config: CheckConfig) -> list[CheckItem]:
+    """The disagreement verdicts, read off a diff result's cells."""
+    found = []
+    for c in result.cells:
+        found.append(CheckItem(c["runtime"], f"disagreement eps={c['eps']:g}", c["disagreement"],
+                               config.max_disagreement, c["disagreement"] <= config.max_disagreement,
+                               f"{c['disagreement']:.2f}% of samples split from torch within eps={c['eps']:g} "
+                               f"({c['found_beyond_clean']} beyond the clean split; {c['search']} search, "
+                               f"{result.extra['budget']} queries per sample; max {config.max_disagreement:g}%)"))
+    return found
+
+
 @exclusive_outputs
 def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
     """Measure clean accuracy drop, agreement and worst-case robust accuracy drop of each deployment."""
@@ -77,14 +96,25 @@ def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
     names = config.runtimes or tuple(n for n in default_runtimes(bundle) if n != "torch")
     if "torch" in names:
         raise RobustDeployError("check compares deployments with the torch graph; drop --runtime torch")
+    if config.diff_eps is not None:
+        check_diff(names, "torch", (config.diff_eps,), config.diff_budget, ("gradient",))
     session = open_session(replace(config, runtimes=("torch", *names)), bundle)
     out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-check.json"
-    check_outputs((config.markdown, "--markdown"), (config.junit, "--junit"), (out, "--out"))
+    check_outputs((config.markdown, "--markdown"), (config.junit, "--junit"), (out, "--out"),
+                  (out.with_suffix(".diff.json") if config.diff_eps is not None else None, "--out"))
     result = new_result("check", session)
     stored = run_plans(result, session, [Plan(config.attacks, config.epsilons)], out, resume=False)
     result.cells = classify_cells(result, stored, session.runners())
     result.extra = {"agreement_with_torch": session.agreement()}
     found = items(result, config)
+    if config.diff_eps is not None:  # its own re-scorable result beside the check's
+        differ = new_result("diff", session, scorer="diff")
+        kept = {"x": session.test.x, "y": session.test.y}
+        diff_into(differ, session, kept, "torch", names, ("gradient",), (config.diff_eps,), config.diff_budget)
+        differ.complete = True
+        save_result(out.with_suffix(".diff.json"), differ, kept)
+        result.extra["diff_result"] = out.with_suffix(".diff.json").name
+        found += diff_items(differ, config)
     result.extra["items"] = [asdict(i) for i in found]
     result.extra["passed"] = all(i.passed for i in found)
     result.complete = True

@@ -7,6 +7,7 @@ from pathlib import Path
 from robustdeploy.bundle import load_bundle
 from robustdeploy.evaluation.defense import baseline_runner, defense_cells
 from robustdeploy.evaluation.detector import detect_cells, open_detectors
+from robustdeploy.evaluation.diff import diff_cells
 from robustdeploy.evaluation.evaluate import classify_cells
 from robustdeploy.evaluation.patch import patch_cells, patch_runners
 from robustdeploy.evaluation.results import load_result
@@ -28,4 +29,6 @@ def rescore(path: Path, device: str = "cpu", batch_size: int = 256) -> list[dict
     if result.kind == "defense":
         baseline = baseline_runner(bundle, result.extra["oblivious_source"], device, batch_size)
         return defense_cells(result, stored, runners(opened.values(), batch_size), baseline)
+    if result.scorer == "diff":
+        return diff_cells(result, stored, runners(opened.values(), batch_size))
     return classify_cells(result, stored, runners(opened.values(), batch_size))

@@ -74,3 +74,34 @@ def score_cascade(runtimes: list[str], sets: list[dict], epsilons: Iterable[floa
                 ))
     return cells
 
+
+
+@dataclass(frozen=True)
+class DiffCell:
+    """One deployment against the reference at one budget, after a cascade of differential searches up to one."""
+
+    runtime: str
+    reference: str
+    search: str
+    eps: float
+    clean_disagreement: float
+    disagreement: float
+    found_beyond_clean: int
+    disagreeing: list[int]
+
+
+def score_disagreement(runtimes: list[str], reference: str, sets: list[dict], epsilons: Iterable[float],
+                       predictions: Callable[[str, str], torch.Tensor]) -> list[DiffCell]:
+    """Cells for every deployment x budget x search stage: a sample counts once the two runtimes' labels differ on
+    x or on any stored example of the cascade so far (from stored sets only, so the same code re-scores)."""
+    cells = []
+    for runtime in runtimes:
+        clean = predictions(runtime, "x") != predictions(reference, "x")
+        for eps in epsilons:
+            split = clean.clone()
+            for s in sorted((s for s in sets if s["source"] == runtime and abs(s["eps"] - eps) < 1e-12),
+                            key=lambda s: s["stage"]):
+                split |= predictions(runtime, s["key"]) != predictions(reference, s["key"])
+                cells.append(DiffCell(runtime, reference, s["attack"], eps, percent(clean), percent(split),
+                                      int((split & ~clean).sum()), split.nonzero().flatten().tolist()))
+    return cells
