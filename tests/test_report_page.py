@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from robustdeploy.defenses.squeeze import SqueezeConfig
-from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
+from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
 from robustdeploy.evaluation.detector import evaluate_detector
 from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
 from robustdeploy.export import ExportConfig, export_bundle
@@ -56,7 +56,7 @@ def results(bundle_dir, run_dir, tmp_path_factory) -> list[Path]:
                                                                                                         median=0)))
     evaluate_detector(EvalConfig(bundle=detector, epsilons=(0.1,), limit=48, batch_size=48,
                                  out=folder / "detector.json", attack_params={"steps": 5}),
-                      AdaptiveSqueezePGD(steps=5))
+                      AdaptiveSqueezeAttack(steps=5, targets=1, restarts=1))
     return [folder / "eval.json", interrupted, folder / "detector.json"]
 
 

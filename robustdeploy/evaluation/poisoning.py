@@ -13,7 +13,7 @@ from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.session import SessionConfig, open_session, validate
 from robustdeploy.export import ExportConfig, export_bundle
-from robustdeploy.io import atomic_write_json, atomic_write_text, versions
+from robustdeploy.io import atomic_write_json, atomic_write_text, check_output_dir, exclusive_outputs, versions
 from robustdeploy.poison.figure import rate_plot
 from robustdeploy.poison.mix import check_rate
 from robustdeploy.poison.store import PoisonSet, load_poison_set
@@ -132,13 +132,13 @@ def _row(config: PoisonEvalConfig, poisons: PoisonSet, victim: str, rate: float,
                parity.passed, seconds, str(out / "runs" / name), str(bundle.path))
 
 
+@exclusive_outputs
 def evaluate_poison(config: PoisonEvalConfig) -> dict:
     """Train, export and score every victim x rate; write result.json, result.md and accuracy.png."""
     poisons = load_poison_set(config.poison)
     _check(config, poisons)
     out = Path(config.out) if config.out else Path("results") / f"poison-{poisons.path.name}"
-    if out.exists() and any(out.iterdir()):
-        raise RobustDeployError(f"{out} already exists; choose another --out or delete it")
+    check_output_dir(out, "--out", False, "choose another --out or delete it")
     start = time.perf_counter()
     rows = [_row(config, poisons, victim, rate, out) for victim in config.victims for rate in config.rates]
     m = poisons.manifest

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robustdeploy.attacks import cascade
-from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezePGD
+from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation import shards
 from robustdeploy.evaluation.defense import DefenseEvalConfig, evaluate_defense
@@ -32,7 +32,7 @@ COMMON = {"runtimes": list, "limit": int, "batch_size": int, "seed": int, "devic
 CASCADE = {"attacks": list, "eps": list, "params": dict, "realise": bool}
 KEYS = {
     "evaluate": CASCADE,
-    "detector": {**CASCADE, "adaptive_steps": int, "adaptive_lam": float},
+    "detector": {**CASCADE, "adaptive_steps": int, "adaptive_targets": int, "adaptive_restarts": int},
     "defense": {"baseline": str, "attack": str, "eps": float, "steps": int},
     "check": {"attacks": list, "eps": list, "max_accuracy_drop": float, "min_agreement": float,
               "max_robust_drop": float},
@@ -82,8 +82,9 @@ def _evaluate(job: Job) -> Result:
 def _detector(job: Job) -> Result:
     options = dict(job.options)
     fields = _fields(options)
-    adaptive = AdaptiveSqueezePGD(steps=options.pop("adaptive_steps", 100), lam=options.pop("adaptive_lam", 10.0),
-                                  seed=options.get("seed", 0))
+    adaptive = AdaptiveSqueezeAttack(steps=options.pop("adaptive_steps", 200),
+                                     targets=options.pop("adaptive_targets", 3),
+                                     restarts=options.pop("adaptive_restarts", 2), seed=options.get("seed", 0))
     return evaluate_detector(EvalConfig(bundle=job.bundle, out=job.out, resume=True,
                                         attack_params=options.pop("params", {}), **fields, **options), adaptive)
 

@@ -21,11 +21,12 @@ from torch.nn import functional as F
 
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.io import exclusive_outputs
 from robustdeploy.poison.figure import poison_grid
 from robustdeploy.poison.generator import Discriminator, UNetGenerator
 from robustdeploy.poison.objectives import OBJECTIVES
 from robustdeploy.poison.store import realise, write_poison_set
-from robustdeploy.poison.surrogates import Surrogate, check_specs, prepare
+from robustdeploy.poison.surrogates import Surrogate, check_specs, staging_for, timed_prepare
 
 log = logging.getLogger("robustdeploy")
 
@@ -124,6 +125,7 @@ def perturb(generator: UNetGenerator, x: torch.Tensor, eps: float, device: str, 
     return torch.cat(out).float().div_(255.0)
 
 
+@exclusive_outputs
 def generate(config: GenerateConfig) -> Path:
     """Train (or load) the surrogates, train the generator, write the poisoned training split as a poison set
     (the surrogates trained here go into its `surrogates/` folder)."""
@@ -131,13 +133,9 @@ def generate(config: GenerateConfig) -> Path:
     data = load_dataset(config.data)
     check_specs(config.surrogates, data)
     out = Path(config.out)
-    staging = out.parent / f".{out.name}.surrogates"
+    staging = staging_for(out)
     try:
-        seconds = {}
-        start = time.perf_counter()
-        surrogates = prepare(config.surrogates, config.data, data, staging, config.surrogate_epochs, config.seed,
-                             config.device)
-        seconds["surrogates"] = round(time.perf_counter() - start, 3)
+        surrogates, seconds = timed_prepare(config, data, staging)
         start = time.perf_counter()
         generator, history = train_generator(surrogates, data.train.x, data.train.y, config)
         seconds["generator"] = round(time.perf_counter() - start, 3)

@@ -3,6 +3,7 @@ run folder (`--surrogate runs/NAME`)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from robustdeploy.data import DataConfig, Dataset
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.io import check_output_dir
 from robustdeploy.models import MODELS, create_net
 from robustdeploy.recipe import train
 from robustdeploy.train import TrainConfig, load_run
@@ -67,3 +69,18 @@ def prepare(specs: tuple[str, ...], data_config: DataConfig, data: Dataset, fold
         model.to(device).eval().requires_grad_(False)
         found.append(Surrogate(spec, record.spec.arch, model, record.metrics["test_accuracy"], run))
     return found
+
+
+def staging_for(out: Path) -> Path:
+    """Hold the poison set `out` before any work (refused if it exists or another run writes it); the folder
+    the surrogates trained for it are built in."""
+    check_output_dir(out, "--out", False, "choose another --out or delete it")
+    return out.parent / f".{out.name}.surrogates"
+
+
+def timed_prepare(config, data: Dataset, staging: Path) -> tuple[list[Surrogate], dict[str, float]]:
+    """`prepare` for a generate or craft config, with the seconds it took."""
+    start = time.perf_counter()
+    found = prepare(config.surrogates, config.data, data, staging, config.surrogate_epochs, config.seed,
+                    config.device)
+    return found, {"surrogates": round(time.perf_counter() - start, 3)}

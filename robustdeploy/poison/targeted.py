@@ -16,13 +16,14 @@ import torch
 
 from robustdeploy.data import DataConfig, Dataset, load_dataset
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.io import exclusive_outputs
 from robustdeploy.models.parts import penultimate
 from robustdeploy.poison import convex_polytope as _cp  # noqa: F401  (registers convex-polytope)
 from robustdeploy.poison import feature_collision as _fc  # noqa: F401  (registers feature-collision)
 from robustdeploy.poison.figure import poison_grid
 from robustdeploy.poison.methods import TARGETED
 from robustdeploy.poison.store import realise, write_poison_set
-from robustdeploy.poison.surrogates import check_specs, prepare
+from robustdeploy.poison.surrogates import check_specs, staging_for, timed_prepare
 
 
 @dataclass(frozen=True)
@@ -72,19 +73,16 @@ def nearest_bases(model, data: Dataset, target: torch.Tensor, poison_class: int,
     return rows[distance.argsort()[:count]]
 
 
+@exclusive_outputs
 def craft(config: CraftConfig) -> Path:
     """Train (or load) the surrogates, craft the poisons, write them as a poison set."""
     data = load_dataset(config.data)
     validate(config, data)
     check_specs(config.surrogates, data)
     out = Path(config.out)
-    staging = out.parent / f".{out.name}.surrogates"
+    staging = staging_for(out)
     try:
-        seconds = {}
-        start = time.perf_counter()
-        surrogates = prepare(config.surrogates, config.data, data, staging, config.surrogate_epochs, config.seed,
-                             config.device)
-        seconds["surrogates"] = round(time.perf_counter() - start, 3)
+        surrogates, seconds = timed_prepare(config, data, staging)
         models = [s.model for s in surrogates]
         target = data.test.x[config.target_index : config.target_index + 1].to(config.device)
         rows = nearest_bases(models[0].cpu(), data, target.cpu(), config.poison_class, config.poisons)
