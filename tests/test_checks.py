@@ -63,6 +63,7 @@ def test_distillation_with_ce_is_flagged_before_the_attack_runs(tmp_path, caplog
 
     train(TrainConfig(epochs=2, defense="distillation", defense_params={"temperature": 100}), tmp_path / "run")
     export_bundle(ExportConfig(run_dir=tmp_path / "run", out=tmp_path / "b"))
+    caplog.clear()  # only what evaluate logs
     with caplog.at_level("INFO", logger="robustdeploy"):
         result = evaluate(EvalConfig(bundle=tmp_path / "b", limit=40, out=tmp_path / "r.json"))
     failed = {c["name"]: c["detail"] for c in result.checks if not c["passed"]}
