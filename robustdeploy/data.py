@@ -89,8 +89,10 @@ DATASETS: Registry[RawData] = Registry("dataset")
 
 
 def _to_float(x: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(x))
-    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+    """Pixels as float32 in standard (N, C, H, W) strides: numpy may hand a size-1 channel axis odd strides,
+    which PyTorch reads as channels-last and convolves with other kernels (float results that differ by 1e-6)."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32, memory_format=torch.contiguous_format)
+    return t.div_(255.0) if x.dtype == np.uint8 else t
 
 
 def _permute(n: int, seed: int) -> np.ndarray:

@@ -14,7 +14,7 @@ def test_train_export_evaluate_commands(tmp_path):
     bundle = tmp_path / "export" / "mlp-digits"
     proc = cli("export", run, "--out", bundle)
     assert proc.returncode == 0, proc.stderr
-    assert "PASSED ort-cpu vs torch" in proc.stdout and "export: fp32 graph exported" in proc.stderr
+    assert "PASSED ort-cpu vs torch" in proc.stdout and "export: fp32 graph parity-checked" in proc.stderr
     out = tmp_path / "res.json"
     proc = cli("evaluate", bundle, "-r", "torch", "-r", "ort-cpu", "--attack", "fgsm", "--eps", "0.1",
                "--eps", "0.2", "--limit", "50", "--out", out)
