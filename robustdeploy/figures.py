@@ -26,9 +26,11 @@ def _tile(image: torch.Tensor) -> Image.Image:
 
 
 def example_figure(path: Path, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor,
-                   predictions: dict[str, tuple[torch.Tensor, torch.Tensor]], title: str) -> Path:
-    """Write `path` (PNG): per row x, |adv - x| amplified to the full range, adv, and under each image the
-    true label and every runtime's clean -> adversarial prediction (`predictions[label] = (clean, adv)`)."""
+                   predictions: dict[str, tuple[torch.Tensor, torch.Tensor]], title: str,
+                   names: tuple[str, str, str] = ("original", "perturbation", "adversarial")) -> Path:
+    """Write `path` (PNG): per row x, |adv - x| amplified to the full range, adv (columns captioned `names`), and
+    under each image the true label and every runtime's clean -> adversarial prediction (`predictions[label] =
+    (clean, adv)`)."""
     font = ImageFont.load_default()
     caption = LINE * (len(predictions) + 1) + 4
     width, height = 3 * (CELL + 8) + 8, LINE + 8 + len(x) * (CELL + caption + 8)
@@ -39,11 +41,10 @@ def example_figure(path: Path, x: torch.Tensor, adv: torch.Tensor, y: torch.Tens
         delta = adv[row] - x[row]
         scale = float(delta.abs().max()) or 1.0
         top = LINE + 8 + row * (CELL + caption + 8)
-        for col, (name, image) in enumerate((("original", x[row]), ("perturbation", 0.5 + delta / (2 * scale)),
-                                             ("adversarial", adv[row]))):
+        for col, image in enumerate((x[row], 0.5 + delta / (2 * scale), adv[row])):
             left = 8 + col * (CELL + 8)
             canvas.paste(_tile(image), (left, top))
-            text = f"{name} (x{0.5 / scale:.1f})" if name == "perturbation" else f"{name}, true {int(y[row])}"
+            text = f"{names[col]} (x{0.5 / scale:.1f})" if col == 1 else f"{names[col]}, true {int(y[row])}"
             draw.text((left, top + CELL + 2), text, fill="black", font=font)
         for line, (runtime, (clean, attacked)) in enumerate(predictions.items(), start=1):
             fooled = int(attacked[row]) != int(y[row])
@@ -89,14 +90,14 @@ def png_bytes(figure) -> bytes:
     return buffer.getvalue()
 
 
-def budget_curves(curves: dict[str, list[tuple[float, float]]], norm: str, title: str) -> bytes:
-    """Accuracy (%) against the budget, one line per runtime (`curves[label] = [(eps, accuracy), ...]`)."""
+def accuracy_curves(curves: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str) -> bytes:
+    """Accuracy (%) against x (a budget, a poison rate), one line per series (`curves[label] = [(x, acc), ...]`)."""
     plt = _matplotlib()
     figure, axis = plt.subplots(figsize=(6, 3.6))
     for label, points in curves.items():
-        eps, accuracy = zip(*sorted(points))
-        axis.plot(eps, accuracy, marker="o", label=label)
-    axis.set(xlabel=f"budget eps ({norm})", ylabel="robust accuracy (%)", ylim=(-2, 102), title=title)
+        xs, accuracy = zip(*sorted(points))
+        axis.plot(xs, accuracy, marker="o", label=label)
+    axis.set(xlabel=xlabel, ylabel=ylabel, ylim=(-2, 102), title=title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return png_bytes(figure)

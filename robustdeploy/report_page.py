@@ -14,7 +14,7 @@ import torch
 
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.results import Result, load_result
-from robustdeploy.figures import budget_curves, example_grid, score_figure
+from robustdeploy.figures import accuracy_curves, example_grid, score_figure
 from robustdeploy.io import atomic_write_text, check_output
 from robustdeploy.report import EVALUATION_HEADERS, _fmt, evaluation_rows, table
 
@@ -73,8 +73,9 @@ def _part(path: Path, result: Result, stored: dict[str, torch.Tensor], device: s
         f"{result.samples} test samples, seed {result.seed}, norm {result.norm}, attacks {attacks}; runtimes "
         f"{', '.join(result.runtime_labels())}."])
     if result.cells and "robust_accuracy" in result.cells[0]:
-        part.blocks.append(Figure(budget_curves(curves(result), result.norm or "linf", "worst case over the "
-                                                "cascade"), "Accuracy against the budget (eps 0: clean accuracy)."))
+        plot = accuracy_curves(curves(result), f"budget eps ({result.norm or 'linf'})", "robust accuracy (%)",
+                               "worst case over the cascade")
+        part.blocks.append(Figure(plot, "Accuracy against the budget (eps 0: clean accuracy)."))
         part.blocks += ["Per attack of the cascade; the last row of each budget and runtime is the worst case.",
                         Table(EVALUATION_HEADERS, evaluation_rows(result))]
         part.blocks += differs(result)

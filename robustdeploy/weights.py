@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.models.base import load_state
 
 WRAPPERS = ("state_dict", "model_state_dict", "model", "module")  # common checkpoint keys around a state dict
 
@@ -46,20 +47,4 @@ def fit_weights(net: nn.Module, state: dict[str, torch.Tensor], arch: str) -> nn
     shape mismatch is one line naming the first few."""
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = [f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
-                 if missing else "", f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}"
-                 f"{', ...' if len(unexpected) > 3 else ''})" if unexpected else ""]
-        raise RobustDeployError(f"the weights do not fit {arch}: {'; '.join(p for p in parts if p)} keys; check "
-                                "--arch, --input-size and the number of classes")
-    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if state[k].shape != v.shape]
-    if wrong:
-        key, have, need = wrong[0]
-        raise RobustDeployError(f"the weights do not fit {arch}: {key} has shape {list(have)}, the architecture "
-                                f"needs {list(need)} ({len(wrong)} mismatched tensors); check --arch, --input-size "
-                                "and the number of classes")
-    net.load_state_dict(state, strict=True)
-    return net.eval()
+    return load_state(net, state, f"the weights for {arch}", "check --arch, --input-size and the number of classes")

@@ -13,8 +13,15 @@ from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.session import SessionConfig, open_session, validate
 from robustdeploy.export import ExportConfig, export_bundle
-from robustdeploy.io import atomic_write_json, atomic_write_text, check_output_dir, exclusive_outputs, versions
-from robustdeploy.poison.figure import rate_plot
+from robustdeploy.figures import accuracy_curves
+from robustdeploy.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    exclusive_outputs,
+    versions,
+)
 from robustdeploy.poison.mix import check_rate
 from robustdeploy.poison.store import PoisonSet, load_poison_set
 from robustdeploy.poison.surrogates import check_arch
@@ -152,7 +159,9 @@ def evaluate_poison(config: PoisonEvalConfig) -> dict:
     series = {f"{v} ({'white' if _white(result, v) else 'black'}-box) {rt}":
               [r["accuracy"][rt] for r in result["rows"] if r["victim"] == v]
               for v in config.victims for rt in rows[0].accuracy}
-    rate_plot(out / "accuracy.png", list(config.rates), series, f"{poisons.path.name}: clean test accuracy")
+    curves = {name: list(zip(config.rates, values)) for name, values in series.items()}
+    atomic_write_bytes(out / "accuracy.png", accuracy_curves(curves, "poison rate", "clean test accuracy (%)",
+                                                             poisons.path.name))
     result["path"] = str(out)
     return result
 

@@ -101,22 +101,26 @@ def load_weights(spec: ModelSpec, weights: Path) -> nn.Module:
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise RobustDeployError(f"cannot read weights {weights} ({str(exc).splitlines()[0][:160]}); "
                                 "restore or re-create them") from None
-    check_state(model, state, weights)
+    return load_state(model, state, f"weights {weights}", "give the weights saved for this architecture and "
+                      "input shape")
+
+
+def load_state(model: nn.Module, state: dict, source: str, fix: str) -> nn.Module:
+    """`state` loaded strictly into `model` (eval mode): missing or unexpected tensors, or tensors of another
+    shape, are one line naming the first few, ending in `fix`."""
+    expected = model.state_dict()
+    missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise RobustDeployError(f"{source} do not fit the model: {len(missing)} missing ({_few(missing)}), "
+                                f"{len(unexpected)} unexpected ({_few(unexpected)}) tensors; {fix}")
+    wrong = [k for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        k = wrong[0]
+        raise RobustDeployError(f"{source} do not fit the model: {k} has shape {list(state[k].shape)}, expected "
+                                f"{list(expected[k].shape)} ({len(wrong)} mismatched tensors); {fix}")
     model.load_state_dict(state)
     return model.eval()
 
 
-def check_state(model: nn.Module, state: dict, source: object) -> None:
-    """Weights that fit `model` exactly: missing, unexpected or misshapen tensors are one line naming the first."""
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    fix = "give the weights saved for this architecture and input shape"
-    if wrong:
-        k = wrong[0]
-        raise RobustDeployError(f"weights {source} do not fit the model: {k} has shape {list(state[k].shape)}, "
-                                f"expected {list(expected[k].shape)} ({len(wrong)} such tensors); {fix}")
-    if missing or unexpected:
-        raise RobustDeployError(f"weights {source} do not fit the model: {len(missing)} missing tensors "
-                                f"({', '.join(missing[:3]) or 'none'}), {len(unexpected)} unexpected "
-                                f"({', '.join(unexpected[:3]) or 'none'}); {fix}")
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") if names else "none"

@@ -21,11 +21,11 @@ from torch.nn import functional as F
 
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.figures import example_figure
 from robustdeploy.io import exclusive_outputs
-from robustdeploy.poison.figure import poison_grid
 from robustdeploy.poison.generator import Discriminator, UNetGenerator
 from robustdeploy.poison.objectives import OBJECTIVES
-from robustdeploy.poison.store import realise, write_poison_set
+from robustdeploy.poison.store import NAMES, realise, write_poison_set
 from robustdeploy.poison.surrogates import Surrogate, check_specs, staging_for, timed_prepare
 
 log = logging.getLogger("robustdeploy")
@@ -152,8 +152,9 @@ def generate(config: GenerateConfig) -> Path:
                     "target": None, "history": history, "surrogate_objective_stored": round(effect, 6),
                     "linf": float((poisoned - data.train.x).abs().max()), "seconds": seconds, "figure": "grid.png"}
         title = f"{config.data.name}: alpha {config.alpha:g}, eps {config.eps:.3g}"
-        write_poison_set(out, manifest, poisoned, torch.arange(len(data.train)), data, {
-            "grid.png": lambda path: poison_grid(path, data.train.x[:8], poisoned[:8], title)}, staging)
+        grid = {"grid.png": lambda path: example_figure(path, data.train.x[:8], poisoned[:8], data.train.y[:8], {},
+                                                        title, NAMES)}
+        write_poison_set(out, manifest, poisoned, torch.arange(len(data.train)), data, grid, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -24,6 +24,7 @@ from robustdeploy.io import atomic_write_bytes, atomic_write_json, read_document
 POISON_FORMAT = "robustdeploy-poison/1"
 MANIFEST = "manifest.json"
 SHARD_SIZE = 4096
+NAMES = ("clean", "perturbation", "poisoned")  # the columns of a poison set's grid.png
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -91,9 +92,7 @@ def write_poison_set(out: Path, manifest: dict, x: torch.Tensor, index: torch.Te
 
     `extra_files` maps a relative name to a function writing it into the staging folder (a figure);
     `surrogates`, a folder of surrogate runs, moves in as `surrogates/`."""
-    out = Path(out)
-    if out.exists():
-        raise RobustDeployError(f"poison set {out} already exists; choose another --out or delete it")
+    out = Path(out)  # held by the caller since before any work (surrogates.staging_for)
     tmp = staging_dir(out)
     try:
         shards = []

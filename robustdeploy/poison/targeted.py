@@ -16,13 +16,13 @@ import torch
 
 from robustdeploy.data import DataConfig, Dataset, load_dataset
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.figures import example_figure
 from robustdeploy.io import exclusive_outputs
 from robustdeploy.models.parts import penultimate
 from robustdeploy.poison import convex_polytope as _cp  # noqa: F401  (registers convex-polytope)
 from robustdeploy.poison import feature_collision as _fc  # noqa: F401  (registers feature-collision)
-from robustdeploy.poison.figure import poison_grid
 from robustdeploy.poison.methods import TARGETED
-from robustdeploy.poison.store import realise, write_poison_set
+from robustdeploy.poison.store import NAMES, realise, write_poison_set
 from robustdeploy.poison.surrogates import check_specs, staging_for, timed_prepare
 
 
@@ -103,8 +103,9 @@ def craft(config: CraftConfig) -> Path:
                     "info": crafted.info, "linf": float((poisons - bases.cpu()).abs().max()), "seconds": seconds,
                     "figure": "grid.png"}
         title = f"{config.method}: target {config.target_index} -> class {config.poison_class}"
-        write_poison_set(out, manifest, poisons, rows, data, {
-            "grid.png": lambda path: poison_grid(path, bases.cpu(), poisons, title)}, staging)
+        grid = {"grid.png": lambda path: example_figure(path, bases.cpu(), poisons, data.train.y[rows], {}, title,
+                                                        NAMES)}
+        write_poison_set(out, manifest, poisons, rows, data, grid, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
