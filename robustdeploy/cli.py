@@ -265,6 +265,7 @@ def evaluate(
     attack_opt: opt.AttackOpts = [],  # noqa: B006
     limit: opt.Limit = None,
     batch_size: opt.BatchSize = None,
+    window: opt.Window = None,
     out: opt.OutFile = None,
     seed: opt.Seed = None,
     device: opt.Device = None,
@@ -293,7 +294,7 @@ def evaluate(
                         resume=resume, realise=realise, **given(runtimes=runtime, attacks=attack, epsilons=eps,
                                                                 limit=limit, batch_size=batch_size, seed=seed,
                                                                 device=device, data_root=data_root, out=out,
-                                                                surrogate=surrogate))
+                                                                surrogate=surrogate, window=window))
     if detector:
         from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
         from robustdeploy.evaluation.detector import evaluate_detector

@@ -6,6 +6,7 @@ Every dataset yields float32 pixels in [0, 1], shape (N, C, H, W); normalisation
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,34 @@ class Split:
 
     def head(self, limit: int | None) -> Split:
         return self if limit is None else Split(self.x[:limit], self.y[:limit])
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A split whose pixels are read a range at a time (`read(start, stop)`), labels in memory: an evaluation over
+    it holds one window of images, not the split."""
+
+    y: torch.Tensor
+    read: Callable[[int, int], torch.Tensor]
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, split: Split) -> Samples:
+        return cls(split.y, lambda start, stop: split.x[start:stop], tuple(split.x.shape[1:]))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def head(self, limit: int | None) -> Samples:
+        return self if limit is None else Samples(self.y[:limit], self.read, self.shape)
+
+    def part(self, start: int, stop: int) -> Samples:
+        """Samples [start, stop) of this split, still unread."""
+        return Samples(self.y[start:stop], lambda a, b: self.read(start + a, start + b), self.shape)
+
+    def load(self) -> Split:
+        """Every pixel in memory (a copy, so the source pool can be freed)."""
+        return Split(self.read(0, len(self)).clone(), self.y.clone())
 
 
 @dataclass(frozen=True)
@@ -99,26 +128,50 @@ def _permute(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
-def load_dataset(config: DataConfig) -> Dataset:
-    """Load and split a registered dataset deterministically from `config.seed`."""
+def _check_fractions(config: DataConfig) -> None:
     if not 0.0 < config.val_fraction < 1.0 or not 0.0 <= config.test_fraction < 1.0:
         raise RobustDeployError("--val-fraction and --test-fraction must lie in (0, 1)")
+
+
+def _sizes(n: int, config: DataConfig, official_test: bool) -> tuple[int, int]:
+    """(test, validation) sample counts of a pool of `n`, checked; no test samples where the test set is official."""
+    n_val = max(1, int(round(n * config.val_fraction)))
+    n_test = 0 if official_test else max(1, int(round(n * config.test_fraction)))
+    if n - n_val - n_test <= 0:
+        raise RobustDeployError(f"dataset {config.name!r} is too small to split; lower the fractions")
+    return n_test, n_val
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Load and split a registered dataset deterministically from `config.seed`."""
+    _check_fractions(config)  # before anything is read
     factory = DATASETS.get(config.name)
     raw = factory(config)
     order = _permute(len(raw.y), config.seed)  # permuted before the float copy: one float copy of the pool, not two
     x, y = _to_float(raw.x[order]), torch.from_numpy(np.asarray(raw.y)[order]).long()
-    n_val = max(1, int(round(len(y) * config.val_fraction)))
+    n_test, n_val = _sizes(len(y), config, raw.x_test is not None)
     if raw.x_test is not None:
         test = Split(_to_float(raw.x_test), torch.from_numpy(np.asarray(raw.y_test)).long())
-        val, train = Split(x[:n_val], y[:n_val]), Split(x[n_val:], y[n_val:])
     else:
-        n_test = max(1, int(round(len(y) * config.test_fraction)))
         test = Split(x[:n_test], y[:n_test])
-        val = Split(x[n_test : n_test + n_val], y[n_test : n_test + n_val])
-        train = Split(x[n_test + n_val :], y[n_test + n_val :])
-    if len(train) == 0:
-        raise RobustDeployError(f"dataset {config.name!r} is too small to split; lower the fractions")
+    val = Split(x[n_test : n_test + n_val], y[n_test : n_test + n_val])
+    train = Split(x[n_test + n_val :], y[n_test + n_val :])
     return Dataset(config.name, raw.classes, train, val, test)
+
+
+def load_test_samples(config: DataConfig) -> Samples:
+    """The test split of `load_dataset(config)`, the same samples in the same order; an image folder's images are
+    decoded a range at a time when read, so a large folder never sits in memory whole."""
+    if config.name != "imagefolder":
+        return Samples.of(load_dataset(config).test)
+    _check_fractions(config)
+    folder = _image_folder(config)
+    order = _permute(len(folder.targets), config.seed)
+    n_test, _ = _sizes(len(order), config, False)
+    paths = [folder.paths[i] for i in order[:n_test]]
+    y = torch.from_numpy(np.asarray(folder.targets)[order[:n_test]]).long()
+    shape = tuple(_to_float(folder.decode(paths[:1])).shape[1:])
+    return Samples(y, lambda start, stop: _to_float(folder.decode(paths[start:stop])), shape)  # type: ignore[arg-type]
 
 
 def _require_root(config: DataConfig) -> Path:
@@ -250,31 +303,59 @@ def gtsrb(config: DataConfig) -> RawData:
     return RawData(tuple(str(c) for c in range(43)), x, np.asarray(labels), xt, np.asarray(test_labels))
 
 
-@DATASETS.register("imagefolder")
-def imagefolder(config: DataConfig) -> RawData:
-    """Any folder of class sub-folders of images (torchvision ImageFolder). With `config.preprocessing` (an imported
-    model's), every image goes through it (resize, centre crop, channels); else the images' own size when they all
-    share one square size, else resized to --image-size (default 32)."""
+@dataclass(frozen=True)
+class _Folder:
+    """An image folder listed but not decoded: `decode(paths)` gives their pixels (uint8 or float, N, C, H, W)."""
+
+    classes: tuple[str, ...]
+    paths: list[str]
+    targets: list[int]
+    decode: Callable[[list[str]], np.ndarray]
+
+
+def _image_folder(config: DataConfig) -> _Folder:
+    """List a folder of class sub-folders and fix how its images become pixels: through `config.preprocessing` (an
+    imported model's); else at the images' own size when they all share one square size (read from the file
+    headers), else resized to --image-size (default 32)."""
     import logging
 
     import torchvision
 
     root = _require_root(config)
     try:
-        folder = torchvision.datasets.ImageFolder(str(root))
+        folder = torchvision.datasets.ImageFolder(str(root), loader=str)  # paths only: nothing decoded yet
     except (FileNotFoundError, RuntimeError) as exc:
         raise RobustDeployError(f"no image folder at {root}: {exc}") from None
     if len(folder.classes) < 2:
         raise RobustDeployError(f"image folder {root} has one class ({folder.classes[0]}); a classifier needs at "
                                 "least two class sub-folders")
+    paths = [path for path, _ in folder.samples]
     if config.preprocessing is not None:
-        x = np.stack([config.preprocessing.image(_open_image(path)) for path, _ in folder.samples])
-        return RawData(tuple(folder.classes), x, np.asarray(folder.targets))
-    images = [_open_image(path) for path, _ in folder.samples]
-    channels = 1 if images[0].mode in ("L", "1", "I;16") else 3
-    sizes = {image.size for image in images}
+        pre = config.preprocessing
+        return _Folder(tuple(folder.classes), paths, folder.targets,
+                       lambda chosen: np.stack([pre.image(_open_image(path)) for path in chosen]))
+    channels = 1 if _open_image(paths[0]).mode in ("L", "1", "I;16") else 3
+    sizes = {_image_size(path) for path in paths}
     size = config.image_size or (next(iter(sizes))[0] if len(sizes) == 1 and len(set(*sizes)) == 1 else 32)
     if sizes != {(size, size)}:
         logging.getLogger("robustdeploy").info("resizing the images of %s to %dx%d", root, size, size)
-    x = _resize(images, size, channels)
-    return RawData(tuple(folder.classes), x, np.asarray(folder.targets))
+    return _Folder(tuple(folder.classes), paths, folder.targets,
+                   lambda chosen: _resize([_open_image(path) for path in chosen], size, channels))
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    """An image's size from its header, without decoding it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise RobustDeployError(f"cannot read image {path} ({exc}); remove or replace the file") from None
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(config: DataConfig) -> RawData:
+    """Any folder of class sub-folders of images (torchvision ImageFolder), see `_image_folder`."""
+    folder = _image_folder(config)
+    return RawData(folder.classes, folder.decode(folder.paths), np.asarray(folder.targets))

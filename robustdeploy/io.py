@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import functools
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.schema import validate
@@ -18,6 +20,14 @@ from robustdeploy.schema import validate
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary file in `path`'s folder, renamed onto `path` when the block ends without an
+    error (removed if it raises): for files written piece by piece, too large to hold in memory."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,7 +36,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise RobustDeployError(f"cannot write {path} ({exc.strerror}); choose another path") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # as an ordinary write would leave it, not mkstemp's 0600

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from robustdeploy.data import DataConfig, load_dataset
+from robustdeploy.data import DataConfig, load_dataset, load_test_samples
 from robustdeploy.errors import RobustDeployError
 
 
@@ -70,3 +70,26 @@ def test_imagefolder_keeps_a_shared_size_and_names_bad_input(tmp_path):
     Image.new("L", (12, 12)).save(one / "only" / "0.png")
     with pytest.raises(RobustDeployError, match="has one class"):
         load_dataset(DataConfig(name="imagefolder", data_root=str(one)))
+
+
+def test_test_samples_are_the_test_split_read_a_range_at_a_time(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import robustdeploy.data as data_module
+
+    for cls in ("a", "b", "c"):
+        (tmp_path / cls).mkdir()
+        for i in range(12):
+            Image.new("RGB", (10, 10), (i * 20, len(cls) * 60, 7 * i)).save(tmp_path / cls / f"{i}.png")
+    config = DataConfig(name="imagefolder", data_root=str(tmp_path), test_fraction=0.4, seed=5)
+    whole = load_dataset(config).test
+    decoded: list[int] = []
+    opener = data_module._open_image
+    monkeypatch.setattr(data_module, "_open_image", lambda path: decoded.append(1) or opener(path))
+    samples = load_test_samples(config)
+    decoded.clear()
+    assert samples.shape == (3, 10, 10) and torch.equal(samples.y, whole.y)
+    part = samples.part(3, 9)
+    assert torch.equal(part.read(1, 4), whole.x[4:7]) and len(decoded) == 3  # only the samples asked for
+    assert torch.equal(samples.head(5).load().x, whole.x[:5])
+    assert torch.equal(load_test_samples(DataConfig(seed=2)).load().x, load_dataset(DataConfig(seed=2)).test.x)

@@ -110,6 +110,25 @@ def test_minimal_norm_attack_is_clipped_per_budget_with_realised_norms(bundle_di
     assert rescore(out) == result.cells
 
 
+def test_windows_give_the_numbers_and_examples_of_one_pass(bundle_dir, tmp_path):
+    """A split larger than --window goes through disk window by window, with exactly the one-pass result."""
+    from robustdeploy.evaluation.results import load_result
+
+    settings = dict(bundle=bundle_dir, attacks=("pgd", "square"), epsilons=(0.1,), limit=70, batch_size=16,
+                    attack_params={"steps": 5, "max_queries": 20})
+    one = evaluate(EvalConfig(**settings, out=tmp_path / "one.json"))
+    windowed = evaluate(EvalConfig(**settings, window=20, out=tmp_path / "w.json"))  # 32-sample windows
+    assert windowed.cells == one.cells and windowed.complete
+    assert [(s["key"], s["attacked"]) for s in windowed.sets] == [(s["key"], s["attacked"]) for s in one.sets]
+    a, b = load_result(tmp_path / "one.json")[1], load_result(tmp_path / "w.json")[1]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert rescore(tmp_path / "w.json") == windowed.cells
+    assert not (tmp_path / "w.shards").exists() and (tmp_path / "w.png").is_file()
+    with pytest.raises(RobustDeployError, match="give --eps"):
+        evaluate(EvalConfig(bundle=bundle_dir, attacks=("ddn",), epsilons=(), limit=70, batch_size=16, window=20,
+                            out=tmp_path / "m.json"))
+
+
 def test_resume_keeps_finished_sets(bundle_dir, tmp_path):
     out = tmp_path / "r.json"
     first = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("ort-cpu",), epsilons=(0.1,), limit=60, out=out))

@@ -4,7 +4,8 @@ saved as they are crafted, so `resume=True` continues an interrupted run."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -23,7 +24,15 @@ from robustdeploy.evaluation.craft import (
     require_gradient_source,
     with_surrogate,
 )
-from robustdeploy.evaluation.results import Result, load_matching, resume_from, save_result
+from robustdeploy.evaluation.results import (
+    Result,
+    Stored,
+    adversarial_path,
+    join_examples,
+    load_matching,
+    resume_from,
+    save_result,
+)
 from robustdeploy.evaluation.score import predictions, score_cascade
 from robustdeploy.evaluation.session import Session, SessionConfig, open_session
 from robustdeploy.figures import example_figure, pick_examples
@@ -104,7 +113,8 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
 @exclusive_outputs
 def evaluate(config: EvalConfig) -> Result:
     """Run the cascade on every runtime it applies to; score every runtime; checks, figure, one result file.
-    Under torchrun each rank does its shard and rank 0 writes the result (other ranks return their shard's)."""
+    A split larger than `config.window` goes window by window through disk, so memory does not grow with it; under
+    torchrun each rank does its shard and rank 0 writes the result (other ranks return their shard's)."""
     group = shards.join(config.device)
     session = open_session(replace(config, device=group.device(config.device)))
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
@@ -113,56 +123,72 @@ def evaluate(config: EvalConfig) -> Result:
     if config.surrogate is not None:
         plan = with_surrogate(plan, session, config.surrogate)
         result.extra["surrogate"] = {"bundle": str(config.surrogate), "source": plan.source}
-    if group.active:
+    windowed = group.active or len(session.samples) > session.window
+    if windowed:
         if group.rank == 0:
-            check_output(out, "--out")  # the merged result; each rank holds its own shard file
-        stored = run_sharded(result, session, [plan], out, config.resume, group)
-        if group.rank != 0:
+            check_output(out, "--out")  # the merged result; each window has its own file
+        done = run_windows(result, session, [plan], out, config.resume, group)
+        if done is None:
             return result
+        shown, stored = done
     else:
         stored = run_plans(result, session, [plan], out, config.resume)
         result.cells = classify_cells(result, stored, session.runners())
+        shown = session
     result.checks += [asdict(c) for c in checks.for_cells(result.cells, result.attacks, result.norm or "linf",
-                                                          session.test.x[0].numel()) if c is not None]
-    result.figure = write_figure(out.with_suffix(".png"), session, stored, result)
+                                                          math.prod(session.samples.shape)) if c is not None]
+    result.figure = write_figure(out.with_suffix(".png"), shown, stored, result)
     result.complete = True
-    save_result(out, result, stored)
+    save_result(out, result, None if windowed else stored)
     shards.finish(out)
     return result
 
 
-def run_sharded(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool,
-                group: shards.Group) -> dict[str, torch.Tensor]:
-    """This rank's shard crafted and scored on its own and saved as it goes (with `resume`, a finished shard on
-    disk is reused and an unfinished one continued); on rank 0, every shard gathered into `result`."""
+def run_windows(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool,
+                group: shards.Group) -> tuple[Session, Mapping[str, torch.Tensor]] | None:
+    """This rank's shard, window by window, each crafted, scored and saved on its own (with `resume`, a finished
+    window on disk is reused and an unfinished one continued); on rank 0, every window's outcomes scored into
+    `result` and their examples joined into its file. Returns the first window and its examples (for the checks
+    and the figure); None on the other ranks."""
     if any(not p.epsilons for p in plans):
-        raise RobustDeployError("under torchrun give --eps: budgets picked from minimal norms would differ by shard")
-    start, stop = shards.bounds(len(session.test), session.batch_size, group)
-    part = session.shard(start, stop)
+        raise RobustDeployError(f"give --eps: with more than --window {session.window} samples or under torchrun, "
+                                "budgets picked from minimal norms would differ by window")
+    start, stop = shards.bounds(len(session.samples), session.batch_size, group)
+    parts = shards.windows(start, stop, session.window)
+    done = [run_window(session.shard(a, b), plans, out, resume, f"{i + 1} of {len(parts)}")
+            for i, (a, b) in enumerate(parts)]
+    windows = shards.gather(done, group)
+    if windows is None:
+        return None
+    first = windows[0]
+    result.sets, outcomes, result.extra["norms"] = shards.merge(windows)
+    result.attacks, result.norm, result.epsilons = first.result.attacks, first.result.norm, first.result.epsilons
+    result.seconds["attack"] = round(sum(s["seconds"] for s in result.sets), 4)
+    join_examples([adversarial_path(w.path) for w in windows], out)
+    shown = session.shard(first.start, first.stop)
+    result.checks = masking_checks(result, shown, plans[0].source_model)
+    result.cells = score_sets(result, session.samples.y, lambda runtime, key: outcomes[runtime + shards.SEP + key])
+    return shown, Stored(adversarial_path(first.path))
+
+
+def run_window(part: Session, plans: list[Plan], out: Path, resume: bool, which: str) -> shards.Window:
+    """Craft, score and save one window of samples; its per-sample outcomes are written last, marking it finished."""
+    start, stop = part.offset, part.offset + len(part.samples)
     path = shards.shard_path(out, start, stop)
-    shard = new_result("evaluate", part)
+    window = new_result("evaluate", part)
     outcomes = shards.load_outcomes(path) if resume and path.is_file() else None
     if outcomes is None:
-        shards.outcomes_path(path).unlink(missing_ok=True)  # a stale one would mark this shard finished
-        stored = run_plans(shard, part, plans, path, resume, check=False)
+        shards.outcomes_path(path).unlink(missing_ok=True)  # a stale one would mark this window finished
+        stored = run_plans(window, part, plans, path, resume, check=False)
         outcomes = {}
-        score_sets(shard, stored["y"], shards.recording(predictions(part.runners(), stored), outcomes))
-        save_result(path, shard, stored)
-        shards.save_outcomes(path, outcomes)  # last: a shard with outcomes is finished
-        log.info("shard %d-%d of %d samples finished -> %s", start, stop, len(session.test), path)
+        score_sets(window, stored["y"], shards.recording(predictions(part.runners(), stored), outcomes))
+        save_result(path, window, stored)
+        shards.save_outcomes(path, outcomes)  # last: a window with outcomes is finished
+        log.info("window %s (samples %d-%d) finished -> %s", which, start, stop, path)
     else:
-        shard, stored = load_matching(path, shard)
-        log.info("shard %d-%d of %d samples already finished in %s", start, stop, len(session.test), path)
-    parts = shards.gather((shard, stored, outcomes), group)
-    if parts is None:
-        return stored
-    result.sets, stored, outcomes, norms = shards.merge(parts)
-    result.attacks, result.norm, result.epsilons = shard.attacks, shard.norm, shard.epsilons
-    result.extra["norms"] = norms
-    result.seconds["attack"] = round(sum(s["seconds"] for s in result.sets), 4)
-    result.checks = masking_checks(result, session, plans[0].source_model)
-    result.cells = score_sets(result, stored["y"], lambda runtime, key: outcomes[runtime + shards.SEP + key])
-    return stored
+        window = load_matching(path, window)[0]
+        log.info("window %s (samples %d-%d) already finished in %s", which, start, stop, path)
+    return shards.Window(start, stop, path, window, outcomes)
 
 
 def masking_checks(result: Result, session: Session, source: torch.nn.Module | None = None) -> list[dict]:

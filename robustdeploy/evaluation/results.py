@@ -7,11 +7,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import json
+import struct
+from collections.abc import Iterator, Mapping
+
 import torch
-from safetensors.torch import load_file, save
+from safetensors import safe_open
+from safetensors.torch import save
 
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_bytes, atomic_write_json, read_document, versions
+from robustdeploy.io import atomic_write_bytes, atomic_write_json, atomic_writer, read_document, versions
 
 FORMAT = "robustdeploy-result/2"
 
@@ -70,23 +75,107 @@ def adversarial_path(out: Path) -> Path:
     return Path(out).with_suffix(".adv.safetensors")
 
 
-def save_result(out: Path, result: Result, stored: dict[str, torch.Tensor]) -> None:
-    """Examples first, then the JSON that points at them: whatever is on disk is re-scorable."""
+class Stored(Mapping):
+    """A result's stored examples on disk: `stored[key]` reads one set (kept once read, like a dict); `rows(key)`
+    reads it a window at a time and keeps nothing, so scoring a large result never holds a set whole."""
+
+    WINDOW = 1024
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._read = Path(path), {}
+        with safe_open(str(self.path), "pt") as handle:
+            self._keys = list(handle.keys())
+            self._len = handle.get_slice(self._keys[0]).get_shape()[0] if self._keys else 0
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._read:
+            if key not in self._keys:
+                raise KeyError(key)
+            with safe_open(str(self.path), "pt") as handle:
+                self._read[key] = handle.get_tensor(key)
+        return self._read[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def rows(self, key: str) -> Iterator[torch.Tensor]:
+        if key in self._read:
+            yield self._read[key]
+            return
+        with safe_open(str(self.path), "pt") as handle:
+            part = handle.get_slice(key)
+            for start in range(0, self._len, self.WINDOW):
+                yield part[start : start + self.WINDOW]
+
+
+def save_result(out: Path, result: Result, stored: Mapping[str, torch.Tensor] | None) -> None:
+    """Examples first, then the JSON that points at them: whatever is on disk is re-scorable. `stored=None`: the
+    examples are on disk already (`join_examples`)."""
     out = Path(out)
     result.path, result.adversarial_file = out, adversarial_path(out).name
-    atomic_write_bytes(adversarial_path(out), save({k: v.contiguous() for k, v in stored.items()}))
+    if stored is not None:
+        atomic_write_bytes(adversarial_path(out), save({k: v.contiguous() for k, v in stored.items()}))
     atomic_write_json(out, result.to_dict())
 
 
-def load_result(path: Path) -> tuple[Result, dict[str, torch.Tensor]]:
-    """A result and its stored examples; a damaged or foreign file is one clear error."""
+def _header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's header and where its data starts."""
+    with open(path, "rb") as handle:
+        size = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def join_examples(parts: list[Path], out: Path) -> None:
+    """The stored examples of consecutive windows (safetensors files with the same keys) joined into the one file of
+    the result at `out`, each set concatenated along its sample axis, streamed through a small buffer: the file
+    format lays a tensor out row after row, so joining rows is joining bytes."""
+    headers = [_header(p) for p in parts]
+    first = headers[0][0]
+    for (header, _), path in zip(headers, parts):
+        if {k: (v["dtype"], v["shape"][1:]) for k, v in header.items()} != \
+                {k: (v["dtype"], v["shape"][1:]) for k, v in first.items()}:
+            raise RobustDeployError(f"{path} holds other sets than {parts[0]}; delete {parts[0].parent} and re-run")
+    layout, offset = {}, 0
+    for key, info in first.items():
+        size = sum(h[key]["data_offsets"][1] - h[key]["data_offsets"][0] for h, _ in headers)
+        rows = sum(h[key]["shape"][0] for h, _ in headers)
+        layout[key] = {"dtype": info["dtype"], "shape": [rows, *info["shape"][1:]], "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(layout, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with atomic_writer(adversarial_path(out)) as handle:
+        handle.write(struct.pack("<Q", len(text)) + text)
+        for key in layout:
+            for (header, start), path in zip(headers, parts):
+                begin, end = header[key]["data_offsets"]
+                with open(path, "rb") as source:
+                    source.seek(start + begin)
+                    _copy(source, handle, end - begin)
+
+
+def _copy(source, target, size: int, block: int = 1 << 24) -> None:
+    while size > 0:
+        chunk = source.read(min(block, size))
+        if not chunk:
+            raise RobustDeployError(f"{source.name} is truncated; delete it and re-run")
+        target.write(chunk)
+        size -= len(chunk)
+
+
+def load_result(path: Path) -> tuple[Result, Stored]:
+    """A result and its stored examples (read on demand); a damaged or foreign file is one clear error."""
     path = Path(path)
     if not path.is_file():
         raise RobustDeployError(f"result {path} not found; give the JSON that `robustdeploy evaluate` wrote")
     data = read_document(path, FORMAT, "give a result written by this version of robustdeploy")
     try:
         result = Result.from_dict(data)
-        stored = load_file(str(path.parent / result.adversarial_file))
+        stored = Stored(path.parent / result.adversarial_file)
     except Exception as exc:  # a hand-edited or truncated result: say so rather than guess
         raise RobustDeployError(f"cannot read result {path} or its examples ({exc}); re-run the evaluation") \
             from None
@@ -96,7 +185,7 @@ def load_result(path: Path) -> tuple[Result, dict[str, torch.Tensor]]:
 SAME = ("kind", "bundle", "seed", "samples", "limit", "norm", "attacks")
 
 
-def load_matching(out: Path, fresh: Result) -> tuple[Result, dict[str, torch.Tensor]]:
+def load_matching(out: Path, fresh: Result) -> tuple[Result, Stored]:
     """The result at `out` and its tensors, refused unless it was made with `fresh`'s settings."""
     previous, stored = load_result(out)
     if any(getattr(previous, k) != getattr(fresh, k) for k in SAME) or \
@@ -108,4 +197,4 @@ def load_matching(out: Path, fresh: Result) -> tuple[Result, dict[str, torch.Ten
 def resume_from(out: Path, fresh: Result) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """Sets already crafted by an interrupted run with the same settings, and their tensors."""
     previous, stored = load_matching(out, fresh)
-    return previous.sets, stored
+    return previous.sets, dict(stored)

@@ -4,7 +4,7 @@ set of the cascade that applies to it; robust accuracy after attack k is the wor
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +36,14 @@ def runners(runtimes: Iterable, batch_size: int) -> dict[str, Callable]:
     return {r.label: functools.partial(r.predict, batch_size=batch_size) for r in runtimes}
 
 
-def predictions(runners: dict[str, Callable], stored: dict[str, torch.Tensor]) -> Callable[[str, str], torch.Tensor]:
-    """(runner, stored key) -> that runner's labels on that set, computed once."""
-    return functools.cache(lambda runner, key: runners[runner](stored[key]))
+def predictions(runners: dict[str, Callable], stored: Mapping[str, torch.Tensor]) -> Callable[[str, str], torch.Tensor]:
+    """(runner, stored key) -> that runner's labels on that set, computed once; a store read from disk (one with
+    `rows`) is predicted a window at a time, so a large result is scored without holding a set whole."""
+    def labels(runner: str, key: str) -> torch.Tensor:
+        if hasattr(stored, "rows"):
+            return torch.cat([runners[runner](part) for part in stored.rows(key)])
+        return runners[runner](stored[key])
+    return functools.cache(labels)
 
 
 def pick(sets: Iterable[dict], runtime: str, eps: float) -> list[dict]:

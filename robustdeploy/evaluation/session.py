@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from robustdeploy.bundle import Bundle, load_bundle
-from robustdeploy.data import DataConfig, Split, load_dataset
+from robustdeploy.data import DataConfig, Samples, Split, load_test_samples
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.score import percent, runners
 from robustdeploy.runtimes import Runtime, RuntimeSpec, create_runtime, parse_runtime
@@ -26,24 +27,34 @@ class SessionConfig:
     seed: int = 0
     device: str = "cpu"
     data_root: str | None = None
+    window: int = 1024  # samples crafted and scored at a time; a larger run goes window by window through disk
 
 
 @dataclass
 class Session:
-    """The opened pieces; `reference` is the PyTorch graph attacks differentiate, `torch` its runtime view."""
+    """The opened pieces; `reference` is the PyTorch graph attacks differentiate, `torch` its runtime view.
+    `samples` is the split, unread; `test` reads it into memory the first time it is asked for."""
 
     config: SessionConfig
     bundle: Bundle
-    test: Split
+    samples: Samples
     runtimes: list[Runtime]
     reference: torch.nn.Module
     torch: Runtime
-    offset: int = 0  # index in the split of `test`'s first sample (non-zero for a shard of a distributed run)
+    offset: int = 0  # index in the split of the first sample (non-zero for a shard or a window)
+
+    @functools.cached_property
+    def test(self) -> Split:
+        return self.samples.load()
 
     def shard(self, start: int, stop: int) -> Session:
-        """This session on samples [start, stop) of its split only (copied, so the whole split can be freed)."""
-        part = Split(self.test.x[start:stop].clone(), self.test.y[start:stop].clone())
-        return replace(self, test=part, offset=self.offset + start)
+        """This session on samples [start, stop) of its split only (nothing read until its `test` is asked for)."""
+        return replace(self, samples=self.samples.part(start, stop), offset=self.offset + start)
+
+    @property
+    def window(self) -> int:
+        """Samples held in memory at a time: `config.window` rounded up to whole batches."""
+        return -(-self.config.window // self.batch_size) * self.batch_size
 
     @property
     def batch_size(self) -> int:
@@ -64,7 +75,7 @@ class Session:
 
     def header(self) -> dict:
         data = {**self.bundle.data.to_dict(), "data_root": self.config.data_root or self.bundle.data.data_root}
-        return {"bundle": str(self.bundle.path), "seed": self.config.seed, "samples": len(self.test),
+        return {"bundle": str(self.bundle.path), "seed": self.config.seed, "samples": len(self.samples),
                 "limit": self.config.limit, "data": data, "runtimes": [r.describe() for r in self.runtimes]}
 
 
@@ -72,6 +83,8 @@ def validate(config: SessionConfig) -> None:
     """Checks that need nothing opened: limits, batch size, runtime list, device."""
     if config.limit is not None and config.limit < 1:
         raise RobustDeployError(f"--limit must be at least 1, got {config.limit}")
+    if config.window < 1:
+        raise RobustDeployError(f"--window must be at least 1, got {config.window}")
     if config.batch_size < 1:
         raise RobustDeployError(f"--batch-size must be at least 1, got {config.batch_size}")
     if not config.runtimes:
@@ -85,17 +98,17 @@ def validate(config: SessionConfig) -> None:
         raise RobustDeployError(f"--device {config.device}: PyTorch sees no CUDA GPU; use --device cpu")
 
 
-def load_test_split(bundle: Bundle, data_root: str | None, limit: int | None) -> Split:
-    """The bundle's test split, checked against the bundle's input shape."""
+def load_test_split(bundle: Bundle, data_root: str | None, limit: int | None) -> Samples:
+    """The bundle's test split, unread, checked against the bundle's input shape."""
     if data_root is not None and bundle.data.name == "digits":
         raise RobustDeployError("--data-root is for datasets read from disk; the bundle uses the built-in "
                                 "digits, drop --data-root")
     config = bundle.data if data_root is None else DataConfig(**{**bundle.data.to_dict(), "data_root": data_root})
-    data = load_dataset(config)
-    if data.input_shape != bundle.input_shape:
-        raise RobustDeployError(f"dataset {config.name!r} gives inputs of shape {data.input_shape}, the bundle "
+    samples = load_test_samples(config)
+    if samples.shape != bundle.input_shape:
+        raise RobustDeployError(f"dataset {config.name!r} gives inputs of shape {samples.shape}, the bundle "
                                 f"expects {bundle.input_shape}; use the dataset the model was trained on")
-    return data.test.head(limit)
+    return samples.head(limit)
 
 
 def open_session(config: SessionConfig, bundle: Bundle | None = None) -> Session:

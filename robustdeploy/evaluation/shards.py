@@ -1,6 +1,7 @@
-"""Scale-out on torch.distributed (run under `torchrun`): each rank takes a contiguous shard of the split, made of
-whole batches so every sample meets the same batch and seed as in one process; a shard's sets and per-sample
-outcomes are written to disk as they finish, and rank 0 gathers the shards into the one result."""
+"""Windows and scale-out on torch.distributed (run under `torchrun`): each rank takes a contiguous shard of the
+split, made of whole batches so every sample meets the same batch and seed as in one process, and works through it
+a window at a time; a window's sets and per-sample outcomes are written to disk as it finishes, and rank 0 gathers
+the windows' outcomes (not their examples, which it joins on disk) into the one result."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save
 
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.results import Result
+from robustdeploy.evaluation.results import Result, adversarial_path
 from robustdeploy.io import atomic_write_bytes
 
 SEP = "|"  # joins runtime and set key in an outcomes file: "ort-cpu|pgd/torch/eps=0.1"
@@ -91,8 +92,13 @@ def outcomes_path(path: Path) -> Path:
     return Path(path).with_suffix(".outcomes.safetensors")
 
 
+def windows(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into consecutive windows of `size` samples (whole batches), the last one shorter."""
+    return [(a, min(a + size, stop)) for a in range(start, stop, size)]
+
+
 def recording(labels: Callable[[str, str], torch.Tensor], seen: dict[str, torch.Tensor]) -> Callable:
-    """`labels` that also keeps every (runtime, set) it was asked for: the shard's per-sample outcomes."""
+    """`labels` that also keeps every (runtime, set) it was asked for: the window's per-sample outcomes."""
     def call(runner: str, key: str) -> torch.Tensor:
         seen[runner + SEP + key] = labels(runner, key)
         return seen[runner + SEP + key]
@@ -104,33 +110,50 @@ def save_outcomes(path: Path, outcomes: dict[str, torch.Tensor]) -> None:
 
 
 def load_outcomes(path: Path) -> dict[str, torch.Tensor] | None:
-    """The outcomes of a finished shard, or None if it never finished."""
+    """The outcomes of a finished window, or None if it never finished."""
     found = outcomes_path(path)
     return load_file(str(found)) if found.is_file() else None
 
 
-Shard = tuple[Result, dict[str, torch.Tensor], dict[str, torch.Tensor]]  # result, stored sets, outcomes
+@dataclass
+class Window:
+    """A finished window: samples [start, stop), the file of its result (its examples beside it), its sets and
+    its per-sample outcomes."""
+
+    start: int
+    stop: int
+    path: Path
+    result: Result
+    outcomes: dict[str, torch.Tensor]
 
 
-def gather(shard: Shard, group: Group) -> list[Shard] | None:
-    """Every rank's shard, in rank order, on rank 0 (None elsewhere)."""
-    found: list[Shard] | None = [None] * group.size if group.rank == 0 else None  # type: ignore[list-item]
-    dist.gather_object(shard, found, dst=0)
-    return found
+def gather(done: list[Window], group: Group) -> list[Window] | None:
+    """Every rank's windows, in sample order, on rank 0 (None elsewhere); a rank sends outcomes, not examples."""
+    if not group.active:
+        return done
+    found: list[list[Window]] | None = [None] * group.size if group.rank == 0 else None  # type: ignore[list-item]
+    dist.gather_object(done, found, dst=0)
+    if found is None:
+        return None
+    windows = [w for rank in found for w in rank]
+    missing = [w.path for w in windows if not adversarial_path(w.path).is_file()]
+    if missing:
+        raise RobustDeployError(f"rank 0 cannot see {missing[0]}: with several hosts, --out must be on a "
+                                "filesystem that every host shares")
+    return windows
 
 
-def merge(parts: list[Shard]) -> tuple[list[dict], dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """Sets (counts summed over shards), stored sets and outcomes (concatenated), and minimal-norm norms."""
-    results = [p[0] for p in parts]
-    stored = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
-    outcomes = {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
+def merge(windows: list[Window]) -> tuple[list[dict], dict[str, torch.Tensor], dict]:
+    """Sets (counts summed over windows), outcomes (concatenated) and minimal-norm norms of the whole split."""
+    results = [w.result for w in windows]
+    outcomes = {k: torch.cat([w.outcomes[k] for w in windows]) for k in windows[0].outcomes}
     sets = []
     for each in zip(*(r.sets for r in results)):
         merged = dict(each[0])
         attacked = sum(s["attacked"] for s in each)
         merged.update(attacked=attacked, seconds=round(sum(s["seconds"] for s in each), 4),
                       gradients=sum(s["gradients"] for s in each), queries_median=None)
-        if merged["queries_mean"] is not None:  # the median of a split run is not recoverable from shards
+        if merged["queries_mean"] is not None:  # the median of a split run is not recoverable from windows
             merged["queries_mean"] = round(sum(s["queries_mean"] * s["attacked"] for s in each) / max(1, attacked),
                                            2)
         if merged["rounding"] is not None:
@@ -138,10 +161,10 @@ def merge(parts: list[Shard]) -> tuple[list[dict], dict[str, torch.Tensor], dict
         sets.append(merged)
     norms = {k: [n for r in results for n in r.extra.get("norms", {}).get(k, [])]
              for k in results[0].extra.get("norms", {})}
-    return sets, stored, outcomes, norms
+    return sets, outcomes, norms
 
 
 def finish(out: Path) -> None:
-    """Drop the shards once the one result that holds them all is on disk."""
+    """Drop the windows once the one result that holds them all is on disk."""
     shutil.rmtree(folder(out), ignore_errors=True)
 
