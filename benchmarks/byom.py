@@ -6,9 +6,8 @@
 2. For two dataset sizes (--sizes, images in the folder), each in a fresh process: evaluate PGD (--steps, L-inf
    2/255) crafted on torch and scored on torch, ort-cpu and ort-cpu:fp16, batch --batch-size. Per runtime: clean
    top-1 agreement with torch, robust accuracy, PGD seconds per attacked image; per process: peak RSS, its growth
-   over the process's RSS before evaluating (libraries loaded), and the test split's own size. The split and each
-   stored set of examples are held whole (N x C x H x W floats each); everything else is bounded by the batch, so the
-   growth should differ between the two sizes by a small multiple of the split's size, not by model-sized amounts.
+   over the process's RSS before evaluating (libraries loaded), and the test split's own size. The evaluation holds
+   one --window of samples at a time (default: one batch), so the growth must not depend on the number of images.
 
 Random weights: accuracy means nothing here, agreement between runtimes and cost do.
 Usage: python benchmarks/byom.py [--arch timm:resnet18] [--size 224] [--sizes 16 48] [--steps 5] [--out FILE]
@@ -49,7 +48,7 @@ def current_rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(bundle: str, data_root: str, out: str, steps: int, batch_size: int) -> dict:
+def measure(bundle: str, data_root: str, out: str, steps: int, batch_size: int, window: int) -> dict:
     """One evaluation in this process; memory figures are this process's."""
     import torch
 
@@ -63,7 +62,7 @@ def measure(bundle: str, data_root: str, out: str, steps: int, batch_size: int) 
     start = time.perf_counter()
     result = evaluate(EvalConfig(bundle=Path(bundle), runtimes=runtimes, attacks=("pgd",), epsilons=(2 / 255,),
                                  attack_params={"steps": steps}, batch_size=batch_size, data_root=data_root,
-                                 out=Path(out)))
+                                 window=window, out=Path(out)))
     seconds = time.perf_counter() - start
     pgd, n = result.sets[0], result.samples
     agreement = {c["runtime"]: round(100 * (1 - len(c["clean_differs_from_torch"]) / n), 2) for c in result.cells}
@@ -84,11 +83,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs=2, default=[16, 48], help="test images at the two dataset sizes")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", default="benchmarks/byom.json")
+    parser.add_argument("--window", type=int, help="samples held at a time (default: --batch-size)")
+    parser.add_argument("--out", default="benchmarks/results/byom.json")
     parser.add_argument("--measure", nargs=3, metavar=("BUNDLE", "DATA_ROOT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(*args.measure, args.steps, args.batch_size)))
+        print(json.dumps(measure(*args.measure, args.steps, args.batch_size, args.window or args.batch_size)))
         return
 
     import timm
@@ -121,7 +121,8 @@ def main() -> None:
     runs = []
     for n, root in zip(args.sizes, roots):
         proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--batch-size",
-                               str(args.batch_size), "--measure", str(bundle.path), str(root),
+                               str(args.batch_size), "--window", str(args.window or args.batch_size), "--measure",
+                               str(bundle.path), str(root),
                                str(work / f"result-{n}.json")], capture_output=True, text=True, check=True)
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"{args.arch} at 3x{args.size}x{args.size}, random weights; import {import_seconds:.1f} s; parity: " +
@@ -133,7 +134,8 @@ def main() -> None:
     print(table(["images", "runtime", "agree w/ torch %", "clean %", f"robust % (PGD-{args.steps})",
                  "PGD s/image (torch)", "split MB", "peak RSS MB", "peak - baseline MB"], rows))
     atomic_write_json(Path(args.out), {"arch": args.arch, "size": args.size, "steps": args.steps,
-                                       "batch_size": args.batch_size, "import_seconds": round(import_seconds, 2),
+                                       "batch_size": args.batch_size, "window": args.window or args.batch_size,
+                                       "import_seconds": round(import_seconds, 2),
                                        "parity": parity, "runs": runs})
 
 

@@ -5,8 +5,8 @@ Every dataset yields float32 pixels in [0, 1], shape (N, C, H, W); normalisation
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np

@@ -16,8 +16,9 @@ Device = Annotated[str | None, typer.Option(help="PyTorch device for training an
                                                  "cuda or cuda:N.")]
 DataRoot = Annotated[str | None, typer.Option(help="Folder holding the dataset (not needed for digits).")]
 BatchSize = Annotated[int | None, typer.Option(help="Samples per batch.")]
-Window = Annotated[int | None, typer.Option(help="Samples held in memory at a time (default 1024, rounded up to "
-                                                 "whole batches); a larger split goes window by window via disk.")]
+Window = Annotated[int | None, typer.Option(help="Samples held in memory at a time, rounded up to whole "
+                                                 "batches (default: 64 MiB of pixels); a larger split goes window "
+                                                 "by window through disk.")]
 Limit = Annotated[int | None, typer.Option(help="Evaluate only the first N test samples.")]
 Runtimes = Annotated[
     list[str] | None,

@@ -114,7 +114,8 @@ def adaptive_sets(session: Session, attack: AdaptiveSqueezeAttack, epsilons: lis
     were; missing budgets are crafted through the PyTorch detector (BPDA) and added to the cache."""
     x, y = session.test.x, session.test.y
     check_output(cache, "--out")  # shared by later runs on this bundle: held while it may be rewritten
-    cached, stored = load_result(cache) if cache.exists() else (None, {})
+    cached, found = load_result(cache) if cache.exists() else (None, {})
+    stored = dict(found)  # budgets crafted now join the cached ones
     if cached is None or not (torch.equal(stored["x"], x) and torch.equal(stored["y"], y)):
         cached, stored = new_result("detector", session, scorer="detect"), {"x": x, "y": y}
         cached.extra = {"detector": detector_section(session.bundle), "adaptive_attack": attack.params()}

@@ -155,8 +155,10 @@ def run_windows(result: Result, session: Session, plans: list[Plan], out: Path, 
                                 "budgets picked from minimal norms would differ by window")
     start, stop = shards.bounds(len(session.samples), session.batch_size, group)
     parts = shards.windows(start, stop, session.window)
-    done = [run_window(session.shard(a, b), plans, out, resume, f"{i + 1} of {len(parts)}")
-            for i, (a, b) in enumerate(parts)]
+    done = []
+    for i, (a, b) in enumerate(parts):
+        done.append(run_window(session.shard(a, b), plans, out, resume, f"{i + 1} of {len(parts)}"))
+        shards.release_memory()  # the window's pixels and sets are garbage once run_window returns
     windows = shards.gather(done, group)
     if windows is None:
         return None

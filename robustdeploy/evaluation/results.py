@@ -3,13 +3,12 @@ eps=E` in the safetensors beside the JSON), one save and load; every cell re-sco
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-
 import json
 import struct
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 from safetensors import safe_open
@@ -85,7 +84,6 @@ class Stored(Mapping):
         self.path, self._read = Path(path), {}
         with safe_open(str(self.path), "pt") as handle:
             self._keys = list(handle.keys())
-            self._len = handle.get_slice(self._keys[0]).get_shape()[0] if self._keys else 0
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._read:
@@ -107,7 +105,7 @@ class Stored(Mapping):
             return
         with safe_open(str(self.path), "pt") as handle:
             part = handle.get_slice(key)
-            for start in range(0, self._len, self.WINDOW):
+            for start in range(0, part.get_shape()[0], self.WINDOW):
                 yield part[start : start + self.WINDOW]
 
 
@@ -144,7 +142,8 @@ def join_examples(parts: list[Path], out: Path) -> None:
     for key, info in first.items():
         size = sum(h[key]["data_offsets"][1] - h[key]["data_offsets"][0] for h, _ in headers)
         rows = sum(h[key]["shape"][0] for h, _ in headers)
-        layout[key] = {"dtype": info["dtype"], "shape": [rows, *info["shape"][1:]], "data_offsets": [offset, offset + size]}
+        layout[key] = {"dtype": info["dtype"], "shape": [rows, *info["shape"][1:]],
+                       "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(layout, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it

@@ -41,9 +41,16 @@ def predictions(runners: dict[str, Callable], stored: Mapping[str, torch.Tensor]
     `rows`) is predicted a window at a time, so a large result is scored without holding a set whole."""
     def labels(runner: str, key: str) -> torch.Tensor:
         if hasattr(stored, "rows"):
-            return torch.cat([runners[runner](part) for part in stored.rows(key)])
+            return _join([runners[runner](part) for part in stored.rows(key)])
         return runners[runner](stored[key])
     return functools.cache(labels)
+
+
+def _join(parts: list):
+    """Per-window outputs of a runner joined along the samples: tensors, or tuples of them (label, score)."""
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts))
+    return torch.cat(parts)
 
 
 def pick(sets: Iterable[dict], runtime: str, eps: float) -> list[dict]:

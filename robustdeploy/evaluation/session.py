@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +28,10 @@ class SessionConfig:
     seed: int = 0
     device: str = "cpu"
     data_root: str | None = None
-    window: int = 1024  # samples crafted and scored at a time; a larger run goes window by window through disk
+    window: int | None = None  # samples held at a time (default: WINDOW_BYTES of pixels); more go window by window
+
+
+WINDOW_BYTES = 64 * 2**20  # default window: this many bytes of float32 pixels per stored set
 
 
 @dataclass
@@ -53,8 +57,10 @@ class Session:
 
     @property
     def window(self) -> int:
-        """Samples held in memory at a time: `config.window` rounded up to whole batches."""
-        return -(-self.config.window // self.batch_size) * self.batch_size
+        """Samples held in memory at a time, in whole batches: `config.window`, by default as many as fit in
+        WINDOW_BYTES (a few hundred thousand 8x8 digits, about a hundred 224x224 colour images)."""
+        size = self.config.window or max(1, WINDOW_BYTES // (4 * math.prod(self.samples.shape)))
+        return -(-size // self.batch_size) * self.batch_size
 
     @property
     def batch_size(self) -> int:
@@ -83,7 +89,7 @@ def validate(config: SessionConfig) -> None:
     """Checks that need nothing opened: limits, batch size, runtime list, device."""
     if config.limit is not None and config.limit < 1:
         raise RobustDeployError(f"--limit must be at least 1, got {config.limit}")
-    if config.window < 1:
+    if config.window is not None and config.window < 1:
         raise RobustDeployError(f"--window must be at least 1, got {config.window}")
     if config.batch_size < 1:
         raise RobustDeployError(f"--batch-size must be at least 1, got {config.batch_size}")

@@ -31,7 +31,7 @@ log = logging.getLogger("robustdeploy")
 COMMON = {"runtimes": list, "limit": int, "batch_size": int, "seed": int, "device": str, "data_root": str}
 CASCADE = {"attacks": list, "eps": list, "params": dict, "realise": bool}
 KEYS = {
-    "evaluate": CASCADE,
+    "evaluate": {**CASCADE, "window": int},
     "detector": {**CASCADE, "adaptive_steps": int, "adaptive_targets": int, "adaptive_restarts": int},
     "defense": {"baseline": str, "attack": str, "eps": float, "steps": int},
     "check": {"attacks": list, "eps": list, "max_accuracy_drop": float, "min_agreement": float,
