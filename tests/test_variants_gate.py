@@ -52,6 +52,10 @@ def test_compare_rows_per_variant(variant_bundle_dir, tmp_path):
     assert torch_cell["robust_accuracy"] < torch_cell["clean_accuracy"]
     assert rescore(out) == result.cells
     assert "| ort-cpu:int8 |" in out.with_suffix(".md").read_text()
+    windowed = compare(CompareConfig(variant_bundle_dir, attacks=("fgsm",), epsilons=(0.1,), limit=80, batch_size=32,
+                                     window=32, latency_iterations=5, out=tmp_path / "w.json"))  # 3 windows
+    assert windowed.cells == result.cells and windowed.extra["agreement_with_torch"] == \
+        result.extra["agreement_with_torch"] and not (tmp_path / "w.shards").exists()
 
 
 def test_bench_reports_ordered_percentiles(variant_bundle_dir):

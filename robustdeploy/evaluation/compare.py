@@ -10,8 +10,8 @@ from robustdeploy.attacks import cascade
 from robustdeploy.bench import BenchConfig, bench
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.evaluation.craft import Plan
-from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
-from robustdeploy.evaluation.results import Result, save_result
+from robustdeploy.evaluation.evaluate import agreement, classify, finish, new_result
+from robustdeploy.evaluation.results import Result
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import atomic_write_text, exclusive_outputs
 from robustdeploy.report import table
@@ -41,17 +41,16 @@ def compare(config: CompareConfig) -> Result:
     out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-compare.json"
     result = new_result("compare", session)
     plan = Plan(cascade(config.attacks, config.attack_params), config.epsilons)
-    stored = run_plans(result, session, [plan], out, resume=False)
-    result.cells = classify_cells(result, stored, session.runners())
+    scored = classify(result, session, [plan], out, resume=False)
     latency = bench(BenchConfig(bundle.path, tuple(names), (config.latency_batch,), warmup=5,
                                 iterations=config.latency_iterations, device=config.device, seed=config.seed))
     result.extra = {
-        "agreement_with_torch": session.agreement(),
+        "agreement_with_torch": agreement(result),
         "median_latency_ms": {row.runtime: row.p50_ms for row in latency.rows},
         "latency_batch": config.latency_batch,
     }
     result.complete = True
-    save_result(out, result, stored)
+    finish(out, result, scored)
     atomic_write_text(out.with_suffix(".md"), compare_table(result, markdown=True) + "\n")
     return result
 

@@ -113,8 +113,7 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
 @exclusive_outputs
 def evaluate(config: EvalConfig) -> Result:
     """Run the cascade on every runtime it applies to; score every runtime; checks, figure, one result file.
-    A split larger than `config.window` goes window by window through disk, so memory does not grow with it; under
-    torchrun each rank does its shard and rank 0 writes the result (other ranks return their shard's)."""
+    Under torchrun each rank does its shard and rank 0 writes the result (other ranks return their shard's)."""
     group = shards.join(config.device)
     session = open_session(replace(config, device=group.device(config.device)))
     out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
@@ -123,33 +122,58 @@ def evaluate(config: EvalConfig) -> Result:
     if config.surrogate is not None:
         plan = with_surrogate(plan, session, config.surrogate)
         result.extra["surrogate"] = {"bundle": str(config.surrogate), "source": plan.source}
-    windowed = group.active or len(session.samples) > session.window
-    if windowed:
-        if group.rank == 0:
-            check_output(out, "--out")  # the merged result; each window has its own file
-        done = run_windows(result, session, [plan], out, config.resume, group)
-        if done is None:
-            return result
-        shown, stored = done
-    else:
-        stored = run_plans(result, session, [plan], out, config.resume)
-        result.cells = classify_cells(result, stored, session.runners())
-        shown = session
+    scored = classify(result, session, [plan], out, config.resume, group)
+    if scored is None:
+        return result
     result.checks += [asdict(c) for c in checks.for_cells(result.cells, result.attacks, result.norm or "linf",
                                                           math.prod(session.samples.shape)) if c is not None]
-    result.figure = write_figure(out.with_suffix(".png"), shown, stored, result)
+    result.figure = write_figure(out.with_suffix(".png"), scored.shown, scored.examples, result)
     result.complete = True
-    save_result(out, result, None if windowed else stored)
-    shards.finish(out)
+    finish(out, result, scored)
     return result
 
 
+@dataclass
+class Scored:
+    """What `classify` leaves for the caller: the samples its checks and figure look at (the first window of a
+    windowed run), their stored examples, and whether the result's examples file is written already."""
+
+    shown: Session
+    examples: Mapping[str, torch.Tensor]
+    saved: bool
+
+
+def classify(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool,
+             group: shards.Group = shards.Group()) -> Scored | None:
+    """Craft `plans` into `result` and score every runtime: in one pass when the split fits in the session's
+    window, else window by window through disk, memory bounded by the window (and shard by shard under
+    torchrun: None on ranks other than 0). Sets are saved as they are crafted, so `resume` continues."""
+    if not group.active and len(session.samples) <= session.window:
+        stored = run_plans(result, session, plans, out, resume)
+        result.cells = classify_cells(result, stored, session.runners())
+        return Scored(session, stored, saved=False)
+    if group.rank == 0:
+        check_output(out, "--out")  # the merged result; each window has its own file
+    return run_windows(result, session, plans, out, resume, group)
+
+
+def finish(out: Path, result: Result, scored: Scored) -> None:
+    """Write the result (and its examples, unless `classify` joined them on disk) and drop the windows."""
+    save_result(out, result, None if scored.saved else scored.examples)
+    shards.finish(out)
+
+
+def agreement(result: Result) -> dict[str, float]:
+    """Top-1 agreement (%) of each runtime's clean predictions with PyTorch's, from the result's cells."""
+    return {c["runtime"]: round(100.0 * (result.samples - len(c["clean_differs_from_torch"])) / max(1, result.samples),
+                                4) for c in result.cells}
+
+
 def run_windows(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool,
-                group: shards.Group) -> tuple[Session, Mapping[str, torch.Tensor]] | None:
+                group: shards.Group) -> Scored | None:
     """This rank's shard, window by window, each crafted, scored and saved on its own (with `resume`, a finished
     window on disk is reused and an unfinished one continued); on rank 0, every window's outcomes scored into
-    `result` and their examples joined into its file. Returns the first window and its examples (for the checks
-    and the figure); None on the other ranks."""
+    `result` and their examples joined into its file; None on the other ranks."""
     if any(not p.epsilons for p in plans):
         raise RobustDeployError(f"give --eps: with more than --window {session.window} samples or under torchrun, "
                                 "budgets picked from minimal norms would differ by window")
@@ -170,7 +194,7 @@ def run_windows(result: Result, session: Session, plans: list[Plan], out: Path, 
     shown = session.shard(first.start, first.stop)
     result.checks = masking_checks(result, shown, plans[0].source_model)
     result.cells = score_sets(result, session.samples.y, lambda runtime, key: outcomes[runtime + shards.SEP + key])
-    return shown, Stored(adversarial_path(first.path))
+    return Scored(shown, Stored(adversarial_path(first.path)), saved=True)
 
 
 def run_window(part: Session, plans: list[Plan], out: Path, resume: bool, which: str) -> shards.Window:

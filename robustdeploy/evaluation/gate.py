@@ -14,7 +14,7 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.compare import default_runtimes
 from robustdeploy.evaluation.craft import Plan
 from robustdeploy.evaluation.diff import check_diff, diff_into
-from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
+from robustdeploy.evaluation.evaluate import agreement, classify, finish, new_result
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import atomic_write_bytes, atomic_write_text, check_outputs, exclusive_outputs
@@ -103,9 +103,8 @@ def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
     check_outputs((config.markdown, "--markdown"), (config.junit, "--junit"), (out, "--out"),
                   (out.with_suffix(".diff.json") if config.diff_eps is not None else None, "--out"))
     result = new_result("check", session)
-    stored = run_plans(result, session, [Plan(config.attacks, config.epsilons)], out, resume=False)
-    result.cells = classify_cells(result, stored, session.runners())
-    result.extra = {"agreement_with_torch": session.agreement()}
+    scored = classify(result, session, [Plan(config.attacks, config.epsilons)], out, resume=False)
+    result.extra = {"agreement_with_torch": agreement(result)}
     found = items(result, config)
     if config.diff_eps is not None:  # its own re-scorable result beside the check's
         differ = new_result("diff", session, scorer="diff")
@@ -118,7 +117,7 @@ def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
     result.extra["items"] = [asdict(i) for i in found]
     result.extra["passed"] = all(i.passed for i in found)
     result.complete = True
-    save_result(out, result, stored)
+    finish(out, result, scored)
     if config.markdown:
         atomic_write_text(Path(config.markdown), markdown(result, found))
     if config.junit:

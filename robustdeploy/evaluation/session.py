@@ -12,7 +12,7 @@ import torch
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import DataConfig, Samples, Split, load_test_samples
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.score import percent, runners
+from robustdeploy.evaluation.score import runners
 from robustdeploy.runtimes import Runtime, RuntimeSpec, create_runtime, parse_runtime
 from robustdeploy.runtimes.torch import TorchRuntime
 
@@ -69,11 +69,6 @@ class Session:
     @property
     def device(self) -> str:
         return self.config.device
-
-    def agreement(self) -> dict[str, float]:
-        """Top-1 agreement (%) of each runtime's clean predictions with PyTorch's."""
-        reference = self.torch.predict(self.test.x, self.batch_size)
-        return {r.label: percent(r.predict(self.test.x, self.batch_size) == reference) for r in self.runtimes}
 
     def runners(self) -> dict:
         """Label -> predict function of every runtime and the PyTorch reference (`torch`)."""
