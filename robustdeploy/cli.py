@@ -521,10 +521,14 @@ def patch(
     = [],  # noqa: B006
     patch_size: Annotated[float, typer.Option(help="Patch area as a fraction of the image, in (0, 1).")] = 0.25,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 200,
-    layers: Annotated[list[str], typer.Option(help="Feature layers (module names; default all activations).")]
+    layers: Annotated[list[str], typer.Option(help="Feature layers (module names; default a timm model's stage "
+                                              "outputs, else every activation).")]
     = [],  # noqa: B006
     method: Annotated[str, typer.Option(help="sw (sliced-Wasserstein, seed 004) or ce (cross-entropy baseline).")]
     = "sw",
+    tv_weight: Annotated[float, typer.Option(help="Weight of the patch's total variation in the objective.")] = 0.0,
+    scale: Annotated[tuple[float, float], typer.Option(help="EOT: each step rescales the patch side by a factor "
+                                                       "drawn in [MIN, MAX].")] = (1.0, 1.0),
     lgs: Annotated[bool, typer.Option(help="Put Local Gradient Smoothing in front of every model.")] = False,
     limit: opt.Limit = None,
     seed: opt.Seed = 0,
@@ -537,7 +541,7 @@ def patch(
     from robustdeploy.report import patch_table
 
     config = PatchConfig(target=target_class, method=method, patch_size=patch_size, steps=steps,
-                         layers=tuple(layers), seed=seed)
+                         layers=tuple(layers), tv_weight=tv_weight, scale=scale, seed=seed)
     result, _ = evaluate_patch(PatchEvalConfig(source, config, tuple(transfer), lgs=lgs, limit=limit, seed=seed,
                                                data_root=data_root, out=out))
     echo(patch_table(result))

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustdeploy.attacks.ot_patch import PatchConfig, apply_patch, sliced_wasserstein_sq
+from robustdeploy.attacks.ot_patch import (
+    FeatureHooks,
+    PatchConfig,
+    apply_patch,
+    craft_patch,
+    default_layers,
+    resize_patch,
+    scaled_side,
+    sliced_wasserstein_sq,
+    total_variation,
+)
 from robustdeploy.defenses.lgs import LocalGradientSmoothing
 from robustdeploy.errors import RobustDeployError
 from tests.conftest import assert_one_line_error, cli
@@ -53,7 +63,52 @@ def test_lgs_patch_reports_clean_accuracy_with_and_without_lgs(tmp_path):
     assert rescore(out) == result.cells
 
 
-@pytest.mark.parametrize("kwargs", [{"patch_size": 1.0}, {"patch_size": 0.0}, {"method": "l2"}])
+def test_tv_weight_lowers_the_patch_total_variation(bundle_dir, digits):
+    from robustdeploy.bundle import load_bundle
+
+    model, train = load_bundle(bundle_dir).reference_model(), digits.split("train")
+    tv = [total_variation(craft_patch(model, train.x, train.y, PatchConfig(
+        target=3, method="ce", patch_size=0.5, steps=40, lr=0.05, batch_size=64, tv_weight=weight)).patch).item()
+        for weight in (0.0, 5.0)]
+    assert tv[1] < 0.5 * tv[0]
+
+
+def test_scale_eot_draws_sizes_across_the_range_and_resizes_differentiably():
+    generator = torch.Generator().manual_seed(0)
+    sides = {scaled_side(10, (0.5, 1.5), (32, 32), generator) for _ in range(200)}
+    assert min(sides) == 5 and max(sides) == 15 and len(sides) == 11
+    assert {scaled_side(10, (1.0, 4.0), (16, 16), generator) for _ in range(50)} <= set(range(10, 17))
+    patch = torch.rand(1, 4, 4, requires_grad=True)
+    big = resize_patch(patch, 8)
+    assert big.shape == (1, 8, 8) and resize_patch(patch, 4) is patch
+    big.sum().backward()
+    assert patch.grad.abs().sum() > 0
+
+
+def test_scale_eot_patch_keeps_its_nominal_size(bundle_dir, digits):
+    from robustdeploy.bundle import load_bundle
+
+    model, train = load_bundle(bundle_dir).reference_model(), digits.split("train")
+    result = craft_patch(model, train.x, train.y, PatchConfig(target=3, method="ce", patch_size=0.25, steps=3,
+                                                              batch_size=16, scale=(0.5, 1.5)))
+    assert result.patch.shape == (1, 4, 4) and result.config.scale == (0.5, 1.5)
+
+
+def test_timm_default_layers_are_stage_outputs_pooled_per_channel():
+    from robustdeploy.models.base import Classifier, create_net
+
+    model = Classifier(create_net("timm:resnet10t", (1, 32, 32), 10), (0.5,), (0.5,)).eval()
+    layers = default_layers(model)
+    assert layers == ("net.act1", "net.layer1", "net.layer2", "net.layer3", "net.layer4")
+    hooks = FeatureHooks(model, layers)
+    with torch.no_grad():
+        model(torch.rand(3, 1, 32, 32))
+    hooks.remove()
+    assert [hooks.features[name].shape for name in layers] == [(3, 64), (3, 64), (3, 128), (3, 256), (3, 512)]
+
+
+@pytest.mark.parametrize("kwargs", [{"patch_size": 1.0}, {"patch_size": 0.0}, {"method": "l2"},
+                                    {"scale": (0.0, 1.0)}, {"scale": (1.5, 1.0)}])
 def test_bad_patch_config(kwargs):
     with pytest.raises(RobustDeployError):
         PatchConfig(target=0, **kwargs)
@@ -62,6 +117,7 @@ def test_bad_patch_config(kwargs):
 def test_cli_target_out_of_range(bundle_dir):
     assert_one_line_error(cli("patch", bundle_dir, "--target-class", "10", "--steps", "1"), "out of range")
     assert_one_line_error(cli("patch", bundle_dir, "--target-class", "1", "--patch-size", "1.5"), "patch-size")
+    assert_one_line_error(cli("patch", bundle_dir, "--target-class", "1", "--scale", "2", "1"), "--scale")
 
 
 def test_sw_patch_raises_targeted_success_on_torch_and_ort(bundle_dir, tmp_path):

@@ -5,8 +5,10 @@ submission, openreview nZP10evtkV): the patch delta minimises, over random place
 layers l of SW_2^2 between the features of patched source-class images and the features of clean
 target-class images, plus a total-variation term. Sliced Wasserstein comes from POT
 (`ot.sliced_wasserstein_distance`, torch backend, so gradients reach the patch), SW_500 as in the paper.
-Features are taken with forward hooks and global-average-pooled per layer (the seed's extractor).
-`method="ce"` is the decision-boundary baseline: cross-entropy to the target class.
+Features are taken with forward hooks and global-average-pooled per layer (the seed's extractor), by default
+at a timm model's stage outputs (`feature_info`) or else at every activation. The expectation over
+transformations (EOT) draws a placement per image and a patch scale per step. `method="ce"` is the
+decision-boundary baseline: cross-entropy to the target class, under the same EOT and TV term.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class PatchConfig:
     layers: tuple[str, ...] = ()  # module names; default: every activation module
     n_projections: int = 500
     tv_weight: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)  # EOT: each step resizes the patch side by a factor in this range
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -46,6 +49,8 @@ class PatchConfig:
             raise RobustDeployError("--steps, batch size and projections must be at least 1")
         if self.lr <= 0 or self.tv_weight < 0:
             raise RobustDeployError("the patch learning rate must be > 0 and the TV weight >= 0")
+        if not 0.0 < self.scale[0] <= self.scale[1]:
+            raise RobustDeployError(f"--scale {self.scale[0]:g} {self.scale[1]:g} must be two factors 0 < min <= max")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +93,11 @@ def apply_patch(x: torch.Tensor, patch: torch.Tensor, positions: torch.Tensor) -
 
 
 def default_layers(model: nn.Module) -> tuple[str, ...]:
+    """A timm model's stage outputs (its `feature_info`, as the seed pools each stage); else every activation."""
+    for prefix, module in model.named_modules():
+        info = getattr(module, "feature_info", None)
+        if isinstance(info, list) and info and all(isinstance(i, dict) and "module" in i for i in info):
+            return tuple(f"{prefix}.{i['module']}" if prefix else i["module"] for i in info)
     names = tuple(name for name, module in model.named_modules() if isinstance(module, FEATURE_TYPES))
     if not names:
         raise RobustDeployError("the model has no activation modules to take features from; pass --layers")
@@ -95,7 +105,7 @@ def default_layers(model: nn.Module) -> tuple[str, ...]:
 
 
 class FeatureHooks:
-    """Forward hooks that record each layer's output, global-average-pooled to (N, C) (flattened if not 4-D)."""
+    """Forward hooks that record each layer's output pooled to (N, C): over space (N, C, H, W) or tokens (N, T, C)."""
 
     def __init__(self, model: nn.Module, layers: tuple[str, ...]) -> None:
         modules = dict(model.named_modules())
@@ -108,7 +118,8 @@ class FeatureHooks:
 
     def _hook(self, name: str):
         def record(_module, _inputs, output):
-            self.features[name] = output.mean((2, 3)) if output.dim() == 4 else output.flatten(1)
+            self.features[name] = output.mean((2, 3)) if output.dim() == 4 else output.mean(1) \
+                if output.dim() == 3 else output.flatten(1)
 
         return record
 
@@ -122,6 +133,20 @@ def sliced_wasserstein_sq(source: torch.Tensor, target: torch.Tensor, n_projecti
     import ot
 
     return ot.sliced_wasserstein_distance(source, target, n_projections=n_projections, p=2, seed=seed) ** 2
+
+
+def scaled_side(side: int, scale: tuple[float, float], image_hw: tuple[int, int],
+                generator: torch.Generator) -> int:
+    """One EOT draw of the patch side: `side` times a factor uniform in `scale`, kept inside the image."""
+    factor = scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=generator).item()
+    return max(1, min(*image_hw, round(side * factor)))
+
+
+def resize_patch(patch: torch.Tensor, side: int) -> torch.Tensor:
+    """The patch (C, s, s) resampled bilinearly to (C, side, side); differentiable, identity at its own side."""
+    if side == patch.shape[-1]:
+        return patch
+    return F.interpolate(patch[None], size=(side, side), mode="bilinear", align_corners=False)[0]
 
 
 def total_variation(patch: torch.Tensor) -> torch.Tensor:
@@ -152,8 +177,9 @@ def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Patc
         losses = []
         for step, bar in progress(config.steps, f"patch ({config.method})"):
             idx = torch.randint(0, len(source), (min(config.batch_size, len(source)),), generator=generator)
-            positions = random_positions(len(idx), x.shape[-2:], side, generator)
-            logits = model(apply_patch(source[idx], patch, positions))
+            placed = resize_patch(patch, scaled_side(side, config.scale, x.shape[-2:], generator))
+            positions = random_positions(len(idx), x.shape[-2:], placed.shape[-1], generator)
+            logits = model(apply_patch(source[idx], placed, positions))
             if config.method == "sw":
                 loss = sum(sliced_wasserstein_sq(hooks.features[name], target_features[name],
                                                  config.n_projections, config.seed + step) for name in layers)
