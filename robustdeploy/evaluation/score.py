@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from robustdeploy.progress import progress
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -57,7 +59,9 @@ def score_cascade(runtimes: list[str], sets: list[dict], epsilons: Iterable[floa
     """Cells for every runtime x budget x attack stage, from stored sets only (the same code re-scores)."""
     cells = []
     torch_clean = predictions("torch", "x")
-    for runtime in runtimes:
+    for i, bar in progress(len(runtimes), "score", "runtime", lines=len(runtimes), leave=False):
+        runtime = runtimes[i]
+        bar.set_postfix_str(runtime, refresh=False)
         clean = predictions(runtime, "x")
         for eps in epsilons:
             robust, reference = clean == y, torch_clean == y
