@@ -13,21 +13,23 @@ from tqdm import tqdm
 log = logging.getLogger("robustdeploy")
 
 
-def progress(total: int, desc: str, unit: str = "step", lines: int = 10,
-             leave: bool = True) -> Iterator[tuple[int, tqdm]]:
+def progress(total: int, desc: str, unit: str = "step", lines: int = 10, leave: bool = True,
+             after: float = 0.0) -> Iterator[tuple[int, tqdm]]:
     """Yield (index, bar) for range(total), with at most `lines` log lines off a terminal (0: none, for loops
     whose caller reports each finish itself); `bar.set_postfix(...)` shows figures, which the log lines repeat.
-    `leave=False` clears the bar once done (inner loops)."""
+    `leave=False` clears the bar once done (inner loops); `after` seconds hide the bar and the lines of a loop
+    until it has run that long (loops that are long only on big data)."""
     quiet = not log.isEnabledFor(logging.INFO)
     bar = tqdm(range(total), desc=desc, unit=unit, file=sys.stderr, disable=True if quiet else None, leave=leave,
-               dynamic_ncols=True)
+               dynamic_ncols=True, delay=after)
     every, start = max(1, total // max(1, lines)), time.perf_counter()
     for i in bar:
         yield i, bar
-        if bar.disable and not quiet and lines > 0 and ((i + 1) % every == 0 or i + 1 == total):
+        seconds = time.perf_counter() - start
+        if bar.disable and not quiet and lines > 0 and seconds >= after and ((i + 1) % every == 0 or i + 1 == total):
             figures = getattr(bar, "postfix", None)  # set only once the loop calls set_postfix
             log.info("%s: %s %d/%d (%s)%s", desc, unit, i + 1, total,
-                     pace(i + 1, total, time.perf_counter() - start, unit), f": {figures}" if figures else "")
+                     pace(i + 1, total, seconds, unit), f": {figures}" if figures else "")
 
 
 def pace(done: int, total: int, seconds: float, unit: str) -> str:

@@ -11,6 +11,8 @@ import torch
 
 from robustdeploy.progress import progress
 
+SHOW_AFTER = 5.0  # seconds: scoring shows progress only where it is slow (big sets, many runtimes)
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -59,7 +61,8 @@ def score_cascade(runtimes: list[str], sets: list[dict], epsilons: Iterable[floa
     """Cells for every runtime x budget x attack stage, from stored sets only (the same code re-scores)."""
     cells = []
     torch_clean = predictions("torch", "x")
-    for i, bar in progress(len(runtimes), "score", "runtime", lines=len(runtimes), leave=False):
+    for i, bar in progress(len(runtimes), "score", "runtime", lines=len(runtimes), leave=False,
+                            after=SHOW_AFTER):
         runtime = runtimes[i]
         bar.set_postfix_str(runtime, refresh=False)
         clean = predictions(runtime, "x")
