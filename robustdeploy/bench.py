@@ -1,4 +1,5 @@
-"""Latency of each runtime/variant after warm-up: p50/p90/p99, throughput, memory, copy time apart."""
+"""Latency of each runtime/variant after warm-up: p50/p90/p99, throughput, memory, copy time apart, and every
+timed run kept (the report draws their distributions)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_json, check_output, exclusive_outputs, versions
+from robustdeploy.io import atomic_write_json, check_output, exclusive_outputs, read_document, versions
+from robustdeploy.progress import pace, progress
 from robustdeploy.runtimes import create_runtime
 from robustdeploy.runtimes.ort import SessionOptions
 
@@ -45,6 +47,7 @@ class BenchRow:
     copy_ms: float | None  # host->device input copy (+ output back) when the runtime lives on a GPU
     peak_memory_mb: float | None  # CUDA: max allocated by torch; CPU: process peak RSS (VmHWM)
     providers: list[str] | None
+    samples_ms: list[float]  # every timed run, in order
 
 
 @dataclass
@@ -55,7 +58,19 @@ class BenchResult:
     versions: dict = field(default_factory=versions)
 
     def to_dict(self) -> dict:
-        return {"format": "robustdeploy-bench/1", **asdict(self)}
+        return {"format": FORMAT, **asdict(self)}
+
+
+FORMAT = "robustdeploy-bench/2"
+
+
+def load_bench(path: Path) -> BenchResult:
+    """A benchmark written by `bench --out`, checked against its schema (robustdeploy/schemas/bench-2.json)."""
+    if not Path(path).is_file():
+        raise RobustDeployError(f"benchmark {path} not found; write one with `robustdeploy bench BUNDLE --out FILE`")
+    data = read_document(Path(path), FORMAT, "re-run `robustdeploy bench BUNDLE --out FILE`")
+    return BenchResult(data["bundle"], [BenchRow(**row) for row in data["rows"]], data["session_options"],
+                       data["versions"])
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -84,7 +99,7 @@ def bench(config: BenchConfig) -> BenchResult:
     if config.out:
         check_output(Path(config.out), "--out")
     generator = torch.Generator().manual_seed(config.seed)
-    rows = []
+    rows, began = [], time.perf_counter()
     for name in config.runtimes:
         runtime = create_runtime(bundle, name, device=config.device, session_options=config.session)
         for batch in config.batch_sizes:
@@ -95,7 +110,8 @@ def bench(config: BenchConfig) -> BenchResult:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             times = []
-            for _ in range(config.iterations):
+            for _ in progress(config.iterations, f"bench {runtime.label} batch {batch}", "run", lines=0,
+                                  leave=False):
                 start = time.perf_counter()
                 call.run()
                 times.append((time.perf_counter() - start) * 1000)
@@ -107,9 +123,11 @@ def bench(config: BenchConfig) -> BenchResult:
                 throughput=batch / (p50 / 1000),
                 copy_ms=None if call.copy_seconds is None else call.copy_seconds * 1000,
                 peak_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if on_cuda else _peak_rss_mb(),
-                providers=runtime.describe().get("providers"),
+                providers=runtime.describe().get("providers"), samples_ms=[round(t, 5) for t in times],
             ))
-            log.info("bench %s batch %d: p50 %.3f ms", runtime.label, batch, p50)
+            total = len(config.runtimes) * len(config.batch_sizes)
+            log.info("bench %s batch %d: p50 %.3f ms (row %d/%d, %s)", runtime.label, batch, p50, len(rows), total,
+                     pace(len(rows), total, time.perf_counter() - began, "row"))
     result = BenchResult(str(bundle.path), rows, asdict(config.session))
     if config.out:
         atomic_write_json(Path(config.out), result.to_dict())

@@ -573,11 +573,13 @@ def run_suite(
 
 @app.command()
 def report(
-    results: Annotated[list[Path], typer.Argument(help="Result JSONs (evaluate, compare, check, detector, ...).")],
+    results: Annotated[list[Path], typer.Argument(help="Result JSONs (evaluate, compare, check, detector, ...) "
+                                                  "and `bench --out` files.")],
     html: Annotated[Path | None, typer.Option(help="Write one self-contained HTML page here.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write the tables and warnings as Markdown here.")] = None,
 ) -> None:
-    """One page over result files: warnings first, then per bundle curves, tables, examples and detector scores."""
+    """One page over result files: warnings first, then per bundle curves, tables, examples, detector scores and
+    latency distributions."""
     from robustdeploy.report_page import write_report
 
     page = write_report(results, html, markdown)

@@ -1,7 +1,7 @@
 """A PNG of a few adversarial examples: original, amplified perturbation, adversarial, predictions per runtime.
 
 The example figure is drawn with Pillow in the layout of seed 001's attack figures (one row per example); the
-report's plots (budget curves, detector scores, example grids) with matplotlib.
+report's plots (budget curves, detector scores, example grids, latency distributions) with matplotlib.
 """
 
 from __future__ import annotations
@@ -137,4 +137,27 @@ def example_grid(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, title: str
             axes[row][col].set_title(f"{name}, true {int(y[row])}" if col != 1 else name, fontsize=7)
             axes[row][col].axis("off")
     figure.suptitle(title, fontsize=8)
+    return png_bytes(figure)
+
+
+def latency_figure(panels: dict[str, dict[str, list[float]]], title: str) -> bytes:
+    """Latency distributions: one panel per batch size (`panels[name][runtime] = [ms, ...]`), a horizontal box
+    per runtime (whiskers at the 1st and 99th percentiles) over every timed run drawn as a dot, on a log axis
+    (runtimes differ by orders of magnitude, and so do a run and a stall)."""
+    plt = _matplotlib()
+    labels = list(dict.fromkeys(k for series in panels.values() for k in series))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 1, 0.9 + 0.5 * len(labels)),
+                                squeeze=False, sharey=True)
+    for axis, (name, series) in zip(axes[0], panels.items()):
+        rows = [row for row, label in enumerate(labels, start=1) if label in series]
+        axis.boxplot([series[labels[row - 1]] for row in rows], positions=rows, vert=False, whis=(1, 99),
+                     showfliers=False, widths=0.6, medianprops={"color": "firebrick"})
+        for row in rows:
+            values = series[labels[row - 1]]
+            jitter = (torch.rand(len(values), generator=torch.Generator().manual_seed(row)) - 0.5) * 0.35
+            axis.scatter(values, (row + jitter).tolist(), s=4, alpha=0.35, color="steelblue")
+        axis.set_xscale("log")
+        axis.set(xlabel="latency per call (ms, log scale)", title=f"{title}, {name}")
+        axis.grid(alpha=0.3, axis="x", which="both")
+    axes[0][0].set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
     return png_bytes(figure)

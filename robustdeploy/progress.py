@@ -1,4 +1,5 @@
-"""Progress of long loops: a bar on a terminal, plain lines in a log (a CI job), nothing under `robustdeploy -q`."""
+"""Progress of long loops: a tqdm bar with the rate and the time left on a terminal, plain lines with the same
+figures in a log (a CI job), nothing under `robustdeploy -q`."""
 
 from __future__ import annotations
 
@@ -12,14 +13,28 @@ from tqdm import tqdm
 log = logging.getLogger("robustdeploy")
 
 
-def progress(total: int, desc: str, unit: str = "step", lines: int = 10) -> Iterator[tuple[int, tqdm]]:
-    """Yield (index, bar) for range(total), with at most `lines` log lines off a terminal; `bar.set_postfix(...)`
-    shows figures, which the log lines repeat."""
+def progress(total: int, desc: str, unit: str = "step", lines: int = 10, leave: bool = True,
+             after: float = 0.0) -> Iterator[tuple[int, tqdm]]:
+    """Yield (index, bar) for range(total), with at most `lines` log lines off a terminal (0: none, for loops
+    whose caller reports each finish itself); `bar.set_postfix(...)` shows figures, which the log lines repeat.
+    `leave=False` clears the bar once done (inner loops); `after` seconds hide the bar and the lines of a loop
+    until it has run that long (loops that are long only on big data)."""
     quiet = not log.isEnabledFor(logging.INFO)
-    bar = tqdm(range(total), desc=desc, unit=unit, file=sys.stderr, disable=True if quiet else None)
+    bar = tqdm(range(total), desc=desc, unit=unit, file=sys.stderr, disable=True if quiet else None, leave=leave,
+               dynamic_ncols=True, delay=after)
     every, start = max(1, total // max(1, lines)), time.perf_counter()
     for i in bar:
         yield i, bar
-        if bar.disable and not quiet and ((i + 1) % every == 0 or i + 1 == total):
-            log.info("%s: %s %d/%d (%.1f s)%s", desc, unit, i + 1, total, time.perf_counter() - start,
-                     f": {bar.postfix}" if bar.postfix else "")
+        seconds = time.perf_counter() - start
+        if bar.disable and not quiet and lines > 0 and seconds >= after and ((i + 1) % every == 0 or i + 1 == total):
+            figures = getattr(bar, "postfix", None)  # set only once the loop calls set_postfix
+            log.info("%s: %s %d/%d (%s)%s", desc, unit, i + 1, total,
+                     pace(i + 1, total, seconds, unit), f": {figures}" if figures else "")
+
+
+def pace(done: int, total: int, seconds: float, unit: str) -> str:
+    """'00:12 elapsed, 3.40 batch/s, 00:05 left': the figures of tqdm's bar, for a log line."""
+    rate = done / seconds if seconds > 0 else float("inf")
+    speed = f"{rate:.2f} {unit}/s" if rate >= 1 else f"{seconds / done:.2f} s/{unit}"
+    left = (total - done) / rate if rate > 0 else 0.0
+    return f"{tqdm.format_interval(seconds)} elapsed, {speed}, {tqdm.format_interval(left)} left"

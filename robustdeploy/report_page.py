@@ -1,20 +1,23 @@
-"""`report RESULTS --html page.html [--markdown page.md]`: one self-contained page over result files. Every
-sanity-check warning comes first, in words; then per bundle and result: accuracy-versus-budget curves per
-runtime, the per-attack and worst-case table, examples, samples whose outcome differs from PyTorch, detector
-scores and ROC, and the rounding report. Figures are PNGs inside the HTML (base64), so it needs no network."""
+"""`report RESULTS --html page.html [--markdown page.md]`: one self-contained page over result files (and
+`bench --out` benchmarks). Every sanity-check warning comes first, in words; then per bundle and result:
+accuracy-versus-budget curves per runtime, the per-attack and worst-case table, examples, samples whose outcome
+differs from PyTorch, detector scores and ROC, latency distributions, and the rounding report. Figures are PNGs
+inside the HTML (base64), so it needs no network."""
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from robustdeploy.bench import BENCH_HEADERS, BenchResult, bench_table_rows, load_bench
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.results import Result, load_result
-from robustdeploy.figures import accuracy_curves, example_grid, score_figure
+from robustdeploy.figures import accuracy_curves, example_grid, latency_figure, score_figure
 from robustdeploy.io import atomic_write_text, check_output
 from robustdeploy.report import EVALUATION_HEADERS, _fmt, evaluation_rows, table
 
@@ -52,7 +55,9 @@ def build_page(paths: list[Path], detector_device: str = "cpu") -> Page:
     recomputed from the stored examples."""
     if not paths:
         raise RobustDeployError("give at least one result JSON (written by evaluate, compare, check, ...)")
-    loaded = [(Path(p), *load_result(p)) for p in paths]
+    benches = [Path(p) for p in paths if _is_bench(Path(p))]
+    loaded = [(Path(p), *load_result(p)) for p in paths if Path(p) not in benches]
+    measured = [(path, load_bench(path)) for path in benches]
     warnings, bundles = [], {}
     for path, result, stored in loaded:
         name = f"{Path(result.bundle).name} / {path.name}"
@@ -64,7 +69,31 @@ def build_page(paths: list[Path], detector_device: str = "cpu") -> Page:
             warnings += [f"{name}: gate FAILED for {i['runtime']}: {i['check']} — {i['detail']}"
                          for i in result.extra.get("items", []) if not i["passed"]]
         bundles.setdefault(Path(result.bundle).name, []).append(_part(path, result, stored, detector_device))
+    for path, bench in measured:
+        bundles.setdefault(Path(bench.bundle).name, []).append(bench_part(path, bench))
     return Page(warnings, bundles)
+
+
+def _is_bench(path: Path) -> bool:
+    """Whether `path` claims to be a benchmark (it is then read, and checked, as one)."""
+    try:
+        return json.loads(path.read_text()).get("format", "").startswith("robustdeploy-bench/")
+    except (OSError, ValueError, AttributeError):
+        return False  # not readable as one: load_result says what is wrong with it
+
+
+def bench_part(path: Path, bench: BenchResult) -> Part:
+    """A benchmark's latency distributions (every timed run) per batch size and runtime, and its table."""
+    panels: dict[str, dict[str, list[float]]] = {}
+    for row in bench.rows:
+        panels.setdefault(f"batch {row.batch_size}", {})[row.runtime] = row.samples_ms
+    runs = sorted({row.iterations for row in bench.rows})
+    return Part(f"{path.name}: latency", [
+        f"Latency after warm-up, {'/'.join(map(str, runs))} timed runs per runtime and batch size "
+        f"(ONNX Runtime session options {bench.session_options}).",
+        Figure(latency_figure(panels, "latency per call"), "Latency distributions: each dot is one timed run; "
+               "boxes span the quartiles, whiskers the 1st to 99th percentiles, the red line is the median."),
+        Table(BENCH_HEADERS, bench_table_rows(bench))])
 
 
 def _part(path: Path, result: Result, stored: dict[str, torch.Tensor], device: str) -> Part:
@@ -79,12 +108,16 @@ def _part(path: Path, result: Result, stored: dict[str, torch.Tensor], device: s
         part.blocks += ["Per attack of the cascade; the last row of each budget and runtime is the worst case.",
                         Table(EVALUATION_HEADERS, evaluation_rows(result))]
         part.blocks += differs(result)
-    if "median_latency_ms" in result.extra:  # compare keeps medians only, not the distributions
+    if "median_latency_ms" in result.extra:
         agreement, latency = result.extra.get("agreement_with_torch", {}), result.extra["median_latency_ms"]
-        part.blocks += [f"Median latency at batch {result.extra.get('latency_batch')} and top-1 agreement with "
-                        "PyTorch on clean inputs.",
+        batch = result.extra.get("latency_batch")
+        part.blocks += [f"Median latency at batch {batch} and top-1 agreement with PyTorch on clean inputs.",
                         Table(["runtime", "median ms", "agreement %"],
                               [[k, f"{v:.3f}", agreement.get(k)] for k, v in latency.items()])]
+        if result.extra.get("latency_runs_ms"):  # compare results written before it kept every run have none
+            part.blocks.append(Figure(latency_figure({f"batch {batch}": result.extra["latency_runs_ms"]},
+                                                     "latency per call"),
+                                      "Latency distributions: each dot is one timed run."))
     part.blocks += examples(path, result, stored)
     if result.scorer == "detect":
         part.blocks += detector_blocks(result, stored, device)

@@ -1,6 +1,7 @@
 """The declared, versioned JSON Schemas of robustdeploy's documents (bundle manifest, run record, result, poison
-set), and a validator for the subset of JSON Schema 2020-12 they use: every document is checked before any field
-is read, so a wrong type or an unknown key is one error line naming where it is, never a crash further on."""
+set, latency benchmark), and a validator for the subset of JSON Schema 2020-12 they use: every document is checked
+before any field is read, so a wrong type or an unknown key is one error line naming where it is, never a crash
+further on."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 from robustdeploy.errors import RobustDeployError
 
 SCHEMAS = {"robustdeploy-bundle/1": "bundle-1.json", "robustdeploy-run/1": "run-1.json",
-           "robustdeploy-result/2": "result-2.json", "robustdeploy-poison/1": "poison-1.json"}
+           "robustdeploy-result/2": "result-2.json", "robustdeploy-poison/1": "poison-1.json",
+           "robustdeploy-bench/2": "bench-2.json"}
 _TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 

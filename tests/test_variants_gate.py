@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 import onnx
 import pytest
 
-from robustdeploy.bench import BenchConfig, bench
+from robustdeploy.bench import BenchConfig, bench, load_bench
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.compare import CompareConfig, compare
@@ -48,6 +48,7 @@ def test_compare_rows_per_variant(variant_bundle_dir, tmp_path):
                                    latency_iterations=5, out=out))
     assert result.runtime_labels() == ["torch", "ort-cpu", "ort-cpu:fp16", "ort-cpu:int8"]
     assert result.extra["agreement_with_torch"]["torch"] == 100.0
+    assert [len(runs) for runs in result.extra["latency_runs_ms"].values()] == [5] * 4  # for the report's figure
     torch_cell = result.cell("torch", 0.1, "fgsm")
     assert torch_cell["robust_accuracy"] < torch_cell["clean_accuracy"]
     assert rescore(out) == result.cells
@@ -58,13 +59,16 @@ def test_compare_rows_per_variant(variant_bundle_dir, tmp_path):
         result.extra["agreement_with_torch"] and not (tmp_path / "w.shards").exists()
 
 
-def test_bench_reports_ordered_percentiles(variant_bundle_dir):
-    result = bench(BenchConfig(variant_bundle_dir, ("ort-cpu", "ort-cpu:int8"), (1, 8), warmup=2, iterations=15))
+def test_bench_reports_ordered_percentiles(variant_bundle_dir, tmp_path):
+    result = bench(BenchConfig(variant_bundle_dir, ("ort-cpu", "ort-cpu:int8"), (1, 8), warmup=2, iterations=15,
+                               out=tmp_path / "bench.json"))
     assert len(result.rows) == 4
     for row in result.rows:
         assert 0 < row.p50_ms <= row.p90_ms <= row.p99_ms and row.throughput > 0
         assert row.providers == ["CPUExecutionProvider"]
+        assert len(row.samples_ms) == 15 and min(row.samples_ms) <= row.p50_ms <= max(row.samples_ms)
     assert result.session_options["graph_optimization"] == "all"
+    assert load_bench(tmp_path / "bench.json") == result  # every timed run kept, read back through its schema
 
 
 def test_check_gate_verdicts_and_files(variant_bundle_dir, tmp_path):

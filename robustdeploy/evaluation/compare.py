@@ -47,6 +47,7 @@ def compare(config: CompareConfig) -> Result:
     result.extra = {
         "agreement_with_torch": agreement(result),
         "median_latency_ms": {row.runtime: row.p50_ms for row in latency.rows},
+        "latency_runs_ms": {row.runtime: row.samples_ms for row in latency.rows},
         "latency_batch": config.latency_batch,
     }
     result.complete = True

@@ -30,6 +30,7 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.grid import ROUNDING, OnGrid, grid_budget, realise, rounding_report
 from robustdeploy.evaluation.score import predictions
 from robustdeploy.evaluation.session import Session
+from robustdeploy.progress import progress
 from robustdeploy.runtimes import Runtime
 
 
@@ -207,11 +208,11 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
             queries.extend(attack.queries_per_sample.tolist())
         return adv
 
+    key = set_key(label(plan, spec), source.name, eps)
     start, before = time.perf_counter(), attack.stats.gradients
-    raw = _batched(session, index, source.stored[previous or "x"], run)
+    raw = _batched(session, index, source.stored[previous or "x"], run, key)
     seconds = time.perf_counter() - start
     adv, rounding = _realised(plan, source, session, raw, index, eps, attack.norm)
-    key = set_key(label(plan, spec), source.name, eps)
     source.stored[key] = adv
     return CraftedSet(key, stage, label(plan, spec), source.name, eps, len(index), round(seconds, 4),
                       attack.stats.gradients - before,
@@ -229,11 +230,14 @@ def chunks(session: Session, index: torch.Tensor) -> Iterator[tuple[int, torch.T
             yield session.offset + start, chunk
 
 
-def _batched(session: Session, index: torch.Tensor, base: torch.Tensor, call) -> torch.Tensor:
+def _batched(session: Session, index: torch.Tensor, base: torch.Tensor, call, desc: str) -> torch.Tensor:
     """`call(x, y)` over the samples in `index`, block by block on the session's device, each block seeded by its
-    position; the others keep `base`."""
+    position; the others keep `base`. Progress is shown as `desc` (log lines only when there are several blocks:
+    the caller reports each finished set)."""
     x, y, out = session.test.x, session.test.y, base.clone()
-    for start, chunk in chunks(session, index):
+    blocks = list(chunks(session, index))
+    for i, _ in progress(len(blocks), desc, "batch", lines=10 if len(blocks) > 1 else 0, leave=False):
+        start, chunk = blocks[i]
         torch.manual_seed(session.config.seed * 1_000_003 + start)
         out[chunk] = call(x[chunk].to(session.device), y[chunk].to(session.device)).detach().cpu()
     return out
@@ -259,7 +263,7 @@ def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack:
         index = source.robust([], y).nonzero().flatten()
         start, before = time.perf_counter(), attack.stats.gradients
         view = OnGrid(source.model) if plan.realise else source.model  # straight-through: the norm is realised
-        found = _batched(session, index, x, lambda xb, yb: attack.minimize(view, xb, yb))
+        found = _batched(session, index, x, lambda xb, yb: attack.minimize(view, xb, yb), whole)
         seconds = time.perf_counter() - start
         adv, rounding = _realised(plan, source, session, found, index, None, attack.norm)
         stored[whole] = adv
@@ -312,11 +316,11 @@ def craft_diff(session: Session, stage: int, name: str, search: DifferentialSear
         return outcome.adv
 
     found: list[torch.Tensor] = []
+    key = set_key(name, deployment.label, eps)
     start, before = time.perf_counter(), search.gradients
-    adv = _batched(session, index, session.test.x, run)
+    adv = _batched(session, index, session.test.x, run, key)
     if found:
         claimed[index] = torch.cat(found)
-    key = set_key(name, deployment.label, eps)
     stored[key] = adv
     return CraftedSet(key, stage, name, deployment.label, eps, len(index), round(time.perf_counter() - start, 4),
                       search.gradients - before, round(statistics.fmean(queries), 2) if queries else None,

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
+from robustdeploy.progress import progress
+
+SHOW_AFTER = 5.0  # seconds: scoring shows progress only where it is slow (big sets, many runtimes)
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -69,7 +73,10 @@ def score_cascade(runtimes: list[str], sets: list[dict], epsilons: Iterable[floa
     """Cells for every runtime x budget x attack stage, from stored sets only (the same code re-scores)."""
     cells = []
     torch_clean = predictions("torch", "x")
-    for runtime in runtimes:
+    for i, bar in progress(len(runtimes), "score", "runtime", lines=len(runtimes), leave=False,
+                            after=SHOW_AFTER):
+        runtime = runtimes[i]
+        bar.set_postfix_str(runtime, refresh=False)
         clean = predictions(runtime, "x")
         for eps in epsilons:
             robust, reference = clean == y, torch_clean == y

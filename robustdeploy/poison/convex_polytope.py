@@ -12,14 +12,11 @@ Defaults follow the paper: 4000 iterations, eps = 0.1, five poisons.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from robustdeploy.models.parts import penultimate
 from robustdeploy.poison.methods import TARGETED, Crafted, every, project
-
-log = logging.getLogger("robustdeploy")
+from robustdeploy.progress import progress
 
 
 def simplex(v: torch.Tensor) -> torch.Tensor:
@@ -50,14 +47,14 @@ def convex_polytope(surrogates: list, target: torch.Tensor, bases: torch.Tensor,
     x = bases.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([x], lr=lr)
     history, step = [], every(iterations)
-    for it in range(iterations + 1):
+    for it, bar in progress(iterations + 1, "convex-polytope", "iteration", lines=20):
         features = [penultimate(m, x) for m in surrogates]
         loss = polytope_loss(features, targets, coeffs)
         if it % step == 0 or it == iterations:
             history.append({"iteration": it, "objective": round(float(loss.detach()), 8)})
-            log.info("convex-polytope iteration %d/%d: objective %.5f", it, iterations, float(loss.detach()))
+            bar.set_postfix_str(f"objective {float(loss.detach()):.5f} at iteration {it}", refresh=False)
         if it == iterations:
-            break
+            continue  # the last iteration only records the objective
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -9,15 +9,12 @@ so both methods are measured under one budget.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.models.parts import penultimate
 from robustdeploy.poison.methods import TARGETED, Crafted, every, project
-
-log = logging.getLogger("robustdeploy")
+from robustdeploy.progress import progress
 
 
 @TARGETED.register("feature-collision")
@@ -34,14 +31,15 @@ def feature_collision(surrogates: list, target: torch.Tensor, bases: torch.Tenso
     scale = reference.pow(2).sum().clamp_min(1e-12)
     x = bases.clone()
     history, step = [], every(iterations)
-    for it in range(iterations + 1):
+    for it, bar in progress(iterations + 1, "feature-collision", "iteration", lines=20):
         x.requires_grad_(True)
         loss = (penultimate(model, x) - reference).pow(2).sum(1).div(scale)
         if it % step == 0 or it == iterations:
             history.append({"iteration": it, "objective": round(float(loss.detach().mean()), 8)})
-            log.info("feature-collision iteration %d/%d: objective %.5f", it, iterations, float(loss.detach().mean()))
+            bar.set_postfix_str(f"objective {float(loss.detach().mean()):.5f} at iteration {it}",
+                                refresh=False)
         if it == iterations:
-            break
+            continue  # the last iteration only records the objective
         (grad,) = torch.autograd.grad(loss.sum(), x)
         with torch.no_grad():
             x = (x - lr * grad + lr * beta * bases) / (1 + lr * beta)

@@ -10,7 +10,6 @@ training split is realised to 8 bits within the budget and stored as a poison se
 
 from __future__ import annotations
 
-import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -27,8 +26,7 @@ from robustdeploy.poison.generator import Discriminator, UNetGenerator
 from robustdeploy.poison.objectives import OBJECTIVES
 from robustdeploy.poison.store import NAMES, realise, write_poison_set
 from robustdeploy.poison.surrogates import Surrogate, check_specs, staging_for, timed_prepare
-
-log = logging.getLogger("robustdeploy")
+from robustdeploy.progress import progress
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ def train_generator(surrogates: list[Surrogate], x: torch.Tensor, y: torch.Tenso
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr)
     order_rng = torch.Generator().manual_seed(config.seed)
     history = []
-    for epoch in range(config.epochs):
+    for epoch, bar in progress(config.epochs, "generator", unit="epoch", lines=config.epochs):
         generator.train()
         sums = {"surrogate": 0.0, "l2": 0.0, "disc": 0.0}
         order = torch.randperm(len(x), generator=order_rng)
@@ -111,8 +109,8 @@ def train_generator(surrogates: list[Surrogate], x: torch.Tensor, y: torch.Tenso
                 sums[key] += float(value.detach()) * len(idx)
         row = {"epoch": epoch + 1, **{k: round(v / len(x), 6) for k, v in sums.items()}}
         history.append(row)
-        log.info("generator epoch %d/%d: surrogate distance %.4f, mean delta^2 %.2e, discriminator %.4f",
-                 epoch + 1, config.epochs, row["surrogate"], row["l2"], row["disc"])
+        bar.set_postfix_str(f"surrogate distance {row['surrogate']:.4f}, mean delta^2 {row['l2']:.2e}, "
+                            f"discriminator {row['disc']:.4f}", refresh=False)
     return generator.eval(), history
 
 
