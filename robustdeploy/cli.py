@@ -86,7 +86,8 @@ def train(
     inner: Annotated[str | None, typer.Option(help="Adv-train inner maximisation: madry (default; final PGD "
                                                    "iterate), early-stop (first fooling iterate) or trades.")] = None,
     beta: Annotated[float | None, typer.Option(help="Adv-train, --inner trades: weight of the KL term "
-                                                    "(default 6).")] = None,
+                                                    "(default 6); purifier conv-vae: KL weight of the ELBO "
+                                                    "(default 0.01).")] = None,
     purifier: Annotated[str | None, typer.Option(help="Purifier network: conv-ae (default) or conv-vae.")] = None,
     poison: Annotated[Path | None, typer.Option(help="Poison set replacing a share of the training images.")]
     = None,
