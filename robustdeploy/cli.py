@@ -280,6 +280,8 @@ def evaluate(
     adaptive_targets: Annotated[int, typer.Option(help="Adaptive detector attack: most likely wrong classes "
                                                        "tried as targets.")] = 3,
     adaptive_restarts: Annotated[int, typer.Option(help="Adaptive detector attack: starts per target.")] = 2,
+    adaptive_inner: Annotated[str, typer.Option(help="Adaptive detector attack: the gradient attack optimising "
+                                                     "its objective (pgd, apgd or fgsm).")] = "pgd",
     surrogate: Annotated[Path | None, typer.Option(help="Craft gradient attacks on this bundle's PyTorch graph and "
                                                         "score them here (a transfer attack).")] = None,
 ) -> None:
@@ -303,8 +305,8 @@ def evaluate(
         if Group.from_env().active:
             raise RobustDeployError("evaluate --detector is not sharded; run it without torchrun")
 
-        adaptive = AdaptiveSqueezeAttack(steps=adaptive_steps, targets=adaptive_targets, restarts=adaptive_restarts,
-                                         seed=config.seed)
+        adaptive = AdaptiveSqueezeAttack(inner=adaptive_inner, steps=adaptive_steps, targets=adaptive_targets,
+                                         restarts=adaptive_restarts, seed=config.seed)
         echo(detector_table(evaluate_detector(config, adaptive)))
         return
     result = run_evaluation(config)
