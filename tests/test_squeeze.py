@@ -14,10 +14,11 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.defenses.detector_bundle import open_detector, reference_detector
 from robustdeploy.defenses.squeeze import BitDepth, MedianFilter, Resample, SqueezeConfig
 from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack, DetectorView
-from robustdeploy.evaluation.detector import evaluate_detector, roc_auc
+from robustdeploy.evaluation.detector import adaptive_cache, evaluate_detector, roc_auc
 from robustdeploy.evaluation.evaluate import EvalConfig
 from robustdeploy.evaluation.grid import OnGrid, realise
 from robustdeploy.evaluation.rescore import rescore
+from robustdeploy.evaluation.session import open_session
 from robustdeploy.export import ExportConfig, export_bundle
 
 SCORE_ATOL = 1e-4  # exported score vs PyTorch, both fp32
@@ -141,26 +142,49 @@ def test_adaptive_attack_lowers_detection(bits_bundle, tmp_path):
         assert worst >= max(rows[(runtime, a)]["undetected_success_rate"] for a in ("oblivious:pgd", ADAPTIVE))
 
 
-def test_adaptive_attack_beats_a_bpda_ensemble_and_is_crafted_once_per_budget(bits_bundle, digits, tmp_path):
-    eps, limit = 0.1, 40
-    config = EvalConfig(bundle=bits_bundle, epsilons=(eps,), limit=limit, out=tmp_path / "pgd.json",
-                        attack_params={"steps": 5})
-    result = evaluate_detector(config, AdaptiveSqueezeAttack())
+EPS, LIMIT = 0.1, 40  # the BPDA-ensemble comparison's budget and samples
+
+
+@pytest.fixture(scope="module")
+def bpda_reference(bits_bundle, digits):
+    """Undetected success (% of correctly classified) of the issue's BPDA ensemble on the first LIMIT samples."""
     detector = reference_detector(load_bundle(bits_bundle)).eval().requires_grad_(False)
-    x, y = digits.test.x[:limit], digits.test.y[:limit]
-    adv = realise(bpda_ensemble(detector, x, y, eps), x, eps, "linf")
+    x, y = digits.test.x[:LIMIT], digits.test.y[:LIMIT]
+    adv = realise(bpda_ensemble(detector, x, y, EPS), x, EPS, "linf")
     with torch.no_grad():
         correct = detector(x)[0].argmax(1) == y
         logits, _, flag = detector(adv)
     reference = 100.0 * float((correct & (logits.argmax(1) != y) & ~flag).sum() / correct.sum())
+    assert reference > 0
+    return reference
+
+
+def test_adaptive_attack_beats_a_bpda_ensemble_and_is_crafted_once_per_budget(bits_bundle, bpda_reference, tmp_path):
+    eps = EPS
+    config = EvalConfig(bundle=bits_bundle, epsilons=(eps,), limit=LIMIT, out=tmp_path / "pgd.json",
+                        attack_params={"steps": 5})
+    result = evaluate_detector(config, AdaptiveSqueezeAttack())
     new = result.cell("torch", eps, ADAPTIVE)["undetected_success_rate"]
-    assert reference > 0 and new >= reference, (new, reference)
+    assert new >= bpda_reference, (new, bpda_reference)
 
     again = evaluate_detector(replace(config, attacks=("fgsm",), out=tmp_path / "fgsm.json"), AdaptiveSqueezeAttack())
     assert result.extra["adaptive_reused"] == [] and again.extra["adaptive_reused"] == [eps]
     assert again.cell("ort-cpu", eps, ADAPTIVE) == result.cell("ort-cpu", eps, ADAPTIVE)
     assert rescore(tmp_path / "fgsm.json") == again.cells
     assert rescore(tmp_path / again.extra["adaptive_cache"])  # the cache re-scores on its own
+
+
+def test_adaptive_attack_with_apgd_inside_beats_the_bpda_ensemble(bits_bundle, bpda_reference, tmp_path):
+    config = EvalConfig(bundle=bits_bundle, epsilons=(EPS,), limit=LIMIT, attacks=("fgsm",),
+                        out=tmp_path / "apgd.json")
+    result = evaluate_detector(config, AdaptiveSqueezeAttack(inner="apgd"))
+    used, session = AdaptiveSqueezeAttack(**result.extra["adaptive_attack"]), open_session(config)
+    assert used.inner == "apgd" and adaptive_cache(tmp_path, session, used, True).name == result.extra["adaptive_cache"]
+    assert adaptive_cache(tmp_path, session, replace(used, inner="pgd"), True).name != result.extra["adaptive_cache"]
+    new = result.cell("torch", EPS, ADAPTIVE)["undetected_success_rate"]
+    assert new >= bpda_reference, (new, bpda_reference)
+    assert result.cell("ort-cpu", EPS, ADAPTIVE)["undetected_success_rate"] == new
+    assert rescore(tmp_path / "apgd.json") == result.cells
 
 
 @pytest.mark.parametrize("attack,opts", [("ddn", ["--attack-opt", "steps=10", "--eps", "1.0"]),
@@ -177,6 +201,9 @@ def test_detector_works_with_every_attack_family(bits_bundle, tmp_path, attack, 
 
 def test_cli_detector_errors(run_dir, bundle_dir, tmp_path):
     assert_one_line_error(cli("evaluate", bundle_dir, "--detector", "--limit", "5"), "has no detector")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--detector", "--adaptive-inner", "square"),
+                          "inner optimiser must be a fixed-budget gradient attack (apgd, fgsm, pgd)")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--detector", "--adaptive-inner", "pgdd"), "did you mean 'pgd'")
     assert_one_line_error(cli("export", run_dir, "--out", tmp_path / "b", "--detector", "squeeze",
                               "--target-fpr", "1.5"), "--target-fpr")
     assert_one_line_error(cli("export", run_dir, "--out", tmp_path / "b", "--detector", "squeez"),
