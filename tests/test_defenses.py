@@ -65,8 +65,7 @@ def test_vae_purifier_plus_classifier_is_one_onnx_graph_matching_torch(vae_bundl
     assert torch.equal(torch_logits, again)  # the deployed graph uses z = mu: no sampling
     assert (create_runtime(vae_bundle, "ort-cpu").logits(x) - torch_logits).abs().max() < 1e-4
     assert (bare - torch_logits).abs().max() > 1e-2
-    correct = (torch_logits.argmax(1) == digits.test.y[:100]).float().mean()
-    assert correct >= (bare.argmax(1) == digits.test.y[:100]).float().mean() - 0.1  # keeps the digit (beta 0.01)
+    assert (torch_logits.argmax(1) == digits.test.y[:100]).float().mean() >= 0.7  # keeps the digit (beta 1: ~25%)
     reference.transform.sample = True
     with torch.no_grad():
         assert not torch.equal(reference(x), torch_logits)  # sampling z really is inside the VAE
