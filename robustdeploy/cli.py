@@ -86,7 +86,8 @@ def train(
     inner: Annotated[str | None, typer.Option(help="Adv-train inner maximisation: madry (default; final PGD "
                                                    "iterate), early-stop (first fooling iterate) or trades.")] = None,
     beta: Annotated[float | None, typer.Option(help="Adv-train, --inner trades: weight of the KL term "
-                                                    "(default 6).")] = None,
+                                                    "(default 6); purifier conv-vae: KL weight of the ELBO "
+                                                    "(default 0.01).")] = None,
     purifier: Annotated[str | None, typer.Option(help="Purifier network: conv-ae (default) or conv-vae.")] = None,
     poison: Annotated[Path | None, typer.Option(help="Poison set replacing a share of the training images.")]
     = None,
@@ -280,6 +281,8 @@ def evaluate(
     adaptive_targets: Annotated[int, typer.Option(help="Adaptive detector attack: most likely wrong classes "
                                                        "tried as targets.")] = 3,
     adaptive_restarts: Annotated[int, typer.Option(help="Adaptive detector attack: starts per target.")] = 2,
+    adaptive_inner: Annotated[str, typer.Option(help="Adaptive detector attack: the gradient attack optimising "
+                                                     "its objective (pgd, apgd or fgsm).")] = "pgd",
     surrogate: Annotated[Path | None, typer.Option(help="Craft gradient attacks on this bundle's PyTorch graph and "
                                                         "score them here (a transfer attack).")] = None,
 ) -> None:
@@ -303,8 +306,8 @@ def evaluate(
         if Group.from_env().active:
             raise RobustDeployError("evaluate --detector is not sharded; run it without torchrun")
 
-        adaptive = AdaptiveSqueezeAttack(steps=adaptive_steps, targets=adaptive_targets, restarts=adaptive_restarts,
-                                         seed=config.seed)
+        adaptive = AdaptiveSqueezeAttack(inner=adaptive_inner, steps=adaptive_steps, targets=adaptive_targets,
+                                         restarts=adaptive_restarts, seed=config.seed)
         echo(detector_table(evaluate_detector(config, adaptive)))
         return
     result = run_evaluation(config)

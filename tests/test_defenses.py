@@ -49,7 +49,7 @@ def test_purifier_plus_classifier_is_one_onnx_graph_matching_torch(purifier_bund
 @pytest.fixture(scope="module")
 def vae_bundle(run_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("vae")
-    train(TrainConfig(epochs=3, defense="purifier", defense_params={"base": str(run_dir), "purifier": "conv-vae"}),
+    train(TrainConfig(epochs=10, defense="purifier", defense_params={"base": str(run_dir), "purifier": "conv-vae"}),
           root / "run")
     return export_bundle(ExportConfig(run_dir=root / "run", out=root / "bundle"))[0]
 
@@ -57,6 +57,7 @@ def vae_bundle(run_dir, tmp_path_factory):
 def test_vae_purifier_plus_classifier_is_one_onnx_graph_matching_torch(vae_bundle, digits):
     assert vae_bundle.manifest["model"]["extra"] == {"purifier": "conv-vae"}
     assert vae_bundle.manifest["run"]["metrics"]["defense"]["loss"] == "elbo"
+    assert vae_bundle.manifest["run"]["metrics"]["defense"]["kl_weight"] == 0.01
     reference = vae_bundle.reference_model()
     x = digits.test.x[:100]
     with torch.no_grad():
@@ -64,6 +65,7 @@ def test_vae_purifier_plus_classifier_is_one_onnx_graph_matching_torch(vae_bundl
     assert torch.equal(torch_logits, again)  # the deployed graph uses z = mu: no sampling
     assert (create_runtime(vae_bundle, "ort-cpu").logits(x) - torch_logits).abs().max() < 1e-4
     assert (bare - torch_logits).abs().max() > 1e-2
+    assert (torch_logits.argmax(1) == digits.test.y[:100]).float().mean() >= 0.7  # keeps the digit (beta 1: ~25%)
     reference.transform.sample = True
     with torch.no_grad():
         assert not torch.equal(reference(x), torch_logits)  # sampling z really is inside the VAE
@@ -166,6 +168,8 @@ def test_defense_eval_needs_a_baseline_for_distillation(tmp_path):
     (["--defense", "adv-train", "--eps", "0.1", "--inner", "fast"], "unknown --inner 'fast'"),
     (["--defense", "adv-train", "--eps", "0.1", "--train-attack", "fgsm"], "applies to --inner early-stop"),
     (["--defense", "adv-train", "--eps", "0.1", "--beta", "3"], "applies to --inner trades"),
+    (["--defense", "purifier", "--beta", "0.1"], "the conv-ae purifier has none"),
+    (["--defense", "purifier", "--purifier", "conv-vae", "--beta", "0"], "must be positive"),
 ])
 def test_train_defense_bad_input_is_one_line(args, needle, tmp_path):
     assert_one_line_error(cli("train", "--epochs", "1", "--out", tmp_path / "r", *args), needle)

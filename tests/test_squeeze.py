@@ -14,10 +14,11 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.defenses.detector_bundle import open_detector, reference_detector
 from robustdeploy.defenses.squeeze import BitDepth, MedianFilter, Resample, SqueezeConfig
 from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack, DetectorView
-from robustdeploy.evaluation.detector import evaluate_detector, roc_auc
+from robustdeploy.evaluation.detector import adaptive_cache, evaluate_detector, roc_auc
 from robustdeploy.evaluation.evaluate import EvalConfig
 from robustdeploy.evaluation.grid import OnGrid, realise
 from robustdeploy.evaluation.rescore import rescore
+from robustdeploy.evaluation.session import open_session
 from robustdeploy.export import ExportConfig, export_bundle
 
 SCORE_ATOL = 1e-4  # exported score vs PyTorch, both fp32
@@ -163,6 +164,22 @@ def test_adaptive_attack_beats_a_bpda_ensemble_and_is_crafted_once_per_budget(bi
     assert rescore(tmp_path / again.extra["adaptive_cache"])  # the cache re-scores on its own
 
 
+def test_adaptive_attack_drives_apgd_on_the_evasion_objective(bits_bundle, tmp_path):
+    """APGD as the inner optimiser: it optimises evasion, not its own CE (far above the oblivious PGD), its sets are
+    stored and re-score, and they are cached under a key of their own. (At eps 0.1 on digits APGD's large,
+    corner-seeking steps find fewer 8-bit evasions than PGD's small ones: see README, feature squeezing.)"""
+    eps = 0.2
+    config = EvalConfig(bundle=bits_bundle, epsilons=(eps,), limit=40, out=tmp_path / "apgd.json")
+    result = evaluate_detector(config, AdaptiveSqueezeAttack(inner="apgd", steps=50, targets=2, restarts=1))
+    used, session = AdaptiveSqueezeAttack(**result.extra["adaptive_attack"]), open_session(config)
+    assert used.inner == "apgd" and adaptive_cache(tmp_path, session, used, True).name == result.extra["adaptive_cache"]
+    assert adaptive_cache(tmp_path, session, replace(used, inner="pgd"), True).name != result.extra["adaptive_cache"]
+    for runtime in ("torch", "ort-cpu"):
+        adaptive = result.cell(runtime, eps, ADAPTIVE)["undetected_success_rate"]
+        assert adaptive > result.cell(runtime, eps, "oblivious:pgd")["undetected_success_rate"] + 30
+    assert rescore(tmp_path / "apgd.json") == result.cells
+
+
 @pytest.mark.parametrize("attack,opts", [("ddn", ["--attack-opt", "steps=10", "--eps", "1.0"]),
                                          ("square", ["--attack-opt", "max_queries=50"])])
 def test_detector_works_with_every_attack_family(bits_bundle, tmp_path, attack, opts):
@@ -177,6 +194,9 @@ def test_detector_works_with_every_attack_family(bits_bundle, tmp_path, attack, 
 
 def test_cli_detector_errors(run_dir, bundle_dir, tmp_path):
     assert_one_line_error(cli("evaluate", bundle_dir, "--detector", "--limit", "5"), "has no detector")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--detector", "--adaptive-inner", "square"),
+                          "inner optimiser must be a fixed-budget gradient attack (apgd, fgsm, pgd)")
+    assert_one_line_error(cli("evaluate", bundle_dir, "--detector", "--adaptive-inner", "pgdd"), "did you mean 'pgd'")
     assert_one_line_error(cli("export", run_dir, "--out", tmp_path / "b", "--detector", "squeeze",
                               "--target-fpr", "1.5"), "--target-fpr")
     assert_one_line_error(cli("export", run_dir, "--out", tmp_path / "b", "--detector", "squeez"),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustdeploy.attacks.base import ATTACKS, IterativeGradientAttack, loss_per_sample, lp_norm, project
+from robustdeploy.attacks.base import ATTACKS, IterativeGradientAttack, lp_norm, project
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -60,7 +60,7 @@ class APGD(IterativeGradientAttack):
             current = current.detach().requires_grad_(step < self.steps)
             with torch.set_grad_enabled(step < self.steps):
                 logits = model(current)
-                loss = loss_per_sample(logits, y[work], self.loss)
+                loss = self.objective(logits, y[work])
             loss_d = loss.detach()
             last = torch.ones(len(work), dtype=torch.bool, device=x.device) if step == self.steps else None
             wrong, seen_loss = self.fooled_as_seen(model, current, x[work], y[work], eps, logits, loss_d, last)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -53,7 +53,7 @@ class Attack(ABC):
             raise RobustDeployError(f"{type(self).__name__} supports {', '.join(self.norms)}, not {self.norm!r}")
 
     def params(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("stats", "realiser")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("stats", "realiser", "criterion")}
 
     def seen(self, adv: torch.Tensor, x: torch.Tensor, eps: float | None) -> torch.Tensor:
         """`adv` as the deployment receives it (itself where no realiser is set)."""
@@ -101,6 +101,16 @@ def loss_per_sample(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.T
 LOSSES = ("ce", "margin", "dlr")
 
 
+class Criterion(Protocol):
+    """What a gradient attack maximises and what counts as success, from the model's output for a batch and the
+    batch's labels; set in place of the classifier's loss and misclassification by an attack that drives another
+    (e.g. the adaptive detector attack, whose model outputs several views and whose `y` are row indices)."""
+
+    def loss(self, output, y: torch.Tensor) -> torch.Tensor: ...
+
+    def fooled(self, output, y: torch.Tensor) -> torch.Tensor: ...
+
+
 class FixedBudgetAttack(Attack):
     """Returns adversarial inputs with ||adv - x|| <= eps and pixels in [0, 1].
 
@@ -140,6 +150,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
     loss: str = "ce"
     early_stop: bool = True
     seed: int = 0
+    criterion: Criterion | None = field(default=None, init=False, repr=False, compare=False)  # None: classify
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -148,6 +159,14 @@ class IterativeGradientAttack(FixedBudgetAttack):
         if self.loss not in LOSSES:
             raise RobustDeployError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
 
+    def objective(self, output, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss to maximise: `loss` of the logits, or the criterion's."""
+        return loss_per_sample(output, y, self.loss) if self.criterion is None else self.criterion.loss(output, y)
+
+    def misled(self, output, y: torch.Tensor) -> torch.Tensor:
+        """Per sample, whether `output` is a success: misclassified, or the criterion's success."""
+        return output.argmax(1) != y if self.criterion is None else self.criterion.fooled(output, y)
+
     def fooled_as_seen(self, model: Model, adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float | None,
                        logits: torch.Tensor, loss: torch.Tensor, candidates: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +174,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
         iterate's; only `candidates` (default: the iterates whose float version fools) are re-checked after
         realisation."""
         loss = loss.detach().clone()
-        wrong = logits.detach().argmax(1) != y
+        wrong = self.misled(logits, y)
         if self.realiser is None:
             return wrong, loss
         check = wrong if candidates is None else candidates
@@ -164,8 +183,8 @@ class IterativeGradientAttack(FixedBudgetAttack):
         if len(index):
             with torch.no_grad():
                 seen = model(self.seen(adv[index].detach(), x[index], eps))
-            wrong[index] = seen.argmax(1) != y[index]
-            loss[index] = loss_per_sample(seen, y[index], self.loss)
+            wrong[index] = self.misled(seen, y[index])
+            loss[index] = self.objective(seen, y[index])
         return wrong, loss
 
     def _alpha(self, eps: float) -> float:
@@ -193,7 +212,8 @@ class IterativeGradientAttack(FixedBudgetAttack):
         result = x.clone()
         # Never attack a sample that is already wrong. Without a random start the first step's forward pass
         # is the clean one, and _run leaves wrong samples at x, so no separate clean pass is needed.
-        todo = predict(model, x) == y if self.random_start else torch.ones(len(x), dtype=torch.bool, device=x.device)
+        todo = self._unfooled(model, x, y) if self.random_start else torch.ones(len(x), dtype=torch.bool,
+                                                                                device=x.device)
         for restart in range(self.restarts):
             if not todo.any():
                 break
@@ -204,6 +224,13 @@ class IterativeGradientAttack(FixedBudgetAttack):
             result[index] = adv
             todo[index[fooled]] = False
         return result
+
+    @torch.no_grad()
+    def _unfooled(self, model: Model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        if self.criterion is None:
+            return predict(model, x, batch_size) == y
+        return torch.cat([~self.misled(model(x[i : i + batch_size]), y[i : i + batch_size])
+                          for i in range(0, len(x), batch_size)] or [torch.zeros(0, dtype=torch.bool, device=x.device)])
 
     def _run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
              eps: float, check_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,7 +253,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
             current = current.detach().requires_grad_(step < self.steps)
             with torch.set_grad_enabled(step < self.steps):
                 logits = model(current)
-                loss = loss_per_sample(logits, y[work], self.loss)
+                loss = self.objective(logits, y[work])
             last = torch.ones(len(work), dtype=torch.bool, device=x.device) if step == self.steps else None
             wrong, seen_loss = self.fooled_as_seen(model, current, x[work], y[work], eps, logits, loss, last)
             wrong &= seen_loss > strongest[work]

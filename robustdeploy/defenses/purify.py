@@ -60,9 +60,14 @@ def adaptive_source(model: nn.Module) -> dict:
 
 
 @DEFENSES.register("purifier")
-def purifier(config, data: Dataset, base: Path | None = None, purifier: str = "conv-ae", **_: object) -> Trained:
-    """Train (or load from `base`) a classifier, then a purifier on clean data with the classifier frozen."""
+def purifier(config, data: Dataset, base: Path | None = None, purifier: str = "conv-ae", beta: float | None = None,
+             **_: object) -> Trained:
+    """Train (or load from `base`) a classifier, then a purifier on clean data with the classifier frozen;
+    `beta`: the conv-vae's KL weight."""
     PURIFIERS.get(purifier)
+    if beta is not None and purifier != "conv-vae":
+        raise RobustDeployError(f"--beta is the conv-vae's KL weight; the {purifier} purifier has none (drop --beta)")
+    network = PURIFIERS.create(purifier, channels=data.input_shape[0], beta=beta)  # checks beta before training
     _, h, w = data.input_shape
     if h % 2 or w % 2:
         raise RobustDeployError(f"the {purifier} purifier needs even image sizes, got {h}x{w}; use --image-size")
@@ -79,11 +84,11 @@ def purifier(config, data: Dataset, base: Path | None = None, purifier: str = "c
         fit(classifier, data, config, desc="classifier")
     classifier.requires_grad_(False)
     spec = replace(spec, extra={"purifier": purifier})
-    network = PURIFIERS.create(purifier, channels=data.input_shape[0])
     model = Composite(network, classifier).to(config.device)
     losses = fit(model, data, config, loss_fn=reconstruction_loss, desc="purifier")
     model.requires_grad_(True)
     info = {"purifier": purifier, "base": str(base) if base else None, "loss": network.objective}
     if hasattr(network, "sample"):
-        info |= {"inference": "z = mu (deterministic, exported)", "adaptive_eot_samples": EOT_SAMPLES}
+        info |= {"inference": "z = mu (deterministic, exported)", "adaptive_eot_samples": EOT_SAMPLES,
+                 "kl_weight": network.beta}
     return Trained(model, spec, losses, info)

@@ -9,10 +9,13 @@ Tramèr et al. (NeurIPS 2020, "On adaptive attacks to adversarial example defens
   optimised, as Tramèr et al. advise: a plain score penalty fights the margin where the threshold is loose);
 - several targets: the `targets` most likely wrong classes of the clean image, tried in turn, and `restarts`
   starts each (the first from x, the others random); a sample leaves as soon as one attempt succeeds;
+- any registered gradient attack as the inner optimiser (`inner`: pgd, the default, apgd or fgsm), driven on
+  the objective above through a `Criterion` instead of its own loss, its rows' labels and targets held there;
+  it stops a sample at the first iterate that evades, judged as deployed;
 - BPDA (Athalye et al., ICML 2018): bit-depth reduction and the median filter pass the gradient straight
   through (identity backward, exact forward); resampling is linear and differentiated as it is;
 - success judged as deployed: the iterate realised to 8 bits is misclassified and its exact score is at most
-  the threshold. Step size: cosine decay from eps / 4 over `steps` (sign steps for L-inf, unit-L2 steps for L2).
+  the threshold. `steps` go to the inner attack; its step size is its own (PGD: 2.5 * eps / steps).
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
-from robustdeploy.attacks.base import FixedBudgetAttack, Model, lp_norm, project
+from robustdeploy.attacks.base import ATTACKS, FixedBudgetAttack, IterativeGradientAttack, Model
 from robustdeploy.defenses.squeeze import BitDepth, MedianFilter, SqueezeDetector, squeeze_score
 from robustdeploy.errors import RobustDeployError
 
 NAME = "squeeze-adaptive"
-REVISION = 2  # part of the key of cached adaptive sets: raise it whenever the objective or the loop changes
+REVISION = 3  # part of the key of cached adaptive sets: raise it whenever the objective or the loop changes
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -67,13 +70,35 @@ def target_margins(logits: torch.Tensor, squeezed: torch.Tensor, target: torch.T
     return other - true
 
 
+@dataclass(frozen=True)
+class Evasion:
+    """The adaptive objective as an inner attack's criterion (`attacks.base.Criterion`): the attack's `y` are row
+    indices into `labels` and `targets`; its loss is minus the objective, success is fooled and undetected."""
+
+    labels: torch.Tensor
+    targets: torch.Tensor
+    kappa: float
+    lam: float
+    threshold: float
+
+    def loss(self, output: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        logits, squeezed = output
+        margins = target_margins(logits, squeezed, self.targets[rows]).clamp(min=-self.kappa).sum(1)
+        return -(margins + self.lam * (squeeze_score(logits, squeezed) - self.threshold).clamp(min=0))
+
+    def fooled(self, output: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        logits, squeezed = output
+        return (logits.argmax(1) != self.labels[rows]) & (squeeze_score(logits, squeezed) <= self.threshold)
+
+
 @dataclass
 class AdaptiveSqueezeAttack(FixedBudgetAttack):
     """Targeted logit-space BPDA attack on x and every squeezed view; `model` is a `DetectorView` (or it on the
-    8-bit grid), `threshold` the detector's. Defaults: 200 steps, 3 targets, 2 restarts, kappa 10, lam 10."""
+    8-bit grid), `threshold` the detector's. Defaults: inner PGD, 200 steps, 3 targets, 2 restarts, kappa 10,
+    lam 10."""
 
+    inner: str = "pgd"
     steps: int = 200
-    rel_step: float = 2.5
     targets: int = 3
     restarts: int = 2
     kappa: float = 10.0
@@ -87,66 +112,40 @@ class AdaptiveSqueezeAttack(FixedBudgetAttack):
             raise RobustDeployError("the adaptive detector attack needs steps, targets and restarts >= 1")
         if self.kappa < 0 or self.lam < 0:
             raise RobustDeployError("the adaptive detector attack needs kappa >= 0 and lam >= 0")
+        if not issubclass(ATTACKS.get(self.inner), IterativeGradientAttack):
+            usable = [n for n in ATTACKS.names() if issubclass(ATTACKS.get(n), IterativeGradientAttack)]
+            raise RobustDeployError(f"the adaptive detector attack's inner optimiser must be a fixed-budget gradient "
+                                    f"attack ({', '.join(usable)}), not {self.inner!r}")
 
-    def _outcome(self, model: Model, adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rank, score) of what the deployment receives: 2 fooled and undetected, 1 fooled, 0 neither."""
+    def optimiser(self, attempt: int, random_start: bool) -> IterativeGradientAttack:
+        """The inner attack for one target and start, seeded by the attempt."""
+        attack = ATTACKS.create(self.inner, norm=self.norm, steps=self.steps, seed=self.seed + attempt,
+                                random_start=random_start, restarts=1)
+        attack.realiser = self.realiser
+        return attack
+
+    def _outcome(self, model: Model, adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        """Rank of what the deployment receives: 2 fooled and undetected, 1 fooled, 0 neither."""
         with torch.no_grad():
             logits, squeezed = model(self.seen(adv, x, eps))
-        score = squeeze_score(logits, squeezed)
         fooled = logits.argmax(1) != y
-        return fooled.long() * (1 + (score <= self.threshold).long()), score
-
-    def _start(self, x: torch.Tensor, eps: float, restart: int, generator: torch.Generator) -> torch.Tensor:
-        if restart == 0 or eps == 0:
-            return x.clone()
-        if self.norm == "linf":
-            noise = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
-        else:
-            noise = torch.randn(x.shape, generator=generator)
-            noise = noise * eps * 0.5 / lp_norm(noise, "l2").view(-1, *[1] * (x.dim() - 1))
-        return project(x + noise.to(x.device), x, eps, self.norm)
+        return fooled.long() * (1 + (squeeze_score(logits, squeezed) <= self.threshold).long())
 
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
             clean = model(x)[0]
         ranked = clean.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
-        best, rank = x.clone(), self._outcome(model, x, x, y, eps)[0]
+        best, rank = x.clone(), self._outcome(model, x, x, y, eps)
         for k in range(min(self.targets, clean.shape[1] - 1)):
             for restart in range(self.restarts):
-                start = self._start(x, eps, restart, generator)  # drawn for the full batch: reproducible
                 todo = (rank < 2).nonzero().flatten()
                 if not len(todo):
                     return best
-                adv, found = self._run(model, x[todo], y[todo], ranked[todo, k], start[todo], eps)
+                attack = self.optimiser(k * self.restarts + restart, random_start=restart > 0)
+                attack.criterion = Evasion(y[todo], ranked[todo, k], self.kappa, self.lam, self.threshold)
+                adv = attack.perturb(model, x[todo], torch.arange(len(todo), device=x.device), eps)
+                self.stats.gradients += attack.stats.gradients
+                found = self._outcome(model, adv, x[todo], y[todo], eps)
                 better = found > rank[todo]
                 best[todo[better]], rank[todo[better]] = adv[better], found[better]
         return best
-
-    def _run(self, model: Model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, current: torch.Tensor,
-             eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Descent toward `target`; per sample the first iterate that evades, else the last one that fools, else
-        the last iterate; with its rank."""
-        best, rank = current.clone(), torch.zeros(len(x), dtype=torch.long, device=x.device)
-        work = torch.arange(len(x), device=x.device)
-        for step in range(self.steps + 1):
-            found, _ = self._outcome(model, current, x[work], y[work], eps)
-            keep = (found >= rank[work]) & (rank[work] < 2)
-            best[work[keep]], rank[work[keep]] = current.detach()[keep], found[keep]
-            active = found < 2
-            if step == self.steps or not active.any():
-                break
-            work, current = work[active], current.detach()[active].requires_grad_(True)
-            logits, squeezed = model(current)
-            objective = target_margins(logits, squeezed, target[work]).clamp(min=-self.kappa).sum(1) \
-                + self.lam * (squeeze_score(logits, squeezed) - self.threshold).clamp(min=0)
-            grad, = torch.autograd.grad(objective.sum(), current)
-            self.stats.gradients += len(work)
-            alpha = self.rel_step * eps / self.steps
-            if self.norm == "linf":
-                move = grad.sign()
-            else:
-                move = grad / lp_norm(grad, "l2").clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
-            current = project(current.detach() - alpha * move, x[work], eps, self.norm)
-        return best, rank

@@ -32,7 +32,8 @@ COMMON = {"runtimes": list, "limit": int, "batch_size": int, "seed": int, "devic
 CASCADE = {"attacks": list, "eps": list, "params": dict, "realise": bool}
 KEYS = {
     "evaluate": {**CASCADE, "window": int},
-    "detector": {**CASCADE, "adaptive_steps": int, "adaptive_targets": int, "adaptive_restarts": int},
+    "detector": {**CASCADE, "adaptive_steps": int, "adaptive_targets": int, "adaptive_restarts": int,
+                 "adaptive_inner": str},
     "defense": {"baseline": str, "attack": str, "eps": float, "steps": int},
     "check": {"attacks": list, "eps": list, "max_accuracy_drop": float, "min_agreement": float,
               "max_robust_drop": float},
@@ -82,7 +83,8 @@ def _evaluate(job: Job) -> Result:
 def _detector(job: Job) -> Result:
     options = dict(job.options)
     fields = _fields(options)
-    adaptive = AdaptiveSqueezeAttack(steps=options.pop("adaptive_steps", 200),
+    adaptive = AdaptiveSqueezeAttack(inner=options.pop("adaptive_inner", "pgd"),
+                                     steps=options.pop("adaptive_steps", 200),
                                      targets=options.pop("adaptive_targets", 3),
                                      restarts=options.pop("adaptive_restarts", 2), seed=options.get("seed", 0))
     return evaluate_detector(EvalConfig(bundle=job.bundle, out=job.out, resume=True,
