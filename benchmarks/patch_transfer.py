@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -40,21 +40,12 @@ METHODS = ("sw", "ce")
 
 @dataclass(frozen=True)
 class TransferConfig:
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    target: int = 3
-    patch_size: float = 0.25
-    steps: int = 150
-    batch_size: int = 64
-    lr: float = 0.05
-    tv_weight: float = 0.1
-    scale: tuple[float, float] = (0.8, 1.2)
-    n_projections: int = 500
-    limit: int | None = None
+    """The study: one patch setting (each patch sets its own method and seed), the seeds, the samples scored."""
 
-    def patch(self, method: str, seed: int) -> PatchConfig:
-        return PatchConfig(target=self.target, method=method, patch_size=self.patch_size, steps=self.steps,
-                           lr=self.lr, batch_size=self.batch_size, n_projections=self.n_projections,
-                           tv_weight=self.tv_weight, scale=self.scale, seed=seed)
+    patch: PatchConfig = field(default_factory=lambda: PatchConfig(target=3, steps=150, batch_size=64,
+                                                                   tv_weight=0.1, scale=(0.8, 1.2)))
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    limit: int | None = None
 
 
 def train_models(archs: tuple[str, ...], image_size: int, epochs: int, work: Path) -> list[Path]:
@@ -81,8 +72,8 @@ def craft_and_score(bundles: list[Path], config: TransferConfig, work: Path,
             for method in METHODS:
                 start = time.perf_counter()
                 result, _ = evaluate_patch(PatchEvalConfig(
-                    source, config.patch(method, seed), tuple(b for b in bundles if b != source), limit=config.limit,
-                    seed=seed, out=work / f"{method}-{source.name}-seed{seed}.json"))
+                    source, replace(config.patch, method=method, seed=seed), tuple(b for b in bundles if b != source),
+                    limit=config.limit, seed=seed, out=work / f"{method}-{source.name}-seed{seed}.json"))
                 seconds = round(time.perf_counter() - start, 1)
                 src = load_bundle(source).name
                 for cell in result.cells:
@@ -171,9 +162,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/patch_transfer.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = TransferConfig(seeds=tuple(range(args.seeds)), target=args.target, patch_size=args.patch_size,
-                            steps=args.steps, batch_size=args.batch_size, tv_weight=args.tv_weight,
-                            scale=tuple(args.scale), limit=args.limit)
+    patch = PatchConfig(target=args.target, patch_size=args.patch_size, steps=args.steps,
+                        batch_size=args.batch_size, tv_weight=args.tv_weight, scale=tuple(args.scale))
+    config = TransferConfig(patch, seeds=tuple(range(args.seeds)), limit=args.limit)
     start = time.perf_counter()
     bundles = train_models(tuple(args.arch or ARCHS), args.image_size, args.epochs, args.work)
     accuracy = {(b := load_bundle(path)).name: b.manifest["run"]["metrics"]["test_accuracy"]

@@ -433,8 +433,6 @@ def bench(
     echo(table(BENCH_HEADERS, bench_table_rows(result)))
 
 
-
-
 @app.command()
 def diff(
     bundle: opt.BundleDir,

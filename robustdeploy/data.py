@@ -59,10 +59,6 @@ class Samples:
     read: Callable[[int, int], torch.Tensor]
     shape: tuple[int, int, int]
 
-    @classmethod
-    def of(cls, split: Split) -> Samples:
-        return cls(split.y, lambda start, stop: split.x[start:stop], tuple(split.x.shape[1:]))  # type: ignore[arg-type]
-
     def __len__(self) -> int:
         return len(self.y)
 
@@ -74,8 +70,8 @@ class Samples:
         return Samples(self.y[start:stop], lambda a, b: self.read(start + a, start + b), self.shape)
 
     def load(self) -> Split:
-        """Every pixel in memory (a copy, so the source pool can be freed)."""
-        return Split(self.read(0, len(self)).clone(), self.y.clone())
+        """Every pixel in memory."""
+        return Split(self.read(0, len(self)), self.y)
 
 
 @dataclass(frozen=True)
@@ -108,7 +104,7 @@ class RawData:
     """What a dataset factory returns: a pool to split, or an official train/test pair."""
 
     classes: tuple[str, ...]
-    x: np.ndarray  # uint8 or float in [0, 1], (N, C, H, W)
+    x: np.ndarray | Images  # uint8 or float in [0, 1], (N, C, H, W); `x[index]` gives those samples' pixels
     y: np.ndarray
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
@@ -160,18 +156,20 @@ def load_dataset(config: DataConfig) -> Dataset:
 
 
 def load_test_samples(config: DataConfig) -> Samples:
-    """The test split of `load_dataset(config)`, the same samples in the same order; an image folder's images are
-    decoded a range at a time when read, so a large folder never sits in memory whole."""
-    if config.name != "imagefolder":
-        return Samples.of(load_dataset(config).test)
+    """The test split of `load_dataset(config)`, the same samples in the same order, its pixels converted (an image
+    folder's: decoded) a range at a time when read, so neither the pool nor its float copy is ever made whole."""
     _check_fractions(config)
-    folder = _image_folder(config)
-    order = _permute(len(folder.targets), config.seed)
-    n_test, _ = _sizes(len(order), config, False)
-    paths = [folder.paths[i] for i in order[:n_test]]
-    y = torch.from_numpy(np.asarray(folder.targets)[order[:n_test]]).long()
-    shape = tuple(_to_float(folder.decode(paths[:1])).shape[1:])
-    return Samples(y, lambda start, stop: _to_float(folder.decode(paths[start:stop])), shape)  # type: ignore[arg-type]
+    raw = DATASETS.get(config.name)(config)
+    n_test, _ = _sizes(len(raw.y), config, raw.x_test is not None)
+    if raw.x_test is not None:
+        pool, labels, index = raw.x_test, np.asarray(raw.y_test), np.arange(len(raw.y_test))
+    else:
+        pool, labels, index = raw.x, np.asarray(raw.y), _permute(len(raw.y), config.seed)[:n_test]
+
+    def read(start: int, stop: int) -> torch.Tensor:
+        return _to_float(pool[index[start:stop]])
+
+    return Samples(torch.from_numpy(labels[index]).long(), read, tuple(read(0, 1).shape[1:]))  # type: ignore[arg-type]
 
 
 def _require_root(config: DataConfig) -> Path:
@@ -304,19 +302,25 @@ def gtsrb(config: DataConfig) -> RawData:
 
 
 @dataclass(frozen=True)
-class _Folder:
-    """An image folder listed but not decoded: `decode(paths)` gives their pixels (uint8 or float, N, C, H, W)."""
+class Images:
+    """Image files decoded when indexed: `images[index]` gives the pixels (uint8 or float, N, C, H, W) of the files
+    at `index` (an integer array), so a pool of files is split and permuted without decoding any."""
 
-    classes: tuple[str, ...]
-    paths: list[str]
-    targets: list[int]
+    paths: tuple[str, ...]
     decode: Callable[[list[str]], np.ndarray]
 
+    def __len__(self) -> int:
+        return len(self.paths)
 
-def _image_folder(config: DataConfig) -> _Folder:
-    """List a folder of class sub-folders and fix how its images become pixels: through `config.preprocessing` (an
-    imported model's); else at the images' own size when they all share one square size (read from the file
-    headers), else resized to --image-size (default 32)."""
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        return self.decode([self.paths[i] for i in index])
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(config: DataConfig) -> RawData:
+    """Any folder of class sub-folders of images (torchvision ImageFolder), listed but not decoded. Its images
+    become pixels through `config.preprocessing` (an imported model's); else at their own size when they all
+    share one square size (read from the file headers), else resized to --image-size (default 32)."""
     import logging
 
     import torchvision
@@ -329,18 +333,18 @@ def _image_folder(config: DataConfig) -> _Folder:
     if len(folder.classes) < 2:
         raise RobustDeployError(f"image folder {root} has one class ({folder.classes[0]}); a classifier needs at "
                                 "least two class sub-folders")
-    paths = [path for path, _ in folder.samples]
+    paths = tuple(path for path, _ in folder.samples)
     if config.preprocessing is not None:
         pre = config.preprocessing
-        return _Folder(tuple(folder.classes), paths, folder.targets,
-                       lambda chosen: np.stack([pre.image(_open_image(path)) for path in chosen]))
+        images = Images(paths, lambda chosen: np.stack([pre.image(_open_image(path)) for path in chosen]))
+        return RawData(tuple(folder.classes), images, np.asarray(folder.targets))
     channels = 1 if _open_image(paths[0]).mode in ("L", "1", "I;16") else 3
     sizes = {_image_size(path) for path in paths}
     size = config.image_size or (next(iter(sizes))[0] if len(sizes) == 1 and len(set(*sizes)) == 1 else 32)
     if sizes != {(size, size)}:
         logging.getLogger("robustdeploy").info("resizing the images of %s to %dx%d", root, size, size)
-    return _Folder(tuple(folder.classes), paths, folder.targets,
-                   lambda chosen: _resize([_open_image(path) for path in chosen], size, channels))
+    images = Images(paths, lambda chosen: _resize([_open_image(path) for path in chosen], size, channels))
+    return RawData(tuple(folder.classes), images, np.asarray(folder.targets))
 
 
 def _image_size(path: str) -> tuple[int, int]:
@@ -352,10 +356,3 @@ def _image_size(path: str) -> tuple[int, int]:
             return image.size
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise RobustDeployError(f"cannot read image {path} ({exc}); remove or replace the file") from None
-
-
-@DATASETS.register("imagefolder")
-def imagefolder(config: DataConfig) -> RawData:
-    """Any folder of class sub-folders of images (torchvision ImageFolder), see `_image_folder`."""
-    folder = _image_folder(config)
-    return RawData(folder.classes, folder.decode(folder.paths), np.asarray(folder.targets))

@@ -8,6 +8,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from robustdeploy.attacks.ot_patch import PatchConfig
 from robustdeploy.export import ExportConfig, export_bundle
 from robustdeploy.recipe import train
 from robustdeploy.train import TrainConfig
@@ -26,7 +27,9 @@ def test_patch_transfer_core_on_two_tiny_models(bundle_dir, tmp_path):
     train(TrainConfig(arch="mlp", epochs=1), tmp_path / "mlp")
     mlp, _ = export_bundle(ExportConfig(run_dir=tmp_path / "mlp", out=tmp_path / "bundle-mlp"))
     saved = []
-    config = bench.TransferConfig(seeds=(0, 1), steps=2, batch_size=32, n_projections=50, patch_size=0.25, limit=30)
+    patch = PatchConfig(target=3, steps=2, batch_size=32, n_projections=50, patch_size=0.25, tv_weight=0.1,
+                        scale=(0.8, 1.2))
+    config = bench.TransferConfig(patch, seeds=(0, 1), limit=30)
     rows = bench.craft_and_score([bundle_dir, mlp.path], config, tmp_path, lambda found: saved.append(len(found)))
     assert len(rows) == 2 * 2 * 2 * 2 * 2 and saved == [16, 32]
     assert {(r["source"], r["target"]) for r in rows} == {(a, b) for a in ("cnn-digits", "mlp") for b in
