@@ -34,6 +34,24 @@ def test_pgd_is_at_least_as_strong_as_fgsm(model, digits):
     assert (predict(model, pgd) == y).sum() <= (predict(model, fgsm) == y).sum()
 
 
+def test_apgd_targeted_goes_to_its_targets_and_adds_to_apgd_dlr(model, digits):
+    """AutoAttack's APGD-T: with one target, what it fools lands on the clean image's most likely wrong class;
+    with nine, it fools samples APGD-DLR left standing."""
+    x, y = digits.test.x, digits.test.y
+    eps = 0.1
+    with torch.no_grad():
+        logits = model(x)
+    runner_up = logits.scatter(1, y[:, None], float("-inf")).argmax(1)
+    one = predict(model, ATTACKS.create("apgd-t", targets=1, steps=30).perturb(model, x, y, eps))
+    fooled = one != y
+    assert fooled.sum() > 10 and (one[fooled] == runner_up[fooled]).float().mean() > 0.9
+    dlr = predict(model, ATTACKS.create("apgd", loss="dlr", steps=30).perturb(model, x, y, eps)) == y
+    targeted = predict(model, ATTACKS.create("apgd-t", steps=30).perturb(model, x, y, eps)) == y
+    assert (dlr & ~targeted).sum() > 0  # a cascade gains from it
+    with pytest.raises(RobustDeployError, match="targeted DLR"):
+        ATTACKS.create("apgd-t", loss="ce")
+
+
 def test_early_stop_changes_no_result_and_saves_work(model, digits):
     x, y = digits.test.x, digits.test.y
     runs = {}

@@ -114,7 +114,7 @@ def test_defense_eval_reports_both_ways_on_both_runtimes(purifier_bundle, tmp_pa
     result = evaluate_defense(DefenseEvalConfig(bundle=bundle.path, eps=0.1, steps=10, limit=80, out=out))
     assert result.extra["defense"] == "purifier" and result.samples == 80
     robust = {(c["runtime"], c["attack"]): c["robust_accuracy"] for c in result.cells}
-    stages = ("pgd", "apgd:dlr")  # the cascade: worst case after each stage
+    stages = ("pgd", "apgd:dlr", "apgd-t")  # the cascade: worst case after each stage
     assert set(robust) == {(r, f"{g}:{a}") for r in ("torch", "ort-cpu") for g in ("oblivious", "adaptive")
                            for a in stages} | {("baseline", f"oblivious:{a}") for a in stages}
     assert robust["torch", "adaptive:apgd:dlr"] <= robust["torch", "adaptive:pgd"]

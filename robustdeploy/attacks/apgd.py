@@ -4,17 +4,19 @@ Momentum 0.75; the step size starts at 2 * eps and is halved at checkpoints (p_0
 p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)) where fewer than rho = 75% of the steps since the last
 checkpoint raised the loss, or where neither the step size nor the best loss changed; the iterate then
 restarts from the best point. Losses: cross-entropy, DLR (the paper's scale-invariant margin) or the
-C&W margin. Per-sample early stop as in PGD.
+C&W margin. Per-sample early stop as in PGD. `apgd-t` is AutoAttack's targeted variant (APGD-T).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from robustdeploy.attacks.base import ATTACKS, IterativeGradientAttack, lp_norm, project
+from robustdeploy.attacks.base import ATTACKS, IterativeGradientAttack, Model, lp_norm, project
+from robustdeploy.errors import RobustDeployError
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -98,3 +100,58 @@ class APGD(IterativeGradientAttack):
         left = work[~fooled[work]]
         result[left] = best_point[left]
         return result, fooled
+
+
+@dataclass(frozen=True)
+class TargetedDLR:
+    """Criterion of APGD-T: the targeted DLR loss (Croce & Hein 2020), (z_t - z_y) / (z_pi1 - (z_pi3 + z_pi4) / 2),
+    toward `targets`; the attack's `y` are row indices into `labels` and `targets`; success is misclassification."""
+
+    labels: torch.Tensor
+    targets: torch.Tensor
+
+    def loss(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        top, last = logits.sort(1, descending=True).values, logits.shape[1] - 1
+        scale = top[:, 0] - (top[:, min(2, last)] + top[:, min(3, last)]) / 2
+        pair = logits.gather(1, torch.stack([self.targets[rows], self.labels[rows]], 1))
+        return (pair[:, 0] - pair[:, 1]) / (scale + 1e-12)
+
+    def fooled(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(1) != self.labels[rows]
+
+
+@ATTACKS.register("apgd-t")
+@dataclass
+class APGDTargeted(APGD):
+    """AutoAttack's APGD-T: APGD on the targeted DLR loss toward each of the `targets` (9) most likely wrong classes
+    of the clean image in turn, on the samples still classified correctly as deployed."""
+
+    loss: str = "dlr"
+    targets: int = 9
+    own_criterion: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss != "dlr":
+            raise RobustDeployError("apgd-t optimises the targeted DLR loss; drop the loss or use apgd:LOSS")
+        if self.targets < 1:
+            raise RobustDeployError(f"apgd-t needs targets >= 1, got {self.targets}")
+
+    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        with torch.no_grad():
+            clean = model(x)
+        ranked = clean.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
+        result, todo = x.clone(), clean.argmax(1) == y
+        for k in range(min(self.targets, clean.shape[1] - 1)):
+            index = todo.nonzero().flatten()
+            if not len(index):
+                break
+            self.criterion = TargetedDLR(y[index], ranked[index, k])
+            try:
+                adv = super().perturb(model, x[index], torch.arange(len(index), device=x.device), eps)
+            finally:
+                self.criterion = None
+            result[index] = adv
+            with torch.no_grad():
+                todo[index] = model(self.seen(adv, x[index], eps)).argmax(1) == y[index]
+        return result

@@ -151,6 +151,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
     early_stop: bool = True
     seed: int = 0
     criterion: Criterion | None = field(default=None, init=False, repr=False, compare=False)  # None: classify
+    own_criterion: ClassVar[bool] = False  # sets `criterion` itself (so another attack cannot drive it)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -91,6 +91,11 @@ class Evasion:
         return (logits.argmax(1) != self.labels[rows]) & (squeeze_score(logits, squeezed) <= self.threshold)
 
 
+def _drivable(cls: type) -> bool:
+    """Whether an attack class can optimise the evasion objective as the inner optimiser."""
+    return issubclass(cls, IterativeGradientAttack) and not cls.own_criterion
+
+
 @dataclass
 class AdaptiveSqueezeAttack(FixedBudgetAttack):
     """Targeted logit-space BPDA attack on x and every squeezed view; `model` is a `DetectorView` (or it on the
@@ -112,8 +117,8 @@ class AdaptiveSqueezeAttack(FixedBudgetAttack):
             raise RobustDeployError("the adaptive detector attack needs steps, targets and restarts >= 1")
         if self.kappa < 0 or self.lam < 0:
             raise RobustDeployError("the adaptive detector attack needs kappa >= 0 and lam >= 0")
-        if not issubclass(ATTACKS.get(self.inner), IterativeGradientAttack):
-            usable = [n for n in ATTACKS.names() if issubclass(ATTACKS.get(n), IterativeGradientAttack)]
+        if not _drivable(ATTACKS.get(self.inner)):
+            usable = [n for n in ATTACKS.names() if _drivable(ATTACKS.get(n))]
             raise RobustDeployError(f"the adaptive detector attack's inner optimiser must be a fixed-budget gradient "
                                     f"attack ({', '.join(usable)}), not {self.inner!r}")
 

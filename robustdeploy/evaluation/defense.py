@@ -1,9 +1,9 @@
 """`defend-eval`: each defense attacked obliviously (crafted on an undefended classifier, as seeds 002/003 do)
 and adaptively (through the defense: Athalye, Carlini and Wagner 2018; margin loss against distillation,
 Carlini and Wagner 2017), scored on every runtime. Both are the same cascade (the chosen attack, then
-APGD-DLR, Croce & Hein 2020); crafted on the undefended baseline it is also the baseline's own white-box
-attack, so the verdict compares like with like: the defense under the adaptive cascade against the
-baseline under the same cascade. For adversarial training the adaptive number is the own-gradient one,
+APGD-DLR and APGD-T, as AutoAttack closes, Croce & Hein 2020); crafted on the undefended baseline it is also
+the baseline's own white-box attack, so the verdict compares like with like: the defense under the adaptive
+cascade against the baseline under the same cascade. For adversarial training the adaptive number is the own-gradient one,
 which is the defense's claim."""
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from robustdeploy.io import exclusive_outputs
 from robustdeploy.train import load_run
 
 ADAPTIVE_LOSS = {"distillation": "margin"}
-STRONGEST = AttackSpec("apgd", {"loss": "dlr"}, "apgd:dlr")  # closes every cascade: scale-invariant, no step size
+# close every cascade, as AutoAttack does: APGD on the scale-invariant DLR loss, then targeted over 9 classes
+CLOSING = (AttackSpec("apgd", {"loss": "dlr"}, "apgd:dlr"), AttackSpec("apgd-t", {}, "apgd-t"))
 BEYOND_BASELINE = 5.0  # accuracy points above the baseline, under the same adaptive cascade, that count as robust
 OBLIVIOUS_ONLY_GAP = 10.0  # accuracy points lost from oblivious to adaptive that mark a defense as oblivious-only
 BASELINE = "baseline"  # the runtime label of the undefended baseline's cells
@@ -61,11 +62,11 @@ def oblivious_model(bundle: Bundle, baseline: Path | None) -> tuple[torch.nn.Mod
 
 
 def cascade(config: DefenseEvalConfig, loss: str) -> tuple[AttackSpec, ...]:
-    """`--attack` with the loss that suits the defense, then APGD-DLR: the strongest attack defend-eval runs."""
+    """`--attack` with the loss that suits the defense, then APGD-DLR and APGD-T (each once)."""
     knobs = {"steps": config.steps, "loss": loss, "norm": "linf"}
     first = AttackSpec(config.attack, {k: v for k, v in knobs.items() if k in takes(config.attack)})
-    last = AttackSpec(STRONGEST.name, {**STRONGEST.params, "steps": config.steps}, STRONGEST.label)
-    return (first,) if first.label == last.label else (first, last)
+    closing = [AttackSpec(s.name, {**s.params, "steps": config.steps}, s.label) for s in CLOSING]
+    return (first, *[s for s in closing if s.label != first.label])
 
 
 def defense_cells(result: Result, stored: dict[str, torch.Tensor], runners: dict, baseline) -> list[dict]:
