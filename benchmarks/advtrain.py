@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 from robustdeploy.export import ExportConfig, export_bundle
 from robustdeploy.io import atomic_write_json
 from robustdeploy.recipe import train

@@ -53,7 +53,7 @@ def measure(bundle: str, data_root: str, out: str, steps: int, batch_size: int, 
     import torch
 
     from robustdeploy.bundle import load_bundle
-    from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+    from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 
     torch.set_num_threads(2)
     runtimes = ("torch", "ort-cpu", "ort-cpu:fp16")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from robustdeploy.evaluation.diff import DiffConfig, run_diff
+from robustdeploy.evaluation.plans.diff import DiffConfig, run_diff
 from robustdeploy.io import atomic_write_json
 from robustdeploy.report import table
 

@@ -27,7 +27,7 @@ import torch
 from robustdeploy.attacks.ot_patch import PatchConfig
 from robustdeploy.bundle import load_bundle
 from robustdeploy.data import DataConfig
-from robustdeploy.evaluation.patch import RUNTIMES, PatchEvalConfig, evaluate_patch
+from robustdeploy.evaluation.plans.patch import RUNTIMES, PatchEvalConfig, evaluate_patch
 from robustdeploy.export import ExportConfig, export_bundle
 from robustdeploy.io import atomic_write_json
 from robustdeploy.recipe import train

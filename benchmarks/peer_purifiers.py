@@ -15,8 +15,8 @@ import torchattacks
 
 from robustdeploy.bundle import load_bundle
 from robustdeploy.data import load_test_samples
-from robustdeploy.evaluation.defense import DefenseEvalConfig, evaluate_defense
 from robustdeploy.evaluation.grid import realise
+from robustdeploy.evaluation.plans.defense import DefenseEvalConfig, evaluate_defense
 from robustdeploy.export import ExportConfig, export_bundle
 from robustdeploy.recipe import train
 from robustdeploy.runtimes import create_runtime

@@ -289,8 +289,8 @@ def evaluate(
     """Run an attack cascade (gradient attacks crafted on PyTorch, score/decision attacks on each runtime) and
     score every runtime side by side."""
     from robustdeploy.evaluation.checks import warn
-    from robustdeploy.evaluation.evaluate import EvalConfig
-    from robustdeploy.evaluation.evaluate import evaluate as run_evaluation
+    from robustdeploy.evaluation.plans.evaluate import EvalConfig
+    from robustdeploy.evaluation.plans.evaluate import evaluate as run_evaluation
     from robustdeploy.report import detector_table, evaluation_table
 
     config = EvalConfig(bundle=bundle, attack_params=attack_params(norm, steps, loss, restarts, attack_opt),
@@ -300,7 +300,7 @@ def evaluate(
                                                                 surrogate=surrogate, window=window))
     if detector:
         from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
-        from robustdeploy.evaluation.detector import evaluate_detector
+        from robustdeploy.evaluation.plans.detector import evaluate_detector
         from robustdeploy.evaluation.shards import Group
 
         if Group.from_env().active:
@@ -329,7 +329,7 @@ def rescore(
 ) -> None:
     """Re-score a result from its stored examples alone; exit 1 if any number differs from the stored one."""
     from robustdeploy.errors import CheckFailed
-    from robustdeploy.evaluation.rescore import rescore as run_rescore
+    from robustdeploy.evaluation.plans.rescore import rescore as run_rescore
     from robustdeploy.evaluation.results import load_result
 
     stored = load_result(result)[0].cells
@@ -359,7 +359,7 @@ def defend_eval(
     data_root: opt.DataRoot = None,
 ) -> None:
     """Score a defended bundle under oblivious and adaptive attacks, on every runtime."""
-    from robustdeploy.evaluation.defense import DefenseEvalConfig, evaluate_defense
+    from robustdeploy.evaluation.plans.defense import DefenseEvalConfig, evaluate_defense
     from robustdeploy.report import defense_table
 
     result = evaluate_defense(DefenseEvalConfig(bundle=bundle, **given(
@@ -399,8 +399,8 @@ def compare(
     data_root: opt.DataRoot = None,
 ) -> None:
     """One row per runtime/variant: accuracy, agreement, robust accuracy after each attack, median latency."""
-    from robustdeploy.evaluation.compare import CompareConfig, compare_table
-    from robustdeploy.evaluation.compare import compare as run_compare
+    from robustdeploy.evaluation.plans.compare import CompareConfig, compare_table
+    from robustdeploy.evaluation.plans.compare import compare as run_compare
 
     result = run_compare(CompareConfig(bundle=bundle, attack_params=_parse_attack_opts(attack_opt), **given(
         runtimes=runtime, attacks=attack, epsilons=eps, limit=limit, batch_size=batch_size, seed=seed, device=device,
@@ -455,7 +455,7 @@ def diff(
 ) -> None:
     """Search each test sample's 8-bit eps-ball for inputs where the deployment and the reference disagree."""
     from robustdeploy.evaluation.checks import warn
-    from robustdeploy.evaluation.diff import DiffConfig, run_diff
+    from robustdeploy.evaluation.plans.diff import DiffConfig, run_diff
     from robustdeploy.report import diff_table
 
     result = run_diff(DiffConfig(bundle=bundle, **given(
@@ -499,7 +499,7 @@ def check(
     """CI gate: exit 0 when every deployment matches the training graph within tolerance, 1 when not."""
     from robustdeploy.attacks import cascade
     from robustdeploy.errors import CheckFailed
-    from robustdeploy.evaluation.gate import CheckConfig, lines, run_check
+    from robustdeploy.evaluation.plans.gate import CheckConfig, lines, run_check
 
     _, found = run_check(CheckConfig(bundle=bundle, markdown=markdown, junit=junit, **given(
         runtimes=runtime, attacks=cascade(tuple(attack), {}) if attack else None, epsilons=eps,
@@ -538,7 +538,7 @@ def patch(
 ) -> None:
     """Craft a universal targeted patch on SOURCE; print tSuc per model x runtime (torch, ort-cpu)."""
     from robustdeploy.attacks.ot_patch import PatchConfig
-    from robustdeploy.evaluation.patch import PatchEvalConfig, evaluate_patch
+    from robustdeploy.evaluation.plans.patch import PatchEvalConfig, evaluate_patch
     from robustdeploy.report import patch_table
 
     config = PatchConfig(target=target_class, method=method, patch_size=patch_size, steps=steps,
@@ -559,9 +559,9 @@ def run_suite(
 ) -> None:
     """Run every evaluation of a suite on every bundle; a restart skips what is complete; exit 1 if a gate fails."""
     from robustdeploy.errors import CheckFailed
+    from robustdeploy.evaluation.plans.suite import failed_gates
+    from robustdeploy.evaluation.plans.suite import run_suite as run
     from robustdeploy.evaluation.shards import Group
-    from robustdeploy.evaluation.suite import failed_gates
-    from robustdeploy.evaluation.suite import run_suite as run
     from robustdeploy.report import suite_table
 
     done = run(suite, out)

@@ -96,7 +96,7 @@ def evaluate(
     device: opt.Device = "cpu",
 ) -> None:
     """Train victims at each poison rate, export them, and score clean accuracy on torch and each deployment."""
-    from robustdeploy.evaluation.poisoning import PoisonEvalConfig, evaluate_poison, poison_table
+    from robustdeploy.evaluation.plans.poisoning import PoisonEvalConfig, evaluate_poison, poison_table
 
     result = evaluate_poison(PoisonEvalConfig(poison, tuple(victim), tuple(rate),
                                               tuple(runtime or ("torch", "ort-cpu")), epochs, transfer, seed,

@@ -236,21 +236,65 @@ def digits(config: DataConfig) -> RawData:
     return RawData(tuple(str(c) for c in range(10)), x, bunch.target)
 
 
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
 def _grey(config: DataConfig, cls_name: str, classes: tuple[str, ...]) -> RawData:
-    train, test = _torchvision(config, cls_name, train={"train": True}, test={"train": False})
-    return RawData(classes, train.data.numpy()[:, None], train.targets.numpy(),
-                   test.data.numpy()[:, None], test.targets.numpy())
+    """MNIST-format IDX files from --data-root (as given, or torchvision's `<root>/<cls_name>/raw/`, gzipped or not);
+    with only the test files, the 10,000 test images are the pool, split by the seeded fractions (7,000 / 1,500 /
+    1,500 by default). `--download` goes through torchvision."""
+    if config.download:
+        train, test = _torchvision(config, cls_name, train={"train": True}, test={"train": False})
+        return RawData(classes, train.data.numpy()[:, None], train.targets.numpy(),
+                       test.data.numpy()[:, None], test.targets.numpy())
+    root = _require_root(config)
+    folder = next((d for d in (root, root / "raw", root / cls_name / "raw") if _idx_path(d, IDX_FILES["test"][0])),
+                  None)
+    if folder is None:
+        raise RobustDeployError(f"{config.name} not found under {root}: no {IDX_FILES['test'][0]}[.gz] there or in "
+                                f"{cls_name}/raw/; fix --data-root or add --download")
+    x_test, y_test = (_read_idx(folder, name) for name in IDX_FILES["test"])
+    if not _idx_path(folder, IDX_FILES["train"][0]):
+        return RawData(classes, x_test[:, None], y_test)
+    x_train, y_train = (_read_idx(folder, name) for name in IDX_FILES["train"])
+    return RawData(classes, x_train[:, None], y_train, x_test[:, None], y_test)
+
+
+def _idx_path(folder: Path, name: str) -> Path | None:
+    return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+
+
+def _read_idx(folder: Path, name: str) -> np.ndarray:
+    """One IDX file (LeCun's format: magic 0x0000 08 D, D big-endian sizes, then uint8 data), checked."""
+    import gzip
+
+    path = _idx_path(folder, name)
+    if path is None:
+        raise RobustDeployError(f"{folder / name}[.gz] is missing; the dataset needs its images and labels")
+    try:
+        data = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    except (OSError, EOFError) as exc:
+        raise RobustDeployError(f"cannot read {path} ({exc}); replace the file") from None
+    dims = data[3] if len(data) >= 4 else 0
+    if len(data) < 4 + 4 * dims or data[:3] != b"\0\0\x08" or dims not in (1, 3):
+        raise RobustDeployError(f"{path} is not an IDX file of uint8 images or labels; replace the file")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    if body.size != int(np.prod(shape)):
+        raise RobustDeployError(f"{path} holds {body.size} values, its header says {shape}; replace the file")
+    return body.reshape(shape)
 
 
 @DATASETS.register("mnist")
 def mnist(config: DataConfig) -> RawData:
-    """torchvision MNIST from --data-root; validation carved from the official training set."""
+    """MNIST from --data-root (IDX files); validation carved from the official training set where it is there."""
     return _grey(config, "MNIST", tuple(str(c) for c in range(10)))
 
 
 @DATASETS.register("fashion-mnist")
 def fashion_mnist(config: DataConfig) -> RawData:
-    """torchvision Fashion-MNIST from --data-root."""
+    """Fashion-MNIST from --data-root (IDX files, MNIST's format)."""
     classes = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
     return _grey(config, "FashionMNIST", classes)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from robustdeploy.data import DataConfig
-from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 from robustdeploy.evaluation.results import Result
 from robustdeploy.export import ExportConfig, export_bundle
 from robustdeploy.recipe import train

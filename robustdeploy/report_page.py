@@ -183,7 +183,7 @@ def detector_blocks(result: Result, stored: dict[str, torch.Tensor], device: str
     """Per runtime, detector scores of clean samples and of successful adversarials at the largest budget, for
     each set (oblivious cascade and adaptive), recomputed from the stored examples with the bundle's graphs."""
     from robustdeploy.bundle import load_bundle
-    from robustdeploy.evaluation.detector import open_detectors
+    from robustdeploy.evaluation.plans.detector import open_detectors
 
     bundle = load_bundle(Path(result.bundle))
     detectors = open_detectors(bundle, result.runtime_labels(), device)

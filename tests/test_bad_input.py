@@ -107,7 +107,7 @@ def test_run_record_against_its_schema(run_dir, tmp_path, work, capsys, monkeypa
     (lambda r: r.update(hand_edited=1), "hand_edited is not a known key"),
 ])
 def test_result_against_its_schema(bundle_dir, tmp_path, work, capsys, monkeypatch, change, needle):
-    from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+    from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 
     folder = tmp_path / "results"
     out = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("torch",), epsilons=(0.1,), limit=6, out=folder / "r.json",
@@ -199,7 +199,7 @@ def test_options_that_cannot_work(bundle_dir, work, capsys, monkeypatch, extra, 
 
 def test_eps_zero_is_a_clean_run_not_a_crash(bundle_dir, tmp_path):
     """A zero budget is legal: robust accuracy equals clean accuracy, and the figure writer copes."""
-    from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+    from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 
     result = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("torch",), epsilons=(0.0,), limit=8,
                                  out=tmp_path / "r.json", attack_params={"steps": 2}))

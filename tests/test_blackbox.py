@@ -9,8 +9,8 @@ from PIL import Image
 from robustdeploy.attacks import ATTACKS, lp_norm
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
-from robustdeploy.evaluation.rescore import rescore
+from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
+from robustdeploy.evaluation.plans.rescore import rescore
 from robustdeploy.runtimes import create_runtime
 from tests.conftest import assert_one_line_error, cli
 

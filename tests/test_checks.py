@@ -56,7 +56,7 @@ def test_cascade_gain_flags_black_box_attacks_that_beat_the_gradient_ones():
 
 def test_distillation_with_ce_is_flagged_before_the_attack_runs(tmp_path, caplog):
     """A manifest that records a masking defense makes evaluate warn, naming the loss to use."""
-    from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+    from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
     from robustdeploy.export import ExportConfig, export_bundle
     from robustdeploy.recipe import train
     from robustdeploy.train import TrainConfig

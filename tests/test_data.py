@@ -93,3 +93,41 @@ def test_test_samples_are_the_test_split_read_a_range_at_a_time(tmp_path, monkey
     assert torch.equal(part.read(1, 4), whole.x[4:7]) and len(decoded) == 3  # only the samples asked for
     assert torch.equal(samples.head(5).load().x, whole.x[:5])
     assert torch.equal(load_test_samples(DataConfig(seed=2)).load().x, load_dataset(DataConfig(seed=2)).test.x)
+
+
+def _write_idx(path, array, gz=True):
+    import gzip
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    (gzip.open if gz else open)(path, "wb").write(header + array.tobytes())
+
+
+def test_mnist_idx_files_test_set_only_and_official(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (100, 28, 28)), rng.integers(0, 10, 100)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    pool = load_dataset(DataConfig(name="mnist", data_root=str(tmp_path), seed=1))
+    assert (len(pool.train), len(pool.val), len(pool.test)) == (70, 15, 15)  # the test files split 70/15/15
+    assert pool.input_shape == (1, 28, 28) and torch.equal(load_test_samples(DataConfig(
+        name="mnist", data_root=str(tmp_path), seed=1)).load().x, pool.test.x)
+    raw = tmp_path / "MNIST" / "raw"  # torchvision's layout, not gzipped, with the training files
+    raw.mkdir(parents=True)
+    _write_idx(raw / "t10k-images-idx3-ubyte", images[:20], gz=False)
+    _write_idx(raw / "t10k-labels-idx1-ubyte", labels[:20], gz=False)
+    _write_idx(raw / "train-images-idx3-ubyte", images, gz=False)
+    _write_idx(raw / "train-labels-idx1-ubyte", labels, gz=False)
+    official = load_dataset(DataConfig(name="mnist", data_root=str(tmp_path / "MNIST")))
+    assert len(official.test) == 20 and len(official.train) + len(official.val) == 100
+    assert torch.equal(official.test.x[3, 0], torch.from_numpy(images[3]).float() / 255)
+    (raw / "train-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01\0\0\0\x09abc")  # header says 9, holds 3
+    with pytest.raises(RobustDeployError, match="holds 3 values"):
+        load_dataset(DataConfig(name="mnist", data_root=str(tmp_path / "MNIST")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RobustDeployError, match="no t10k-images-idx3-ubyte"):
+        load_dataset(DataConfig(name="fashion-mnist", data_root=str(tmp_path / "empty")))

@@ -7,8 +7,8 @@ import torch
 
 from robustdeploy.attacks import ATTACKS
 from robustdeploy.bundle import load_bundle
-from robustdeploy.evaluation.defense import DefenseEvalConfig, evaluate_defense
-from robustdeploy.evaluation.rescore import rescore
+from robustdeploy.evaluation.plans.defense import DefenseEvalConfig, evaluate_defense
+from robustdeploy.evaluation.plans.rescore import rescore
 from robustdeploy.export import ExportConfig, export_bundle
 from robustdeploy.models import Composite
 from robustdeploy.recipe import train

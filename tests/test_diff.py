@@ -9,8 +9,8 @@ import torch
 import robustdeploy.attacks.differential as differential
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.diff import DiffConfig, run_diff
-from robustdeploy.evaluation.rescore import rescore
+from robustdeploy.evaluation.plans.diff import DiffConfig, run_diff
+from robustdeploy.evaluation.plans.rescore import rescore
 from robustdeploy.runtimes import create_runtime
 from tests.conftest import assert_one_line_error, cli
 
@@ -140,7 +140,7 @@ def test_gate_fails_a_deployment_that_splits_from_torch_within_the_ball(variant_
     import xml.etree.ElementTree as ET
 
     from robustdeploy.attacks import AttackSpec
-    from robustdeploy.evaluation.gate import CheckConfig, run_check
+    from robustdeploy.evaluation.plans.gate import CheckConfig, run_check
     from robustdeploy.evaluation.results import load_result
 
     result, found = run_check(CheckConfig(variant_bundle_dir, runtimes=("ort-cpu:int8",), attacks=(AttackSpec("fgsm"),),

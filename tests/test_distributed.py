@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from robustdeploy.evaluation import shards
-from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 
 ARGS = ("--limit", "96", "--batch-size", "16", "--steps", "10", "--eps", "0.05", "--eps", "0.1")
 

@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from robustdeploy.attacks import ATTACKS
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
 from robustdeploy.evaluation.grid import realise
-from robustdeploy.evaluation.rescore import rescore
+from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
+from robustdeploy.evaluation.plans.rescore import rescore
 from robustdeploy.evaluation.score import percent
 from robustdeploy.runtimes import create_runtime
 

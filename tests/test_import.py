@@ -14,7 +14,7 @@ import torch
 from robustdeploy.bundle import load_bundle
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 from robustdeploy.models import Classifier
 from robustdeploy.preprocess import Preprocessing
 from robustdeploy.runtimes import create_runtime

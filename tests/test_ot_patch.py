@@ -44,8 +44,8 @@ def test_lgs_is_refused_on_images_too_small_for_it(bundle_dir):
 
 def test_lgs_patch_reports_clean_accuracy_with_and_without_lgs(tmp_path):
     from robustdeploy.data import DataConfig
-    from robustdeploy.evaluation.patch import PatchEvalConfig, evaluate_patch
-    from robustdeploy.evaluation.rescore import rescore
+    from robustdeploy.evaluation.plans.patch import PatchEvalConfig, evaluate_patch
+    from robustdeploy.evaluation.plans.rescore import rescore
     from robustdeploy.export import ExportConfig, export_bundle
     from robustdeploy.recipe import train
     from robustdeploy.train import TrainConfig
@@ -121,8 +121,8 @@ def test_cli_target_out_of_range(bundle_dir):
 
 
 def test_sw_patch_raises_targeted_success_on_torch_and_ort(bundle_dir, tmp_path):
-    from robustdeploy.evaluation.patch import PatchEvalConfig, evaluate_patch
-    from robustdeploy.evaluation.rescore import rescore
+    from robustdeploy.evaluation.plans.patch import PatchEvalConfig, evaluate_patch
+    from robustdeploy.evaluation.plans.rescore import rescore
 
     config = PatchConfig(target=3, patch_size=0.25, steps=60, lr=0.1, batch_size=64, n_projections=100)
     out = tmp_path / "patch.json"

@@ -9,7 +9,7 @@ import torch
 
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.poisoning import PoisonEvalConfig, evaluate_poison, poison_table
+from robustdeploy.evaluation.plans.poisoning import PoisonEvalConfig, evaluate_poison, poison_table
 from robustdeploy.poison.generate import GenerateConfig, generate, train_generator
 from robustdeploy.poison.generator import UNetGenerator
 from robustdeploy.poison.store import load_poison_set

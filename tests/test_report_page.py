@@ -17,9 +17,9 @@ from PIL import Image
 from robustdeploy.bench import BenchConfig, bench
 from robustdeploy.defenses.squeeze import SqueezeConfig
 from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
-from robustdeploy.evaluation.compare import CompareConfig, compare
-from robustdeploy.evaluation.detector import evaluate_detector
-from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
+from robustdeploy.evaluation.plans.compare import CompareConfig, compare
+from robustdeploy.evaluation.plans.detector import evaluate_detector
+from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 from robustdeploy.export import ExportConfig, export_bundle
 from tests.conftest import assert_one_line_error, cli
 

@@ -14,10 +14,10 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.defenses.detector_bundle import open_detector, reference_detector
 from robustdeploy.defenses.squeeze import BitDepth, MedianFilter, Resample, SqueezeConfig
 from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack, DetectorView
-from robustdeploy.evaluation.detector import adaptive_cache, evaluate_detector, roc_auc
-from robustdeploy.evaluation.evaluate import EvalConfig
 from robustdeploy.evaluation.grid import OnGrid, realise
-from robustdeploy.evaluation.rescore import rescore
+from robustdeploy.evaluation.plans.detector import adaptive_cache, evaluate_detector, roc_auc
+from robustdeploy.evaluation.plans.evaluate import EvalConfig
+from robustdeploy.evaluation.plans.rescore import rescore
 from robustdeploy.evaluation.session import open_session
 from robustdeploy.export import ExportConfig, export_bundle
 

@@ -8,9 +8,9 @@ import pytest
 from robustdeploy.bench import BenchConfig, bench, load_bench
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.compare import CompareConfig, compare
-from robustdeploy.evaluation.gate import CheckConfig, run_check
-from robustdeploy.evaluation.rescore import rescore
+from robustdeploy.evaluation.plans.compare import CompareConfig, compare
+from robustdeploy.evaluation.plans.gate import CheckConfig, run_check
+from robustdeploy.evaluation.plans.rescore import rescore
 from robustdeploy.runtimes import create_runtime
 from robustdeploy.variants import VariantConfig
 from tests.conftest import assert_one_line_error, cli, rehash

@@ -140,8 +140,9 @@ class APGDTargeted(APGD):
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         with torch.no_grad():
             clean = model(x)
+            todo = self.verdict(model)(x).argmax(1) == y
         ranked = clean.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
-        result, todo = x.clone(), clean.argmax(1) == y
+        result = x.clone()
         for k in range(min(self.targets, clean.shape[1] - 1)):
             index = todo.nonzero().flatten()
             if not len(index):
@@ -153,5 +154,5 @@ class APGDTargeted(APGD):
                 self.criterion = None
             result[index] = adv
             with torch.no_grad():
-                todo[index] = model(self.seen(adv, x[index], eps)).argmax(1) == y[index]
+                todo[index] = self.verdict(model)(self.seen(adv, x[index], eps)).argmax(1) == y[index]
         return result

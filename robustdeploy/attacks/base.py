@@ -44,6 +44,9 @@ class Attack(ABC):
     # What the deployment receives for an iterate (adv, x, eps) -> adv, set by the evaluation core; gradient
     # attacks count a sample as fooled only when this realised iterate fools the model.
     realiser: Callable | None = field(default=None, init=False, repr=False, compare=False)
+    # The deployment's logits for a batch of (realised) inputs, set by the evaluation core for a deployment-in-the-loop
+    # attack: success is judged on it, while gradients come from the attacked model (a PyTorch twin of the deployment).
+    judge: Callable | None = field(default=None, init=False, repr=False, compare=False)
 
     needs: ClassVar[Capability] = Capability.GRADIENTS
     norms: ClassVar[tuple[str, ...]] = NORMS
@@ -53,11 +56,15 @@ class Attack(ABC):
             raise RobustDeployError(f"{type(self).__name__} supports {', '.join(self.norms)}, not {self.norm!r}")
 
     def params(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("stats", "realiser", "criterion")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("stats", "realiser", "judge", "criterion")}
 
     def seen(self, adv: torch.Tensor, x: torch.Tensor, eps: float | None) -> torch.Tensor:
         """`adv` as the deployment receives it (itself where no realiser is set)."""
         return adv if self.realiser is None else self.realiser(adv, x, eps)
+
+    def verdict(self, model: Model) -> Model:
+        """What decides success: the deployment (`judge`) where one is set, else the attacked model itself."""
+        return model if self.judge is None else lambda z: self.judge(z).to(z.device)
 
 
 def check_eps(eps: float, norm: str, input_dim: int) -> None:
@@ -172,18 +179,18 @@ class IterativeGradientAttack(FixedBudgetAttack):
                        logits: torch.Tensor, loss: torch.Tensor, candidates: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """(fooled, loss) of each iterate as the deployment receives it. `logits` and `loss` are the float
-        iterate's; only `candidates` (default: the iterates whose float version fools) are re-checked after
-        realisation."""
+        iterate's; only `candidates` (default: the iterates whose float version fools; every iterate when a `judge`
+        decides) are re-checked after realisation, on the judge where one is set."""
         loss = loss.detach().clone()
         wrong = self.misled(logits, y)
-        if self.realiser is None:
+        if self.realiser is None and self.judge is None:
             return wrong, loss
-        check = wrong if candidates is None else candidates
+        check = candidates if candidates is not None else torch.ones_like(wrong) if self.judge is not None else wrong
         index = check.nonzero().flatten()
         wrong = torch.zeros_like(wrong)
         if len(index):
             with torch.no_grad():
-                seen = model(self.seen(adv[index].detach(), x[index], eps))
+                seen = self.verdict(model)(self.seen(adv[index].detach(), x[index], eps))
             wrong[index] = self.misled(seen, y[index])
             loss[index] = self.objective(seen, y[index])
         return wrong, loss
@@ -229,7 +236,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
     @torch.no_grad()
     def _unfooled(self, model: Model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         if self.criterion is None:
-            return predict(model, x, batch_size) == y
+            return predict(self.verdict(model), x, batch_size) == y
         return torch.cat([~self.misled(model(x[i : i + batch_size]), y[i : i + batch_size])
                           for i in range(0, len(x), batch_size)] or [torch.zeros(0, dtype=torch.bool, device=x.device)])
 

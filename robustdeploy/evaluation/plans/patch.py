@@ -16,7 +16,7 @@ from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import load_dataset
 from robustdeploy.defenses.lgs import LocalGradientSmoothing
 from robustdeploy.errors import CheckFailed, RobustDeployError
-from robustdeploy.evaluation.evaluate import new_result
+from robustdeploy.evaluation.classify import new_result
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.score import percent
 from robustdeploy.evaluation.session import SessionConfig, open_session

@@ -9,8 +9,8 @@ from pathlib import Path
 from robustdeploy.attacks import cascade
 from robustdeploy.bench import BenchConfig, bench
 from robustdeploy.bundle import Bundle, load_bundle
+from robustdeploy.evaluation.classify import agreement, classify, finish, new_result
 from robustdeploy.evaluation.craft import Plan
-from robustdeploy.evaluation.evaluate import agreement, classify, finish, new_result
 from robustdeploy.evaluation.results import Result
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import atomic_write_text, exclusive_outputs

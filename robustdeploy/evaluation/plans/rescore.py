@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from robustdeploy.bundle import load_bundle
-from robustdeploy.evaluation.defense import baseline_runner, defense_cells
-from robustdeploy.evaluation.detector import detect_cells, open_detectors
-from robustdeploy.evaluation.diff import diff_cells
-from robustdeploy.evaluation.evaluate import classify_cells
-from robustdeploy.evaluation.patch import patch_cells, patch_runners
+from robustdeploy.evaluation.classify import classify_cells
+from robustdeploy.evaluation.plans.defense import baseline_runner, defense_cells
+from robustdeploy.evaluation.plans.detector import detect_cells, open_detectors
+from robustdeploy.evaluation.plans.diff import diff_cells
+from robustdeploy.evaluation.plans.patch import patch_cells, patch_runners
 from robustdeploy.evaluation.results import load_result
 from robustdeploy.evaluation.score import runners
 from robustdeploy.runtimes import RuntimeSpec, create_runtime

@@ -16,8 +16,8 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.checks import Check
+from robustdeploy.evaluation.classify import new_result
 from robustdeploy.evaluation.craft import craft_diff
-from robustdeploy.evaluation.evaluate import new_result
 from robustdeploy.evaluation.grid import OnGrid
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.score import predictions, score_disagreement

@@ -13,10 +13,10 @@ from robustdeploy.attacks import cascade
 from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation import shards
-from robustdeploy.evaluation.defense import DefenseEvalConfig, evaluate_defense
-from robustdeploy.evaluation.detector import evaluate_detector
-from robustdeploy.evaluation.evaluate import EvalConfig, evaluate
-from robustdeploy.evaluation.gate import CheckConfig, run_check
+from robustdeploy.evaluation.plans.defense import DefenseEvalConfig, evaluate_defense
+from robustdeploy.evaluation.plans.detector import evaluate_detector
+from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
+from robustdeploy.evaluation.plans.gate import CheckConfig, run_check
 from robustdeploy.evaluation.results import Result, load_result
 from robustdeploy.registry import Registry
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from robustdeploy.attacks import AttackSpec
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.compare import default_runtimes
+from robustdeploy.evaluation.classify import agreement, classify, finish, new_result
 from robustdeploy.evaluation.craft import Plan
-from robustdeploy.evaluation.diff import check_diff, diff_into
-from robustdeploy.evaluation.evaluate import agreement, classify, finish, new_result
+from robustdeploy.evaluation.plans.compare import default_runtimes
+from robustdeploy.evaluation.plans.diff import check_diff, diff_into
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import atomic_write_bytes, atomic_write_text, check_outputs, exclusive_outputs

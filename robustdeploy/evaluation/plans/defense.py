@@ -3,8 +3,8 @@ and adaptively (through the defense: Athalye, Carlini and Wagner 2018; margin lo
 Carlini and Wagner 2017), scored on every runtime. Both are the same cascade (the chosen attack, then
 APGD-DLR and APGD-T, as AutoAttack closes, Croce & Hein 2020); crafted on the undefended baseline it is also
 the baseline's own white-box attack, so the verdict compares like with like: the defense under the adaptive
-cascade against the baseline under the same cascade. For adversarial training the adaptive number is the own-gradient one,
-which is the defense's claim."""
+cascade against the baseline under the same cascade. For adversarial training the adaptive number is the
+own-gradient one, which is the defense's claim."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from robustdeploy.attacks.spec import takes
 from robustdeploy.bundle import Bundle
 from robustdeploy.defenses.purify import adaptive_source
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation.classify import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.craft import Plan
-from robustdeploy.evaluation.evaluate import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.score import predictions, score_cascade
 from robustdeploy.evaluation.session import SessionConfig, open_session

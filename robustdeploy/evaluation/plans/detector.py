@@ -20,9 +20,10 @@ from robustdeploy.bundle import Bundle
 from robustdeploy.defenses.detector_bundle import detector_section, open_detector, reference_detector
 from robustdeploy.defenses.squeeze_attack import NAME, REVISION, AdaptiveSqueezeAttack, DetectorView
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation.classify import new_result, run_plans
 from robustdeploy.evaluation.craft import Plan, Source, craft_budget, describe
-from robustdeploy.evaluation.evaluate import EvalConfig, default_out, new_result, run_plans
 from robustdeploy.evaluation.grid import OnGrid
+from robustdeploy.evaluation.plans.evaluate import EvalConfig, default_out
 from robustdeploy.evaluation.results import Result, load_result, save_result
 from robustdeploy.evaluation.score import percent, pick, predictions
 from robustdeploy.evaluation.session import Session, open_session

@@ -1,29 +1,19 @@
-"""`evaluate`: an attack cascade at a set of budgets, crafted once, scored on every runtime side by side; sets are
-saved as they are crafted, so `resume=True` continues an interrupted run."""
+"""The classification pipeline every plan shares: craft a list of plans into one store (saved after each set, so a
+run resumes), score every runtime, and go window by window through disk when the split exceeds the session's
+window (shard by shard under torchrun); plus the masking checks and the example figure."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from robustdeploy.attacks import cascade
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation import checks, shards
-from robustdeploy.evaluation.craft import (
-    Crafted,
-    CraftedSet,
-    Plan,
-    build,
-    craft,
-    describe,
-    require_gradient_source,
-    with_surrogate,
-)
+from robustdeploy.evaluation.craft import Crafted, CraftedSet, Plan, build, craft, describe, require_gradient_source
 from robustdeploy.evaluation.results import (
     Result,
     Stored,
@@ -34,29 +24,11 @@ from robustdeploy.evaluation.results import (
     save_result,
 )
 from robustdeploy.evaluation.score import predictions, score_cascade
-from robustdeploy.evaluation.session import Session, SessionConfig, open_session
+from robustdeploy.evaluation.session import Session
 from robustdeploy.figures import example_figure, pick_examples
-from robustdeploy.io import check_output, exclusive_outputs
+from robustdeploy.io import check_output
 
 log = logging.getLogger("robustdeploy")
-
-
-@dataclass(frozen=True)
-class EvalConfig(SessionConfig):
-    attacks: tuple[str, ...] = ("pgd",)
-    epsilons: tuple[float, ...] = (0.1,)
-    attack_params: dict = field(default_factory=dict)
-    out: Path | None = None
-    resume: bool = False
-    realise: bool = True
-    surrogate: Path | None = None  # craft gradient attacks on this bundle's PyTorch graph (a transfer attack)
-
-    def plan(self) -> Plan:
-        return Plan(cascade(self.attacks, self.attack_params), self.epsilons, self.realise)
-
-
-def default_out(bundle_name: str, attacks: tuple[str, ...]) -> Path:
-    return Path("results") / f"{bundle_name}-{'+'.join(a.replace(':', '-') for a in attacks)}.json"
 
 
 def new_result(kind: str, session: Session, scorer: str = "classify") -> Result:
@@ -108,29 +80,6 @@ def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, re
     result.extra["norms"] = {k: v for c in crafted for k, v in c.norms.items()}
     result.seconds["attack"] = round(sum(s.seconds for c in crafted for s in c.sets), 4)
     return stored
-
-
-@exclusive_outputs
-def evaluate(config: EvalConfig) -> Result:
-    """Run the cascade on every runtime it applies to; score every runtime; checks, figure, one result file.
-    Under torchrun each rank does its shard and rank 0 writes the result (other ranks return their shard's)."""
-    group = shards.join(config.device)
-    session = open_session(replace(config, device=group.device(config.device)))
-    out = Path(config.out) if config.out else default_out(session.bundle.name, config.attacks)
-    result = new_result("evaluate", session)
-    plan = config.plan()
-    if config.surrogate is not None:
-        plan = with_surrogate(plan, session, config.surrogate)
-        result.extra["surrogate"] = {"bundle": str(config.surrogate), "source": plan.source}
-    scored = classify(result, session, [plan], out, config.resume, group)
-    if scored is None:
-        return result
-    result.checks += [asdict(c) for c in checks.for_cells(result.cells, result.attacks, result.norm or "linf",
-                                                          math.prod(session.samples.shape)) if c is not None]
-    result.figure = write_figure(out.with_suffix(".png"), scored.shown, scored.examples, result)
-    result.complete = True
-    finish(out, result, scored)
-    return result
 
 
 @dataclass
