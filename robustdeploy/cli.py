@@ -535,6 +535,7 @@ def patch(
     seed: opt.Seed = 0,
     data_root: opt.DataRoot = None,
     out: opt.OutFile = None,
+    device: opt.Device = "cpu",
 ) -> None:
     """Craft a universal targeted patch on SOURCE; print tSuc per model x runtime (torch, ort-cpu)."""
     from robustdeploy.attacks.ot_patch import PatchConfig
@@ -544,7 +545,7 @@ def patch(
     config = PatchConfig(target=target_class, method=method, patch_size=patch_size, steps=steps,
                          layers=tuple(layers), tv_weight=tv_weight, scale=scale, seed=seed)
     result, _ = evaluate_patch(PatchEvalConfig(source, config, tuple(transfer), lgs=lgs, limit=limit, seed=seed,
-                                               data_root=data_root, out=out))
+                                               data_root=data_root, out=out, device=device))
     echo(patch_table(result))
     if out is not None:
         echo(f"results -> {out} (patch in {out.with_suffix('.patch.png')}, patched images in "
