@@ -86,7 +86,7 @@ def trained(args, data, device: str) -> torch.nn.Module:
     return devices.place(model, device)
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", required=True, help="folder with MNIST's IDX files")
     parser.add_argument("--device", default="cpu")
@@ -101,7 +101,11 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.5, help="points of robust accuracy")
     parser.add_argument("--max-ratio", type=float, default=1.0, help="ours / torchattacks time to pass")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "attacks.json")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     devices.check_device(args.device)
     torch.set_num_threads(args.threads)
     numerics = devices.pin_numerics(args.device)

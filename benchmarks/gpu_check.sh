@@ -16,6 +16,7 @@ device=${2:-cuda}
 out=${OUT:-gpu-check}
 mkdir -p "$out"
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 if [ "$device" = cpu ]; then
@@ -29,6 +30,10 @@ status=0
 step() {  # step NAME SECONDS COMMAND...: run it with a time limit into the one log, keep going
   local name=$1 limit=$2
   shift 2
+  if [ -n "${GPU_CHECK_DRY:-}" ]; then  # list the commands only (tests/test_gpu_check.py checks their options)
+    printf '%s\0' "$name" "$@" && printf '\n'
+    return
+  fi
   echo "== $name: $*" >> "$out/check.log"
   local start=$SECONDS
   timeout "$limit" "$@" >> "$out/check.log" 2>&1
@@ -66,12 +71,12 @@ step detector-rescore-on-cpu 120 "${rd[@]}" rescore "$work/detector.json" --devi
 step attacks 600 "$py" benchmarks/attacks.py --data-root "$data" --device "$device" --run "$work/run" \
   --samples "$samples" --apgd-steps "$apgd" --max-ratio "$([ "$device" = cpu ] && echo 1.0 || echo 0.667)" \
   --out "$work/attacks.json"
-if "$py" -c "import pytest" 2>/dev/null; then
+if [ -n "${GPU_CHECK_DRY:-}" ] || "$py" -c "import pytest" 2>/dev/null; then
   step gpu-tests 600 "$py" -m pytest -q -x tests/test_gpu.py tests/test_runtimes.py tests/test_attacks.py
 else
     echo "== gpu-tests: skipped, pytest is not installed (carry it as a wheel)" | tee -a "$out/check.log"
 fi
+[ -n "${GPU_CHECK_DRY:-}" ] && exit 0
 cp "$work"/evaluate.json "$work"/bench.json "$work"/detector.json "$work"/attacks.json "$out"/ 2>/dev/null
-rm -rf "$work"
 echo "gpu check finished with status $status; logs in $out" | tee -a "$out/check.log"
 exit $status
