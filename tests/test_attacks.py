@@ -134,3 +134,16 @@ def test_the_attack_loop_reads_the_host_only_at_checks(name, steps, model, digit
     checks = steps // 10 + 1
     assert set(counted.reads) <= {"nonzero"}, counted.reads  # no .item(), no boolean-mask indexing
     assert counted.reads.get("nonzero", 0) <= 2 * checks + 1, counted.reads  # two per check, one per restart
+
+
+def test_a_judge_is_asked_once_per_check(model, bundle_dir, digits):
+    """With a deployment deciding success (ONNX Runtime on the CPU), each check is one round trip to it."""
+    x, y = digits.test.x[:100], digits.test.y[:100]
+    deployment, calls = create_runtime(load_bundle(bundle_dir), "ort-cpu"), []
+    attack = ATTACKS.create("pgd", steps=20, check_every=5)
+    attack.realiser = lambda adv, xb, e: realise(adv, xb, e, "linf")
+    attack.judge = lambda z: calls.append(len(z)) or deployment.logits(z)
+    adv = attack.perturb(model, x, y, 0.15)
+    assert 2 <= len(calls) <= 1 + 20 // 5  # the clean check, then steps 0, 5, 10, 15 (the last iterate is re-scored)
+    fooled = deployment.predict(realise(adv, x, 0.15, "linf")) != y
+    assert fooled.sum() > 20
