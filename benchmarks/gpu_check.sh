@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_check.sh MNIST_DIR [cuda|cpu]
 #
 # MNIST_DIR holds MNIST's IDX files (t10k-*.gz; copy ../shared/data/mnist into an ignored folder of the tree, e.g.
-# .gpu/mnist). `cpu` runs every step on the CPU with ort-cpu, smaller, to try the script without a GPU.
+# .gpu/mnist). `cpu` runs every step on the CPU with ort-cpu, smaller, to try the script without a GPU; RUN=DIR
+# takes a run folder trained before instead of training one.
 # Carry torchattacks (and pytest, nvidia-ml-py) as wheels for the comparison, the GPU tests and NVML memory:
 # EXTRA_WHEELS="torchattacks==3.5.1 pytest pluggy iniconfig nvidia-ml-py" bash ../shared/gpu/prepare.sh
 set -uo pipefail
@@ -21,8 +22,9 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 if [ "$device" = cpu ]; then
   ort=ort-cpu samples=200 epochs=1 limit=100 apgd=20 timed=(-r ort-cpu -r ort-cpu:fp16 -r torch --batch-size 1)
+  every=(--limit 100)
 else
-  ort=ort-cuda samples=1500 epochs=3 limit=500 apgd=100
+  ort=ort-cuda samples=1500 epochs=3 limit=500 apgd=100 every=()
   timed=(-r ort-cpu -r ort-cuda -r ort-cuda:fp16 -r torch --batch-size 1 --batch-size 500)
 fi
 status=0
@@ -56,10 +58,15 @@ for name in ('torchattacks', 'pytest', 'pynvml'):
         print(name, 'missing')
 "
 [ "$device" = cpu ] || step nvidia-smi 30 nvidia-smi
-step train 300 "${rd[@]}" train --dataset mnist --data-root "$data" --epochs "$epochs" --device "$device" --out "$work/run"
+if [ -n "${RUN:-}" ]; then  # a run folder trained before (RUN=DIR) instead of training one
+  cp -r "$RUN" "$work/run"
+else
+  step train 300 "${rd[@]}" train --dataset mnist --data-root "$data" --epochs "$epochs" --device "$device" \
+    --out "$work/run"
+fi
 step export 300 "${rd[@]}" export "$work/run" --data-root "$data" --precision fp32 --precision fp16 --out "$work/bundle"
 step evaluate 300 "${rd[@]}" evaluate "$work/bundle" --data-root "$data" -r torch -r "$ort" -r "$ort:fp16" --device "$device" \
-  --eps 0.1 --eps 0.3 --batch-size 500 --out "$work/evaluate.json"
+  --eps 0.1 --eps 0.3 --batch-size 500 "${every[@]}" --out "$work/evaluate.json"
 step rescore 120 "${rd[@]}" rescore "$work/evaluate.json" --device "$device"
 step bench 300 "${rd[@]}" bench "$work/bundle" "${timed[@]}" --device "$device" --out "$work/bench.json"
 step defend-eval 300 "${rd[@]}" defend-eval "$work/bundle" --data-root "$data" --baseline "$work/run" -r torch -r "$ort" \
