@@ -21,10 +21,10 @@ trap 'rm -rf "$work"' EXIT
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 if [ "$device" = cpu ]; then
-  ort=ort-cpu samples=200 epochs=1 limit=100 apgd=20 timed=(-r ort-cpu -r ort-cpu:fp16 -r torch --batch-size 1)
-  every=(--limit 100)
+  ort=ort-cpu samples=100 epochs=1 limit=32 apgd=20 timed=(-r ort-cpu -r ort-cpu:fp16 -r torch --batch-size 1)
+  every=(--limit 100) steps=3 adaptive=(--adaptive-steps 10 --adaptive-targets 1 --adaptive-restarts 1)
 else
-  ort=ort-cuda samples=1500 epochs=3 limit=500 apgd=100 every=()
+  ort=ort-cuda samples=1500 epochs=3 limit=500 apgd=100 every=() steps=20 adaptive=()
   timed=(-r ort-cpu -r ort-cuda -r ort-cuda:fp16 -r torch --batch-size 1 --batch-size 500)
 fi
 status=0
@@ -70,10 +70,10 @@ step evaluate 300 "${rd[@]}" evaluate "$work/bundle" --data-root "$data" -r torc
 step rescore 120 "${rd[@]}" rescore "$work/evaluate.json" --device "$device"
 step bench 300 "${rd[@]}" bench "$work/bundle" "${timed[@]}" --device "$device" --out "$work/bench.json"
 step defend-eval 300 "${rd[@]}" defend-eval "$work/bundle" --data-root "$data" --baseline "$work/run" -r torch -r "$ort" \
-  --device "$device" --limit "$limit" --steps 20 --out "$work/defense.json"
+  --device "$device" --limit "$limit" --steps "$steps" --out "$work/defense.json"
 step export-detector 300 "${rd[@]}" export "$work/run" --data-root "$data" --detector squeeze --out "$work/detector"
 step detector 300 "${rd[@]}" evaluate "$work/detector" --data-root "$data" --detector -r torch -r ort-cpu --device "$device" \
-  --limit "$limit" --eps 0.1 --out "$work/detector.json"
+  --limit "$limit" --eps 0.1 --steps "$steps" "${adaptive[@]}" --out "$work/detector.json"
 step detector-rescore-on-cpu 120 "${rd[@]}" rescore "$work/detector.json" --device cpu
 step attacks 600 "$py" benchmarks/attacks.py --data-root "$data" --device "$device" --run "$work/run" \
   --samples "$samples" --apgd-steps "$apgd" --max-ratio "$([ "$device" = cpu ] && echo 1.0 || echo 0.667)" \
