@@ -4,6 +4,7 @@ timed run kept (the report draws their distributions)."""
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,9 +46,10 @@ class BenchRow:
     mean_ms: float
     throughput: float  # samples per second at the median latency
     copy_ms: float | None  # host->device input copy (+ output back) when the runtime lives on a GPU
-    peak_memory_mb: float | None  # CUDA: max allocated by torch; CPU: process peak RSS (VmHWM)
+    peak_memory_mb: float | None  # what `memory_source` says: GPU memory on the runtime's device, or host RSS
     providers: list[str] | None
     samples_ms: list[float]  # every timed run, in order
+    memory_source: str | None = None  # how peak_memory_mb was measured (or why it is missing)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class BenchResult:
     rows: list[BenchRow]
     session_options: dict
     versions: dict = field(default_factory=versions)
+    runtimes: list[dict] = field(default_factory=list)  # each runtime's describe(): providers, options, placement
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
@@ -70,12 +73,43 @@ def load_bench(path: Path) -> BenchResult:
         raise RobustDeployError(f"benchmark {path} not found; write one with `robustdeploy bench BUNDLE --out FILE`")
     data = read_document(Path(path), FORMAT, "re-run `robustdeploy bench BUNDLE --out FILE`")
     return BenchResult(data["bundle"], [BenchRow(**row) for row in data["rows"]], data["session_options"],
-                       data["versions"])
+                       data["versions"], data.get("runtimes", []))
 
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def memory(runtime) -> tuple[float | None, str]:
+    """(MiB, how measured) for a runtime after its timed runs: torch's peak allocation on its GPU, NVML's count of
+    this process's memory on the GPU an ONNX Runtime GPU session uses (torch's allocator does not see onnxruntime's),
+    else the process's peak RSS."""
+    device = getattr(runtime, "device", None)
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, f"torch max allocated on {device}"
+    if getattr(runtime, "on_gpu", False):
+        return gpu_memory_mb(runtime.device_id)
+    return _peak_rss_mb(), "process peak RSS (VmHWM)"
+
+
+def gpu_memory_mb(index: int) -> tuple[float | None, str]:
+    """This process's memory on CUDA device `index`, from NVML (an optional import: nvidia-ml-py)."""
+    try:
+        import pynvml
+    except ImportError:
+        return None, "unavailable: NVML bindings not installed (pip install nvidia-ml-py)"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    physical = int(visible[index]) if index < len(visible) and visible[index].strip().isdigit() else index
+    try:
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(physical)
+        mine = [p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid == os.getpid()]
+    except pynvml.NVMLError as exc:
+        return None, f"unavailable: NVML error on GPU {physical}: {exc}"
+    if not mine or mine[0] is None:
+        return None, f"unavailable: NVML lists no memory of this process on GPU {physical}"
+    return mine[0] / 2**20, f"NVML, this process on GPU {physical}"
 
 
 def _peak_rss_mb() -> float | None:
@@ -99,16 +133,18 @@ def bench(config: BenchConfig) -> BenchResult:
     if config.out:
         check_output(Path(config.out), "--out")
     generator = torch.Generator().manual_seed(config.seed)
-    rows, began = [], time.perf_counter()
+    rows, described, began = [], [], time.perf_counter()
     for name in config.runtimes:
-        runtime = create_runtime(bundle, name, device=config.device, session_options=config.session)
+        runtime = create_runtime(bundle, name, device=config.device, session_options=config.session,
+                                 max_batch=max(config.batch_sizes))
+        described.append(runtime.describe())
         for batch in config.batch_sizes:
             x = torch.rand(batch, *bundle.input_shape, generator=generator)
             call = runtime.timed_call(x)
             for _ in range(config.warmup):
                 call.run()
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
+            if getattr(runtime, "device", None) is not None and runtime.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(runtime.device)
             times = []
             for _ in progress(config.iterations, f"bench {runtime.label} batch {batch}", "run", lines=0,
                                   leave=False):
@@ -116,19 +152,19 @@ def bench(config: BenchConfig) -> BenchResult:
                 call.run()
                 times.append((time.perf_counter() - start) * 1000)
             p50 = _percentile(times, 50)
-            on_cuda = getattr(runtime, "device", None) is not None and runtime.device.type == "cuda"
+            used, source = memory(runtime)
             rows.append(BenchRow(
                 runtime=runtime.label, batch_size=batch, iterations=config.iterations, p50_ms=p50,
                 p90_ms=_percentile(times, 90), p99_ms=_percentile(times, 99), mean_ms=statistics.fmean(times),
                 throughput=batch / (p50 / 1000),
                 copy_ms=None if call.copy_seconds is None else call.copy_seconds * 1000,
-                peak_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if on_cuda else _peak_rss_mb(),
-                providers=runtime.describe().get("providers"), samples_ms=[round(t, 5) for t in times],
+                peak_memory_mb=used, providers=runtime.describe().get("providers"),
+                samples_ms=[round(t, 5) for t in times], memory_source=source,
             ))
             total = len(config.runtimes) * len(config.batch_sizes)
             log.info("bench %s batch %d: p50 %.3f ms (row %d/%d, %s)", runtime.label, batch, p50, len(rows), total,
                      pace(len(rows), total, time.perf_counter() - began, "row"))
-    result = BenchResult(str(bundle.path), rows, asdict(config.session))
+    result = BenchResult(str(bundle.path), rows, asdict(config.session), runtimes=described)
     if config.out:
         atomic_write_json(Path(config.out), result.to_dict())
     return result

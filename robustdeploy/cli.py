@@ -14,7 +14,6 @@ import typer
 from robustdeploy import options as opt
 from robustdeploy.cli_poison import poison_app
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.parity import ParityReport
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -145,7 +144,7 @@ def export(
     """Export a run to an ONNX deployment bundle and check ONNX Runtime CPU against PyTorch."""
     from robustdeploy.defenses.squeeze import SqueezeConfig
     from robustdeploy.export import ExportConfig, export_bundle
-    from robustdeploy.parity import ParityTolerance
+    from robustdeploy.parity import ParityReport, ParityTolerance
     from robustdeploy.variants import VariantConfig
 
     tolerances = {"fp32": ParityTolerance(atol, rtol, min_agreement),
@@ -204,6 +203,8 @@ def _import_config(normalisation: str, input_size, mean, std, resize, channel_or
 
 
 def _imported(bundle) -> None:
+    from robustdeploy.parity import ParityReport
+
     for entry in bundle.variants.values():
         echo(ParityReport.from_dict(entry["parity"]).summary())
     gradients = bundle.manifest["gradients"]
@@ -535,6 +536,7 @@ def patch(
     seed: opt.Seed = 0,
     data_root: opt.DataRoot = None,
     out: opt.OutFile = None,
+    device: opt.Device = "cpu",
 ) -> None:
     """Craft a universal targeted patch on SOURCE; print tSuc per model x runtime (torch, ort-cpu)."""
     from robustdeploy.attacks.ot_patch import PatchConfig
@@ -544,7 +546,7 @@ def patch(
     config = PatchConfig(target=target_class, method=method, patch_size=patch_size, steps=steps,
                          layers=tuple(layers), tv_weight=tv_weight, scale=scale, seed=seed)
     result, _ = evaluate_patch(PatchEvalConfig(source, config, tuple(transfer), lgs=lgs, limit=limit, seed=seed,
-                                               data_root=data_root, out=out))
+                                               data_root=data_root, out=out, device=device))
     echo(patch_table(result))
     if out is not None:
         echo(f"results -> {out} (patch in {out.with_suffix('.patch.png')}, patched images in "
@@ -589,22 +591,22 @@ def report(
 
 
 @app.command("list")
-def list_registries() -> None:
+def list_registries(
+    long: Annotated[bool, typer.Option("--long", "-l", help="One line per entry, with what it is.")] = False,
+) -> None:
     """List the registered datasets, architectures, attacks, runtimes and defenses."""
-    from robustdeploy.attacks import ATTACKS, SEARCHES
-    from robustdeploy.data import DATASETS
-    from robustdeploy.defenses import DEFENSES, DETECTORS, TRANSFORMS
-    from robustdeploy.models import MODELS
-    from robustdeploy.runtimes import RUNTIMES
+    from robustdeploy.catalog import CATALOG
 
-    echo("datasets:      " + ", ".join(DATASETS.names()))
-    echo("architectures: " + ", ".join(MODELS.names()) + ", timm:<any timm model>, tv:<any torchvision model>")
-    echo("attacks:       " + ", ".join(ATTACKS.names()))
-    echo("diff searches: " + ", ".join(SEARCHES.names()))
-    echo("runtimes:      " + ", ".join(RUNTIMES.names()))
-    echo("defenses:      " + ", ".join(DEFENSES.names()))
-    echo("detectors:     " + ", ".join(DETECTORS.names()))
-    echo("transforms:    " + ", ".join(TRANSFORMS.names()))
+    more = {"architectures": ["timm:<any timm model>", "tv:<any torchvision model>"]}
+    for kind, (_, entries) in CATALOG.items():
+        if long:
+            echo(f"{kind}:")
+            for name in sorted(entries):
+                echo(f"  {name:<14} {entries[name].doc}")
+            for name in more.get(kind, []):
+                echo(f"  {name}")
+        else:
+            echo(f"{kind + ':':<15}" + ", ".join([*sorted(entries), *more.get(kind, [])]))
 
 
 def main() -> None:

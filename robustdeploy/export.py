@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from robustdeploy import devices
 from robustdeploy.bundle import BUNDLE_FORMAT, MANIFEST, Bundle, load_bundle
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.defenses.squeeze import SqueezeConfig
@@ -169,6 +170,7 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
     Returns the verified bundle and the fp32 parity report (every variant's report is in the manifest).
     """
     model, record = load_run(config.run_dir)
+    model = devices.place(model, "cpu")  # export and its parity checks run on the CPU
     out = Path(config.out) if config.out else Path("export") / record.name
     check_output_dir(out, "--out", config.force, "pass --force to replace it or choose --out")
     data_config = record.data if config.data_root is None else DataConfig(

@@ -7,9 +7,7 @@ from typing import Annotated
 
 import typer
 
-from robustdeploy.attacks import ATTACKS
-from robustdeploy.models import MODELS
-from robustdeploy.runtimes import RUNTIMES
+from robustdeploy.catalog import names
 
 Seed = Annotated[int | None, typer.Option(help="Random seed (recorded in every result; default 0).")]
 Device = Annotated[str | None, typer.Option(help="PyTorch device for training and crafting attacks: cpu (default), "
@@ -22,14 +20,14 @@ Window = Annotated[int | None, typer.Option(help="Samples held in memory at a ti
 Limit = Annotated[int | None, typer.Option(help="Evaluate only the first N test samples.")]
 Runtimes = Annotated[
     list[str] | None,
-    typer.Option("--runtime", "-r", help=f"Runtime[:variant]: {', '.join(RUNTIMES.names())} (repeatable)."),
+    typer.Option("--runtime", "-r", help=f"Runtime[:variant]: {', '.join(names('runtimes'))} (repeatable)."),
 ]
-Attack = Annotated[str | None, typer.Option(help=f"Attack: {', '.join(ATTACKS.names())}.")]
-Attacks = Annotated[list[str] | None, typer.Option("--attack", help=f"Attack[:loss]: {', '.join(ATTACKS.names())}; "
+Attack = Annotated[str | None, typer.Option(help=f"Attack: {', '.join(names('attacks'))}.")]
+Attacks = Annotated[list[str] | None, typer.Option("--attack", help=f"Attack[:loss]: {', '.join(names('attacks'))}; "
                                                    "repeat for a cascade, each attack run on the samples the earlier "
                                                    "ones left robust.")]
 Epsilons = Annotated[list[float] | None, typer.Option("--eps", help="Budget(s) in pixel units; repeat for a curve.")]
-Arch = Annotated[str, typer.Option(help=f"Architecture: {', '.join(MODELS.names())}, timm:<name>, tv:<name>.")]
+Arch = Annotated[str, typer.Option(help=f"Architecture: {', '.join(names('architectures'))}, timm:<name>, tv:<name>.")]
 Norm = Annotated[str | None, typer.Option(help="Threat model: linf or l2 (attack default: linf).")]
 Steps = Annotated[int | None, typer.Option(help="Attack iterations (attack default).")]
 Loss = Annotated[str | None, typer.Option(help="Attack loss: ce, margin or dlr (attack default: ce).")]

@@ -1,9 +1,11 @@
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from robustdeploy.attacks import ATTACKS, lp_norm, predict
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.evaluation.grid import realise
 from robustdeploy.runtimes import create_runtime
 
 
@@ -78,3 +80,70 @@ def test_bad_attack_settings_are_refused():
         ATTACKS.create("pgd", loss="hinge")
     with pytest.raises(RobustDeployError, match="at least 1"):
         ATTACKS.create("pgd", steps=0)
+
+
+def plain_pgd(model, x, y, eps, steps=40, rel_step=2.5):
+    """Textbook PGD from x (no random start, no early stop): the trajectory robustdeploy's loop must not lose."""
+    adv = x.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        grad, = torch.autograd.grad(torch.nn.functional.cross_entropy(model(adv), y, reduction="sum"), adv)
+        adv = (x + (adv.detach() + rel_step * eps / steps * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return adv
+
+
+@pytest.mark.parametrize("check_every", [1, 7])
+def test_every_sample_plain_pgd_fools_after_rounding_is_fooled(check_every, model, digits):
+    """Checking the realised iterate only every k steps (and at the last) still fools every sample that plain PGD
+    followed by rounding fools, and early stop saves gradient work."""
+    x, y, eps = digits.test.x, digits.test.y, 0.08
+    attack = ATTACKS.create("pgd", random_start=False, check_every=check_every)
+    attack.realiser = lambda adv, xb, e: realise(adv, xb, e, "linf")
+    ours = predict(model, realise(attack.perturb(model, x, y, eps), x, eps, "linf")) != y
+    plain = predict(model, realise(plain_pgd(model, x, y, eps), x, eps, "linf")) != y
+    assert plain.sum() > 20 and not (plain & ~ours).any()
+    assert attack.stats.gradients < 40 * int((predict(model, x) == y).sum())
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the tensor operations that make the host wait for the device (or index by a boolean mask)."""
+
+    SYNCS = {"nonzero", "item", "tolist", "__bool__", "numpy", "cpu", "__int__", "__float__"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[str, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        masked = name in ("__getitem__", "__setitem__") and len(args) > 1 and torch.is_tensor(args[1]) \
+            and args[1].dtype == torch.bool
+        if name in self.SYNCS or masked:
+            key = f"{name}[mask]" if masked else name
+            self.reads[key] = self.reads.get(key, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name,steps", [("pgd", 40), ("apgd", 50)])
+def test_the_attack_loop_reads_the_host_only_at_checks(name, steps, model, digits):
+    x, y = digits.test.x[:200], digits.test.y[:200]
+    attack = ATTACKS.create(name, steps=steps, check_every=10)
+    attack.realiser = lambda adv, xb, e: realise(adv, xb, e, "linf")
+    with HostReads() as counted:
+        attack.perturb(model, x, y, 0.05)
+    checks = steps // 10 + 1
+    assert set(counted.reads) <= {"nonzero"}, counted.reads  # no .item(), no boolean-mask indexing
+    assert counted.reads.get("nonzero", 0) <= 2 * checks + 1, counted.reads  # two per check, one per restart
+
+
+def test_a_judge_is_asked_once_per_check(model, bundle_dir, digits):
+    """With a deployment deciding success (ONNX Runtime on the CPU), each check is one round trip to it."""
+    x, y = digits.test.x[:100], digits.test.y[:100]
+    deployment, calls = create_runtime(load_bundle(bundle_dir), "ort-cpu"), []
+    attack = ATTACKS.create("pgd", steps=20, check_every=5)
+    attack.realiser = lambda adv, xb, e: realise(adv, xb, e, "linf")
+    attack.judge = lambda z: calls.append(len(z)) or deployment.logits(z)
+    adv = attack.perturb(model, x, y, 0.15)
+    assert 2 <= len(calls) <= 1 + 20 // 5  # the clean check, then steps 0, 5, 10, 15 (the last iterate is re-scored)
+    fooled = deployment.predict(realise(adv, x, 0.15, "linf")) != y
+    assert fooled.sum() > 20

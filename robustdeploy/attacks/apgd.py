@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-from robustdeploy.attacks.base import ATTACKS, IterativeGradientAttack, Model, lp_norm, project
+from robustdeploy.attacks.base import ATTACKS, IterativeGradientAttack, Kept, Model, lp_norm, project, rows_view
 from robustdeploy.errors import RobustDeployError
 
 
@@ -45,61 +45,63 @@ class APGD(IterativeGradientAttack):
     def _run(self, model, x, y, x_adv, eps, check_last: bool = True):
         """APGD from `x_adv`; returns (adversarial or best-loss iterate, fooled mask).
 
-        The last iterate is always scored (`check_last` is ignored): the result is the best-loss point."""
-        n, marks = len(x), set(checkpoints(self.steps))
-        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-        result = x_adv.clone()
-        work = torch.arange(n, device=x.device)
-        eta = torch.full((n,), 2.0 * eps, device=x.device)
+        The last iterate is always scored (`check_last` is ignored): the result is the best-loss point. Per-sample
+        state lives on the device and is compacted with the working set at checks only."""
+        marks = set(checkpoints(self.steps))
+        kept = Kept.start(x_adv)
+        n, device = len(x), x.device
+        rows = torch.arange(n, device=device)
+        eta = torch.full((n,), 2.0 * eps, device=device)
         current, previous = x_adv, x_adv
-        best_loss = torch.full((n,), -float("inf"), device=x.device)
-        strongest = best_loss.clone()
+        best_loss = torch.full((n,), -float("inf"), device=device)
         best_point, best_grad = x_adv.clone(), torch.zeros_like(x_adv)
-        ups = torch.zeros(n, device=x.device)  # loss increases since the last checkpoint
-        loss_at_mark, eta_halved = best_loss.clone(), torch.ones(n, dtype=torch.bool, device=x.device)
+        ups = torch.zeros(n, device=device)  # loss increases since the last checkpoint
+        loss_at_mark, eta_halved = best_loss.clone(), torch.ones(n, dtype=torch.bool, device=device)
         last_mark = 0
         for step in range(self.steps + 1):
-            current = current.detach().requires_grad_(step < self.steps)
-            with torch.set_grad_enabled(step < self.steps):
-                logits = model(current)
-                loss = self.objective(logits, y[work])
+            final = step == self.steps
+            current = current.detach().requires_grad_(not final)
+            with torch.set_grad_enabled(not final):
+                output = model(current)
+                loss = self.objective(output, y)
             loss_d = loss.detach()
-            last = torch.ones(len(work), dtype=torch.bool, device=x.device) if step == self.steps else None
-            wrong, seen_loss = self.fooled_as_seen(model, current, x[work], y[work], eps, logits, loss_d, last)
-            wrong &= seen_loss > strongest[work]  # keep the fooling iterate of top loss, as the deployment sees it
-            result[work[wrong]] = current.detach()[wrong]
-            strongest[work[wrong]] = seen_loss[wrong]
-            fooled[work[wrong]] = True
+            checked = self._checks(step)
+            if checked:  # keep the fooling iterate of top loss, as the deployment sees it
+                every = torch.ones(len(rows), dtype=torch.bool, device=device) if final else None
+                kept.update(rows, current.detach(), *self.fooled_as_seen(model, current, x, y, eps, output, loss_d,
+                                                                         every))
+            improved = loss_d > best_loss
             if step:
-                ups[work] += (loss_d > best_loss[work]).float()
-            improved = loss_d > best_loss[work]
-            best_loss[work] = torch.where(improved, loss_d, best_loss[work])
-            best_point[work[improved]] = current.detach()[improved]
-            if step == self.steps:
+                ups = ups + improved.float()
+            best_loss = torch.where(improved, loss_d, best_loss)
+            best_point = torch.where(rows_view(improved, current), current.detach(), best_point)
+            if final:
                 break
-            self.stats.gradients += len(work)
+            self.stats.gradients += len(rows)
             grad, = torch.autograd.grad(loss.sum(), current)
-            best_grad[work[improved]] = grad[improved]
-            keep = ~fooled[work] if self.early_stop else torch.ones_like(wrong)
-            if not keep.any():
-                break
-            work, current, previous, grad = work[keep], current.detach()[keep], previous[keep], grad[keep]
+            best_grad = torch.where(rows_view(improved, grad), grad, best_grad)
+            current = current.detach()
+            if checked and self.early_stop:
+                keep = kept.unfooled(rows)
+                if not len(keep):
+                    break
+                if len(keep) < len(rows):
+                    rows, x, y, eta, current, previous, grad, best_loss, best_point, best_grad, ups, loss_at_mark, \
+                        eta_halved = (t[keep] for t in (rows, x, y, eta, current, previous, grad, best_loss,
+                                                        best_point, best_grad, ups, loss_at_mark, eta_halved))
             if step in marks:
-                span = step - last_mark
-                halve = (ups[work] < self.rho * span) | (~eta_halved[work] & (loss_at_mark[work] >= best_loss[work]))
-                eta[work] = torch.where(halve, eta[work] / 2, eta[work])
-                eta_halved[work], loss_at_mark[work], ups[work] = halve, best_loss[work], 0.0
-                back = halve.view(-1, *[1] * (x.dim() - 1))
-                current = torch.where(back, best_point[work], current)
-                grad = torch.where(back, best_grad[work], grad)
+                halve = (ups < self.rho * (step - last_mark)) | (~eta_halved & (loss_at_mark >= best_loss))
+                eta = torch.where(halve, eta / 2, eta)
+                eta_halved, loss_at_mark, ups = halve, best_loss, torch.zeros_like(ups)
+                current = torch.where(rows_view(halve, current), best_point, current)
+                grad = torch.where(rows_view(halve, grad), best_grad, grad)
                 last_mark = step
-            z = project(self._ascent_per_sample(current, grad, eta[work]), x[work], eps, self.norm)
+            z = project(self._ascent_per_sample(current, grad, eta), x, eps, self.norm)
             a = 1.0 if step == 0 else self.momentum
             nxt = current + a * (z - current) + (1 - a) * (current - previous)
-            previous, current = current, project(nxt, x[work], eps, self.norm)
-        left = work[~fooled[work]]
-        result[left] = best_point[left]
-        return result, fooled
+            previous, current = current, project(nxt, x, eps, self.norm)
+        kept.fill(rows, best_point)
+        return kept.best, kept.fooled
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ class APGDTargeted(APGD):
         ranked = clean.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
         result = x.clone()
         for k in range(min(self.targets, clean.shape[1] - 1)):
-            index = todo.nonzero().flatten()
+            index = todo.nonzero().flatten()  # one host synchronisation per target
             if not len(index):
                 break
             self.criterion = TargetedDLR(y[index], ranked[index, k])

@@ -145,9 +145,51 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> 
         if len(x) else torch.empty(0, dtype=torch.long, device=x.device)
 
 
+def rows_view(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample mask shaped to broadcast over a batch like `like`."""
+    return mask.view(-1, *[1] * (like.dim() - 1))
+
+
+@dataclass
+class Kept:
+    """Per sample of a batch, on its device: the example kept (the fooling iterate of highest loss as the deployment
+    receives it, else the iterate the attack ends on), that loss, and whether any checked iterate fooled.
+    Updated by rows with tensor ops only, so keeping it costs no host synchronisation."""
+
+    best: torch.Tensor
+    strongest: torch.Tensor
+    fooled: torch.Tensor
+
+    @classmethod
+    def start(cls, x_adv: torch.Tensor) -> Kept:
+        n, device = len(x_adv), x_adv.device
+        return cls(x_adv.detach().clone(), torch.full((n,), -float("inf"), device=device),
+                   torch.zeros(n, dtype=torch.bool, device=device))
+
+    def update(self, rows: torch.Tensor, iterate: torch.Tensor, wrong: torch.Tensor, loss: torch.Tensor) -> None:
+        """Keep `iterate` for the `rows` it fools with a higher loss than the one kept."""
+        better = wrong & (loss > self.strongest[rows])
+        self.best[rows] = torch.where(rows_view(better, iterate), iterate, self.best[rows])
+        self.strongest[rows] = torch.where(better, loss, self.strongest[rows])
+        self.fooled[rows] = self.fooled[rows] | better
+
+    def fill(self, rows: torch.Tensor, iterate: torch.Tensor) -> None:
+        """`rows` that no checked iterate fooled end on `iterate`."""
+        left = ~self.fooled[rows]
+        self.best[rows] = torch.where(rows_view(left, iterate), iterate, self.best[rows])
+
+    def unfooled(self, rows: torch.Tensor) -> torch.Tensor:
+        """Positions in `rows` still to attack (a host synchronisation: called only at a check)."""
+        return (~self.fooled[rows]).nonzero().flatten()
+
+
 @dataclass
 class IterativeGradientAttack(FixedBudgetAttack):
-    """Shared loop of FGSM/PGD: random start, `steps` ascent steps, restarts, early stop per sample."""
+    """Shared loop of FGSM/PGD: random start, `steps` ascent steps, restarts, early stop per sample.
+
+    The loop stays on the attack's device: every `check_every` steps (and at the last) the iterate is checked as
+    the deployment receives it and fooled samples leave the working set (with early stop); between checks no
+    tensor is read on the host. With a `judge` every check is a round trip to the deployment."""
 
     steps: int = 40
     step_size: float | None = None  # absolute; default rel_step * eps / steps
@@ -157,13 +199,14 @@ class IterativeGradientAttack(FixedBudgetAttack):
     loss: str = "ce"
     early_stop: bool = True
     seed: int = 0
+    check_every: int = 1
     criterion: Criterion | None = field(default=None, init=False, repr=False, compare=False)  # None: classify
     own_criterion: ClassVar[bool] = False  # sets `criterion` itself (so another attack cannot drive it)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.steps < 1 or self.restarts < 1:
-            raise RobustDeployError("steps and restarts must be at least 1")
+        if self.steps < 1 or self.restarts < 1 or self.check_every < 1:
+            raise RobustDeployError("steps, restarts and check_every must be at least 1")
         if self.loss not in LOSSES:
             raise RobustDeployError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
 
@@ -185,8 +228,11 @@ class IterativeGradientAttack(FixedBudgetAttack):
         wrong = self.misled(logits, y)
         if self.realiser is None and self.judge is None:
             return wrong, loss
-        check = candidates if candidates is not None else torch.ones_like(wrong) if self.judge is not None else wrong
-        index = check.nonzero().flatten()
+        if candidates is None and self.judge is not None:  # every iterate: no subset to pick
+            with torch.no_grad():
+                seen = self.verdict(model)(self.seen(adv.detach(), x, eps))
+            return self.misled(seen, y), self.objective(seen, y)
+        index = (wrong if candidates is None else candidates).nonzero().flatten()
         wrong = torch.zeros_like(wrong)
         if len(index):
             with torch.no_grad():
@@ -223,14 +269,14 @@ class IterativeGradientAttack(FixedBudgetAttack):
         todo = self._unfooled(model, x, y) if self.random_start else torch.ones(len(x), dtype=torch.bool,
                                                                                 device=x.device)
         for restart in range(self.restarts):
-            if not todo.any():
+            index = todo.nonzero().flatten()  # one host synchronisation per restart
+            if not len(index):
                 break
             start = self._start(x, eps, generator)  # drawn for the full batch: subsets stay reproducible
-            index = todo.nonzero().flatten()
             last = restart == self.restarts - 1
             adv, fooled = self._run(model, x[index], y[index], start[index], eps, check_last=not last)
             result[index] = adv
-            todo[index[fooled]] = False
+            todo[index] = todo[index] & ~fooled
         return result
 
     @torch.no_grad()
@@ -240,6 +286,10 @@ class IterativeGradientAttack(FixedBudgetAttack):
         return torch.cat([~self.misled(model(x[i : i + batch_size]), y[i : i + batch_size])
                           for i in range(0, len(x), batch_size)] or [torch.zeros(0, dtype=torch.bool, device=x.device)])
 
+    def _checks(self, step: int) -> bool:
+        """Whether the iterate of `step` is checked as received (and the working set compacted after it)."""
+        return step == self.steps or step % self.check_every == 0
+
     def _run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
              eps: float, check_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Ascent from `x_adv`; returns (adversarial or last iterate, fooled mask).
@@ -248,37 +298,35 @@ class IterativeGradientAttack(FixedBudgetAttack):
         saves one forward pass; the fooled mask then misses samples fooled only by that iterate.
         """
         alpha = self._alpha(eps)
-        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        strongest = torch.full((len(x),), -float("inf"), device=x.device)  # loss of the kept fooling iterate
-        best = x_adv.clone()
-        work = torch.arange(len(x), device=x.device)
+        kept = Kept.start(x_adv)
+        rows = torch.arange(len(x), device=x.device)  # the batch rows still worked on, with their x, y, iterate
         current = x_adv
         for step in range(self.steps + 1):
-            if step == self.steps and not check_last:
-                unfooled = ~fooled[work]
-                best[work[unfooled]] = current.detach()[unfooled]
+            final = step == self.steps
+            if final and not check_last:
                 break
-            current = current.detach().requires_grad_(step < self.steps)
-            with torch.set_grad_enabled(step < self.steps):
-                logits = model(current)
-                loss = self.objective(logits, y[work])
-            last = torch.ones(len(work), dtype=torch.bool, device=x.device) if step == self.steps else None
-            wrong, seen_loss = self.fooled_as_seen(model, current, x[work], y[work], eps, logits, loss, last)
-            wrong &= seen_loss > strongest[work]
-            best[work[wrong]] = current.detach()[wrong]
-            strongest[work[wrong]] = seen_loss[wrong]
-            fooled[work[wrong]] = True
-            if step == self.steps:
-                best[work[~fooled[work]]] = current.detach()[~fooled[work]]
+            current = current.detach().requires_grad_(not final)
+            with torch.set_grad_enabled(not final):
+                output = model(current)
+                loss = self.objective(output, y)
+            checked = self._checks(step)
+            if checked:
+                every = torch.ones(len(rows), dtype=torch.bool, device=rows.device) if final else None
+                seen = self.fooled_as_seen(model, current, x, y, eps, output, loss, every)
+                kept.update(rows, current.detach(), *seen)
+            if final:
                 break
-            self.stats.gradients += len(work)
+            self.stats.gradients += len(rows)
             grad, = torch.autograd.grad(loss.sum(), current)
-            keep = ~fooled[work] if self.early_stop else torch.ones_like(wrong)
-            if not keep.any():
-                break
-            work, current, grad = work[keep], current.detach()[keep], grad[keep]
-            current = project(self._ascent(current, grad, alpha), x[work], eps, self.norm)
-        return best, fooled
+            if checked and self.early_stop:
+                keep = kept.unfooled(rows)
+                if not len(keep):
+                    break
+                if len(keep) < len(rows):
+                    rows, x, y, current, grad = rows[keep], x[keep], y[keep], current[keep], grad[keep]
+            current = project(self._ascent(current.detach(), grad, alpha), x, eps, self.norm)
+        kept.fill(rows, current.detach())
+        return kept.best, kept.fooled
 
 
 ATTACKS: Registry[Attack] = Registry("attack")

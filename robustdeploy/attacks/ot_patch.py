@@ -85,8 +85,9 @@ def apply_patch(x: torch.Tensor, patch: torch.Tensor, positions: torch.Tensor) -
     """Paste `patch` (C, s, s) into each image at its (row, col); differentiable in the patch."""
     h, w = x.shape[-2:]
     side = patch.shape[-1]
-    rel_r = torch.arange(h)[None, :] - positions[:, :1]  # (n, h)
-    rel_c = torch.arange(w)[None, :] - positions[:, 1:]  # (n, w)
+    positions = positions.to(x.device)
+    rel_r = torch.arange(h, device=x.device)[None, :] - positions[:, :1]  # (n, h)
+    rel_c = torch.arange(w, device=x.device)[None, :] - positions[:, 1:]  # (n, w)
     inside = ((rel_r >= 0) & (rel_r < side))[:, :, None] & ((rel_c >= 0) & (rel_c < side))[:, None, :]
     tiled = patch[:, rel_r.clamp(0, side - 1)[:, :, None], rel_c.clamp(0, side - 1)[:, None, :]]  # (C, n, h, w)
     return torch.where(inside[:, None], tiled.transpose(0, 1), x)
@@ -153,11 +154,14 @@ def total_variation(patch: torch.Tensor) -> torch.Tensor:
     return (patch[..., 1:, :] - patch[..., :-1, :]).abs().mean() + (patch[..., :, 1:] - patch[..., :, :-1]).abs().mean()
 
 
-def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: PatchConfig) -> PatchResult:
-    """Optimise one patch over images x (labels y) of a [0, 1]-pixel classifier; returns it on the 8-bit grid."""
+def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: PatchConfig,
+                device: str = "cpu") -> PatchResult:
+    """Optimise one patch over images x (labels y) of a [0, 1]-pixel classifier on `device` (where the caller
+    placed the model); returns it on the CPU, on the 8-bit grid."""
     model = model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    x, y = x.to(device), y.to(device)
     with torch.no_grad():
         check_target(config.target, model(x[:1]).shape[1])
     source = x[y != config.target]
@@ -166,7 +170,7 @@ def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Patc
         raise RobustDeployError(f"crafting needs images of class {config.target} and of other classes")
     generator = torch.Generator().manual_seed(config.seed)
     side = patch_side(config.patch_size, *x.shape[-2:])
-    patch = torch.rand(x.shape[1], side, side, generator=generator).requires_grad_(True)
+    patch = torch.rand(x.shape[1], side, side, generator=generator).to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([patch], lr=config.lr)
     layers = config.layers or default_layers(model) if config.method == "sw" else ()
     hooks = FeatureHooks(model, layers)
@@ -184,7 +188,7 @@ def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Patc
                 loss = sum(sliced_wasserstein_sq(hooks.features[name], target_features[name],
                                                  config.n_projections, config.seed + step) for name in layers)
             else:
-                loss = F.cross_entropy(logits, torch.full_like(idx, config.target))
+                loss = F.cross_entropy(logits, torch.full((len(idx),), config.target, device=logits.device))
             objective = loss + config.tv_weight * total_variation(patch)
             optimizer.zero_grad()
             objective.backward()
@@ -195,5 +199,5 @@ def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Patc
             bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
     finally:
         hooks.remove()
-    final = (torch.round(patch.detach() * 255.0) / 255.0).clamp(0.0, 1.0)
+    final = (torch.round(patch.detach().cpu() * 255.0) / 255.0).clamp(0.0, 1.0)
     return PatchResult(final, config, tuple(layers), losses)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robustdeploy import devices
 from robustdeploy.attacks import AttackSpec, FixedBudgetAttack, check_eps, make_attack
 from robustdeploy.attacks.spec import takes
 from robustdeploy.capability import Capability
@@ -159,6 +160,6 @@ def adv_train(config, data: Dataset, eps: float | None = None, attack_steps: int
         loss_fn = early_stop_loss(crafter, eps, config.seed)
         info |= {"attack": attack or "pgd", "attack_params": crafter.params()}
     model, spec = new_classifier(config.arch, data)
-    model.to(config.device)
+    model = devices.place(model, config.device, train=True)
     losses = fit(model, data, config, loss_fn=loss_fn, desc=f"adv-train ({inner})")
     return Trained(model, spec, losses, info)

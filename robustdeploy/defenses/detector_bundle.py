@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from robustdeploy import devices
 from robustdeploy.defenses.squeeze import SqueezeConfig, SqueezeDetector, build_squeeze, detector_scores
 from robustdeploy.errors import CheckFailed, RobustDeployError
 
@@ -81,13 +82,13 @@ def _describe(squeezer: torch.nn.Module) -> dict:
 class OrtDetector:
     """The exported detector graph on one ONNX Runtime provider (refuses a silent CPU fallback)."""
 
-    def __init__(self, path: Path, runtime: str = "ort-cpu") -> None:
-        from robustdeploy.runtimes.ort import PROVIDERS, open_session
+    def __init__(self, path: Path, runtime: str = "ort-cpu", device: str = "cpu") -> None:
+        from robustdeploy.runtimes.ort import PROVIDERS, device_id, open_session
 
         if runtime not in PROVIDERS:
             raise RobustDeployError(f"the detector runs on torch or {', '.join(PROVIDERS)}, not {runtime!r}")
         self.label = runtime
-        self.session = open_session(path, runtime)
+        self.session = open_session(path, runtime, device_id=device_id(device))
 
     def run(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         parts = [self.session.run(list(OUTPUTS), {"pixels": x[i : i + batch_size].numpy().astype(np.float32)})
@@ -101,7 +102,7 @@ class TorchDetector:
     label = "torch"
 
     def __init__(self, detector: SqueezeDetector, device: str = "cpu") -> None:
-        self.detector, self.device = detector.to(device).eval(), device
+        self.detector, self.device = devices.place(detector, device), device
 
     def run(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, score = detector_scores(self.detector, x.to(self.device), batch_size)
@@ -131,4 +132,4 @@ def open_detector(bundle: Bundle, runtime: str, device: str = "cpu") -> TorchDet
 
     path = bundle.path / section["file"]
     check_onnx_file(path, bundle.path)
-    return OrtDetector(path, runtime)
+    return OrtDetector(path, runtime, device)

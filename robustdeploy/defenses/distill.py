@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from robustdeploy import devices
 from robustdeploy.data import Dataset
 from robustdeploy.defenses.base import DEFENSES, Trained
 from robustdeploy.errors import RobustDeployError
@@ -39,12 +40,12 @@ def distillation(config, data: Dataset, temperature: float = 100.0, **_: object)
     """Teacher at T, student on its soft labels at T, deployed at T = 1."""
     check_temperature(temperature)
     teacher, spec = new_classifier(config.arch, data)
-    teacher.to(config.device)
+    teacher = devices.place(teacher, config.device, train=True)
     fit(teacher, data, config, loss_fn=lambda m, x, y: nn.functional.cross_entropy(m(x) / temperature, y),
         desc="teacher")
     teacher.eval()
     student, _ = new_classifier(config.arch, data)
-    student.to(config.device)
+    student = devices.place(student, config.device, train=True)
     losses = fit(student, data, config, loss_fn=soft_label_loss(teacher, temperature), desc="student")
     info = {"temperature": temperature, "deployed_temperature": 1.0,
             "teacher_test_accuracy": accuracy(teacher, data.test, device=config.device)}

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robustdeploy import devices
 from robustdeploy.data import Dataset
 from robustdeploy.defenses.base import DEFENSES, Trained
 from robustdeploy.errors import RobustDeployError
@@ -77,14 +78,14 @@ def purifier(config, data: Dataset, base: Path | None = None, purifier: str = "c
             raise RobustDeployError(f"--base {base} is not a plain classifier for {config.data.name} "
                                     f"{data.input_shape}; train one with `robustdeploy train`")
         spec = record.spec
-        classifier.to(config.device)
+        classifier = devices.place(classifier, config.device, train=True)
     else:
         classifier, spec = new_classifier(config.arch, data)
-        classifier.to(config.device)
+        classifier = devices.place(classifier, config.device, train=True)
         fit(classifier, data, config, desc="classifier")
     classifier.requires_grad_(False)
     spec = replace(spec, extra={"purifier": purifier})
-    model = Composite(network, classifier).to(config.device)
+    model = devices.place(Composite(network, classifier), config.device, train=True)
     losses = fit(model, data, config, loss_fn=reconstruction_loss, desc="purifier")
     model.requires_grad_(True)
     info = {"purifier": purifier, "base": str(base) if base else None, "loss": network.objective}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
+from robustdeploy import devices
 from robustdeploy.data import Dataset
 from robustdeploy.defenses.base import DEFENSES, Trained
 from robustdeploy.errors import RobustDeployError
@@ -33,7 +34,7 @@ def transfer(config, data: Dataset, base: Path | None = None, **_: object) -> Tr
     last = head(model)
     last.reset_parameters()
     last.requires_grad_(True)
-    model.to(config.device)
+    model = devices.place(model, config.device, train=True)
     losses = fit(model, data, config, loss_fn=_frozen_features_loss, desc="transfer")
     model.requires_grad_(True)
     return Trained(model, record.spec, losses, {"base": str(base), "trained": "last linear layer"})

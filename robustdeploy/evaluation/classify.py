@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,9 +49,16 @@ def score_sets(result: Result, y: torch.Tensor, labels: Callable[[str, str], tor
     return cells
 
 
+def on_device(session: Session, plans: list[Plan]) -> list[Plan]:
+    """`plans` with their gradient sources (a baseline, a purifier's classifier, a surrogate) on the session's
+    device, before the masking checks or any crafting touch them."""
+    return [p if p.source_model is None else replace(p, source_model=session.place(p.source_model)) for p in plans]
+
+
 def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool,
               check: bool = True) -> dict[str, torch.Tensor]:
     """Craft every plan into one store, saving after each set; with `resume`, keep what `out` already has."""
+    plans = on_device(session, plans)
     stored = {"x": session.test.x, "y": session.test.y}
     built = [build(p, session.config.seed, session.test.x[0].numel()) for p in plans]
     check_output(out, "--out")  # once the plans are known to be sound, before anything is written
@@ -97,6 +104,7 @@ def classify(result: Result, session: Session, plans: list[Plan], out: Path, res
     """Craft `plans` into `result` and score every runtime: in one pass when the split fits in the session's
     window, else window by window through disk, memory bounded by the window (and shard by shard under
     torchrun: None on ranks other than 0). Sets are saved as they are crafted, so `resume` continues."""
+    plans = on_device(session, plans)
     if not group.active and len(session.samples) <= session.window:
         stored = run_plans(result, session, plans, out, resume)
         result.cells = classify_cells(result, stored, session.runners())

@@ -181,8 +181,7 @@ def craft(session: Session, plan: Plan, attacks: list[Attack], stored: dict[str,
 
 def _sources(session: Session, plan: Plan, stored: dict[str, torch.Tensor]) -> tuple[Source, list[Source]]:
     """Where attacks run: the gradient source (gradient attacks), and every runtime (score/decision attacks)."""
-    model = plan.source_model if plan.source_model is not None else session.reference
-    model = model.to(session.device).eval().requires_grad_(False)
+    model = session.place(plan.source_model if plan.source_model is not None else session.reference)
     gradient = Source(plan.source, model, lambda z: labels(model, z.to(session.device), session.batch_size).cpu(),
                       stored)
     return gradient, [Source(r.label, r.logits, functools.partial(r.predict, batch_size=session.batch_size), stored)

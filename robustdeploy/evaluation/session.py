@@ -6,15 +6,19 @@ import functools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
+from robustdeploy import devices
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import DataConfig, Samples, Split, load_test_samples
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.score import runners
 from robustdeploy.runtimes import Runtime, RuntimeSpec, create_runtime, parse_runtime
 from robustdeploy.runtimes.torch import TorchRuntime
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,10 @@ class Session:
     def device(self) -> str:
         return self.config.device
 
+    def place(self, model: M) -> M:
+        """`model` on the session's device, for evaluation: every model a plan runs goes through here."""
+        return devices.place(model, self.device)
+
     def runners(self) -> dict:
         """Label -> predict function of every runtime and the PyTorch reference (`torch`)."""
         return runners([self.torch, *self.runtimes], self.batch_size)
@@ -93,10 +101,7 @@ def validate(config: SessionConfig) -> None:
     labels = [parse_runtime(n).label for n in config.runtimes]
     if len(set(labels)) != len(labels):
         raise RobustDeployError(f"a runtime is listed twice: {', '.join(labels)}")
-    if config.device not in ("cpu", "cuda") and not config.device.startswith("cuda:"):
-        raise RobustDeployError(f"--device must be cpu, cuda or cuda:N, not {config.device!r}")
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RobustDeployError(f"--device {config.device}: PyTorch sees no CUDA GPU; use --device cpu")
+    devices.check_device(config.device)
 
 
 def load_test_split(bundle: Bundle, data_root: str | None, limit: int | None) -> Samples:
@@ -115,10 +120,12 @@ def load_test_split(bundle: Bundle, data_root: str | None, limit: int | None) ->
 def open_session(config: SessionConfig, bundle: Bundle | None = None) -> Session:
     """Validate `config`, verify the bundle, load the split, open every runtime."""
     validate(config)
+    devices.pin_numerics(config.device)
     bundle = bundle or load_bundle(config.bundle)
     test = load_test_split(bundle, config.data_root, config.limit)
-    runtimes = [create_runtime(bundle, name, device=config.device) for name in config.runtimes]
-    reference = bundle.reference_model().to(config.device).requires_grad_(False)
+    runtimes = [create_runtime(bundle, name, device=config.device, max_batch=config.batch_size)
+                for name in config.runtimes]
+    reference = devices.place(bundle.reference_model(), config.device)
     torch_rt = next((r for r in runtimes if r.label == "torch"), None) or \
         TorchRuntime(RuntimeSpec("torch"), reference, config.device)
     return Session(config, bundle, test, runtimes, reference, torch_rt)

@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from robustdeploy.evaluation.results import Result, adversarial_path
 from robustdeploy.io import atomic_write_bytes
 
 SEP = "|"  # joins runtime and set key in an outcomes file: "ort-cpu|pgd/torch/eps=0.1"
+DIST_TIMEOUT_MIN = 180
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,30 @@ class Group:
         return f"cuda:{self.local_rank}" if self.active and device.startswith("cuda") else device
 
 
+def timeout() -> timedelta:
+    """How long a rank waits for the others at a collective (ROBUSTDEPLOY_DIST_TIMEOUT_MIN, default 180 minutes):
+    ranks meet only at the end, so the fastest waits out the slowest; NCCL's own default (10 minutes) would kill a
+    long run whose shards take unequal time."""
+    text = os.environ.get("ROBUSTDEPLOY_DIST_TIMEOUT_MIN", str(DIST_TIMEOUT_MIN))
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = -1.0
+    if minutes <= 0:
+        raise RobustDeployError(f"ROBUSTDEPLOY_DIST_TIMEOUT_MIN must be a positive number of minutes, not {text!r}")
+    return timedelta(minutes=minutes)
+
+
 def join(device: str) -> Group:
-    """Under torchrun, join the process group (gloo on CPU, NCCL on GPUs) once; a no-op in a single process."""
+    """Under torchrun, join the process group (gloo on CPU, NCCL on GPUs) once, with an explicit `timeout`; a no-op
+    in a single process."""
     group = Group.from_env()
     if group.active and not dist.is_initialized():
         if device.startswith("cuda"):
             torch.cuda.set_device(group.local_rank)
-            dist.init_process_group("nccl", device_id=torch.device(group.device(device)))
+            dist.init_process_group("nccl", device_id=torch.device(group.device(device)), timeout=timeout())
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=timeout())
         atexit.register(dist.destroy_process_group)
         logging.getLogger("robustdeploy").addFilter(_tag(group.rank))
     return group

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from robustdeploy import devices
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.figures import example_figure
@@ -75,8 +76,8 @@ def train_generator(surrogates: list[Surrogate], x: torch.Tensor, y: torch.Tenso
                     ) -> tuple[UNetGenerator, list[dict]]:
     """Alternate discriminator and generator steps over the training images; one history row per epoch."""
     torch.manual_seed(config.seed)
-    generator = UNetGenerator(x.shape[1], config.eps, config.width).to(config.device)
-    critic = Discriminator(x.shape[1]).to(config.device)
+    generator = devices.place(UNetGenerator(x.shape[1], config.eps, config.width), config.device, train=True)
+    critic = devices.place(Discriminator(x.shape[1]), config.device, train=True)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr)
     order_rng = torch.Generator().manual_seed(config.seed)

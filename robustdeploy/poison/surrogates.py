@@ -9,6 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
+from robustdeploy import devices
 from robustdeploy.data import DataConfig, Dataset
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import check_output_dir
@@ -66,7 +67,7 @@ def prepare(specs: tuple[str, ...], data_config: DataConfig, data: Dataset, fold
             record = train(TrainConfig(arch=spec, data=data_config, epochs=epochs, seed=seed, device=device),
                            Path(run))
             model, _ = load_run(Path(run))
-        model.to(device).eval().requires_grad_(False)
+        model = devices.place(model, device)
         found.append(Surrogate(spec, record.spec.arch, model, record.metrics["test_accuracy"], run))
     return found
 

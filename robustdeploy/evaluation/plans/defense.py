@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from robustdeploy import devices
 from robustdeploy.attacks import AttackSpec
 from robustdeploy.attacks import predict as labels
 from robustdeploy.attacks.spec import takes
@@ -81,7 +82,7 @@ def defense_cells(result: Result, stored: dict[str, torch.Tensor], runners: dict
 def baseline_runner(bundle: Bundle, source: str, device: str, batch_size: int):
     """Labels of the undefended baseline named by `oblivious_source` (a run folder, `torch` or `classifier`)."""
     model, _ = oblivious_model(bundle, None if source in ("torch", "classifier") else Path(source))
-    model = (model if model is not None else bundle.reference_model()).to(device).eval().requires_grad_(False)
+    model = devices.place(model if model is not None else bundle.reference_model(), device)
     return lambda x: labels(model, x.to(device), batch_size).cpu()
 
 

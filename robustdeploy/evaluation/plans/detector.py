@@ -121,7 +121,7 @@ def adaptive_sets(session: Session, attack: AdaptiveSqueezeAttack, epsilons: lis
         cached, stored = new_result("detector", session, scorer="detect"), {"x": x, "y": y}
         cached.extra = {"detector": detector_section(session.bundle), "adaptive_attack": attack.params()}
     reused = [eps for eps in epsilons if any(s["eps"] == eps for s in cached.sets)]
-    view = DetectorView(reference_detector(session.bundle).to(session.device).eval().requires_grad_(False))
+    view = DetectorView(session.place(reference_detector(session.bundle)))
     source = Source("torch", OnGrid(view) if realise else view,  # gradients at the 8-bit image it receives
                     lambda z: detectors["torch"].run(z, session.batch_size)[0].argmax(1), stored)
     plan, spec = Plan((AttackSpec(NAME),), (), realise, group=ADAPTIVE), AttackSpec(NAME)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from robustdeploy import devices
 from robustdeploy.attacks.ot_patch import PatchConfig, apply_patch, check_target, craft_patch, random_positions
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import load_dataset
@@ -42,20 +43,23 @@ class PatchEvalConfig:
     seed: int = 0
     data_root: str | None = None
     out: Path | None = None
+    device: str = "cpu"
 
 
-def lgs_runtimes(bundle: Bundle, probe: torch.Tensor) -> list[Runtime]:
+def lgs_runtimes(bundle: Bundle, probe: torch.Tensor, device: str = "cpu") -> list[Runtime]:
     """torch and ort-cpu runtimes of LGS + the bundle's classifier; the ONNX graph is parity-checked."""
     from robustdeploy.export import check_parity, export_onnx
 
-    model = Composite(LocalGradientSmoothing.for_size(bundle.input_shape[-1]), bundle.reference_model()).eval()
+    model = devices.place(Composite(LocalGradientSmoothing.for_size(bundle.input_shape[-1]), bundle.reference_model()),
+                          "cpu")  # parity is checked on the CPU; the torch runtime then places it on `device`
     with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph in memory once opened
         path = Path(tmp) / f"{bundle.name}-lgs.onnx"
         export_onnx(model, bundle.input_shape, path, opset=18, exporter="dynamo")
         report = check_parity(model, path, probe, ParityTolerance(), label="ort-cpu")
         if not report.passed:
             raise CheckFailed(f"LGS + {bundle.name} ONNX graph fails parity: {report.summary()}")
-        return [TorchRuntime(RuntimeSpec("torch", "fp32"), model), OrtRuntime(RuntimeSpec("ort-cpu", "fp32"), path)]
+        return [TorchRuntime(RuntimeSpec("torch", "fp32"), model, device),
+                OrtRuntime(RuntimeSpec("ort-cpu", "fp32"), path)]
 
 
 def patch_runners(result: Result, probe: torch.Tensor, device: str = "cpu") -> dict[str, Runtime]:
@@ -65,7 +69,7 @@ def patch_runners(result: Result, probe: torch.Tensor, device: str = "cpu") -> d
         bundle = load_bundle(Path(path))
         found.update({f"{bundle.name}/{name}": create_runtime(bundle, name, device=device) for name in RUNTIMES})
         if result.extra["lgs"]:  # beside the bare model, so LGS's own cost on clean images shows
-            found.update({f"{bundle.name}/{r.label}+lgs": r for r in lgs_runtimes(bundle, probe)})
+            found.update({f"{bundle.name}/{r.label}+lgs": r for r in lgs_runtimes(bundle, probe, device)})
     return found
 
 
@@ -87,7 +91,7 @@ def patch_cells(result: Result, stored: dict[str, torch.Tensor], runners: dict[s
 def evaluate_patch(config: PatchEvalConfig) -> tuple[Result, torch.Tensor]:
     """Craft on the source bundle's train split (PyTorch graph), score on every bundle x runtime; returns the patch."""
     session = open_session(SessionConfig(config.source, RUNTIMES, config.limit, seed=config.seed,
-                                         data_root=config.data_root))
+                                         data_root=config.data_root, device=config.device))
     source = session.bundle
     check_target(config.patch.target, len(source.classes))
     if config.lgs:
@@ -103,7 +107,7 @@ def evaluate_patch(config: PatchEvalConfig) -> tuple[Result, torch.Tensor]:
     data_config = source.data if config.data_root is None else \
         type(source.data)(**{**source.data.to_dict(), "data_root": config.data_root})
     train = load_dataset(data_config).split("train")
-    crafted = craft_patch(session.reference, train.x, train.y, config.patch)
+    crafted = craft_patch(session.reference, train.x, train.y, config.patch, session.device)
     keep = session.test.y != config.patch.target
     x, y = session.test.x[keep], session.test.y[keep]
     generator = torch.Generator().manual_seed(config.seed)
@@ -115,7 +119,7 @@ def evaluate_patch(config: PatchEvalConfig) -> tuple[Result, torch.Tensor]:
                        "needs": "gradients"}]
     result.extra = {"target": config.patch.target, "lgs": config.lgs, "bundles": [str(b.path) for b in bundles],
                     "layers": list(crafted.layers), "losses": crafted.losses}
-    result.cells = patch_cells(result, stored, patch_runners(result, x[:256]))
+    result.cells = patch_cells(result, stored, patch_runners(result, x[:256], session.device))
     result.complete = True
     if config.out is not None:
         save_result(config.out, result, stored)
