@@ -48,6 +48,8 @@ class Placement:
         return spy
 
     def hook(self, module: torch.nn.Module, _args) -> None:
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            return  # ONNX export traces a placed model with stand-in tensors of its own
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         if any(id(t) not in self.placed for t in own):
             self.strays[type(module).__name__] = self.strays.get(type(module).__name__, 0) + 1
@@ -129,10 +131,13 @@ def test_poisoning(placement, poisons, tmp_path):
     evaluate_poison(PoisonEvalConfig(poisons, ("cnn",), (0.5,), epochs=1, out=tmp_path / "eval"))
 
 
-def test_a_cuda_run_computes_in_full_fp32_and_says_so(monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    assert devices.pin_numerics("cpu")["cudnn_allow_tf32"]  # a CPU run leaves the flags alone
-    flags = devices.pin_numerics("cuda:1")
-    assert not flags["cudnn_allow_tf32"] and not flags["cuda_matmul_allow_tf32"]
-    assert not torch.backends.cudnn.allow_tf32 and flags == devices.numerics()
+def test_a_cuda_run_computes_in_full_fp32_and_says_so():
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:  # torch's flag objects resolve these names dynamically: set and restore them by hand
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        assert devices.pin_numerics("cpu")["cudnn_allow_tf32"]  # a CPU run leaves the flags alone
+        flags = devices.pin_numerics("cuda:1")
+        assert not flags["cudnn_allow_tf32"] and not flags["cuda_matmul_allow_tf32"]
+        assert not torch.backends.cudnn.allow_tf32 and flags == devices.numerics()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
