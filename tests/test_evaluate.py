@@ -129,6 +129,28 @@ def test_windows_give_the_numbers_and_examples_of_one_pass(bundle_dir, tmp_path)
                             out=tmp_path / "m.json"))
 
 
+def test_a_finished_window_is_reused_on_resume(bundle_dir, tmp_path, monkeypatch, caplog):
+    """Interrupted after its first window finished, a windowed run resumes with that window (matched against the
+    run's settings, not refused as other settings) and gives the uninterrupted result."""
+    from robustdeploy.evaluation import shards
+
+    settings = dict(bundle=bundle_dir, epsilons=(0.1,), limit=64, batch_size=16, window=32,
+                    attack_params={"steps": 5})
+    one = evaluate(EvalConfig(**settings, out=tmp_path / "one.json"))
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards, "release_memory", interrupt)  # called once the first window is finished
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(EvalConfig(**settings, out=tmp_path / "w.json"))
+    monkeypatch.undo()
+    with caplog.at_level("INFO", logger="robustdeploy"):
+        resumed = evaluate(EvalConfig(**settings, out=tmp_path / "w.json", resume=True))
+    assert "already finished" in caplog.text
+    assert resumed.cells == one.cells and resumed.complete
+
+
 def test_resume_keeps_finished_sets(bundle_dir, tmp_path):
     out = tmp_path / "r.json"
     first = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("ort-cpu",), epsilons=(0.1,), limit=60, out=out))

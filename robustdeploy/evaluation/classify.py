@@ -55,15 +55,21 @@ def on_device(session: Session, plans: list[Plan]) -> list[Plan]:
     return [p if p.source_model is None else replace(p, source_model=session.place(p.source_model)) for p in plans]
 
 
+def described(result: Result, session: Session, plans: list[Plan]) -> list[tuple[list, str]]:
+    """The plans' attacks, built; `result` records them and their norm (what a resumed file is matched against)."""
+    built = [build(p, session.config.seed, session.test.x[0].numel()) for p in plans]
+    result.attacks = [a for p, (attacks, _) in zip(plans, built) for a in describe(p, attacks)]
+    result.norm = built[0][1]
+    return built
+
+
 def run_plans(result: Result, session: Session, plans: list[Plan], out: Path, resume: bool,
               check: bool = True) -> dict[str, torch.Tensor]:
     """Craft every plan into one store, saving after each set; with `resume`, keep what `out` already has."""
     plans = on_device(session, plans)
     stored = {"x": session.test.x, "y": session.test.y}
-    built = [build(p, session.config.seed, session.test.x[0].numel()) for p in plans]
+    built = described(result, session, plans)
     check_output(out, "--out")  # once the plans are known to be sound, before anything is written
-    result.attacks = [a for p, (attacks, _) in zip(plans, built) for a in describe(p, attacks)]
-    result.norm = built[0][1]
     for plan, (attacks, _) in zip(plans, built):
         require_gradient_source(session, plan, attacks)
     result.checks = masking_checks(result, session, plans[0].source_model) if check else []
@@ -169,6 +175,7 @@ def run_window(part: Session, plans: list[Plan], out: Path, resume: bool, which:
         shards.save_outcomes(path, outcomes)  # last: a window with outcomes is finished
         log.info("window %s (samples %d-%d) finished -> %s", which, start, stop, path)
     else:
+        described(window, part, plans)  # a finished window is matched against these settings, not an empty result
         window = load_matching(path, window)[0]
         log.info("window %s (samples %d-%d) already finished in %s", which, start, stop, path)
     return shards.Window(start, stop, path, window, outcomes)
