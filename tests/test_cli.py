@@ -63,7 +63,8 @@ def test_ctrl_c_keeps_finished_sets_and_resume_completes(bundle_dir, tmp_path):
 
     out = tmp_path / "r.json"
     args = [sys.executable, "-m", "robustdeploy", "evaluate", bundle_dir, "-r", "ort-cpu", "--attack", "pgd",
-            "--attack", "square", "--eps", "0.1", "--limit", "60", "--out", out]
+            "--attack", "square", "--attack-opt", "max_queries=300", "--eps", "0.1", "--limit", "60",
+            "--out", out]
     # a shell's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt: reset it
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
