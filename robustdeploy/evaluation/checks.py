@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from robustdeploy.attacks.base import loss_per_sample
+from robustdeploy.collapse import dominant_class
 
 UNBOUNDED_SUCCESS = 99.0  # percent an unbounded attack must reach
 TOLERANCE = 1.0  # percentage points of accuracy we do not call a violation
@@ -72,6 +73,19 @@ def masking_defense(defense: str, losses: set[str]) -> Check:
     return Check("masking_defense", not masked, "the bundle was trained with defensive distillation, whose saturated "
                  "softmax hides the ce gradient: use --loss margin (Carlini and Wagner 2017)" if masked
                  else f"defense {defense!r} masks no loss the attack uses")
+
+
+def prediction_spread(predicted: torch.Tensor, y: torch.Tensor, num_classes: int,
+                      classes: tuple[str, ...] = ()) -> Check:
+    """Clean predictions concentrated on one class (a collapsed model): every accuracy it keeps is that class's
+    share of the labels, and robust-accuracy gains over a baseline mean nothing."""
+    top = dominant_class(predicted, y, num_classes)
+    name = classes[top.label] if top.label < len(classes) else str(top.label)
+    return Check("prediction_spread", not top.collapsed,
+                 f"class {name!r} takes {top.share:.0f}% of the clean predictions but {top.true_share:.0f}% of the "
+                 "labels: a collapsed, near-constant model whose robust accuracy means nothing; retrain it "
+                 "(`robustdeploy train` refuses such a model)" if top.collapsed
+                 else f"no class takes more than {top.share:.0f}% of the clean predictions")
 
 
 def outputs_are_logits(logits: torch.Tensor, declared: str = "logits") -> Check:
