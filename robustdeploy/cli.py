@@ -66,6 +66,9 @@ def train(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     batch_size: opt.BatchSize = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    lr_schedule: Annotated[str | None, typer.Option(help="Learning rate per batch: constant, cosine (to 0) or step "
+                                                         "(x0.1 at 1/2 and 3/4); default cosine for adv-train "
+                                                         "--inner madry, else constant.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<arch>-<dataset>).")] = None,
     data_root: opt.DataRoot = None,
     download: Annotated[bool, typer.Option(help="Download a torchvision dataset into --data-root.")] = False,
@@ -78,6 +81,10 @@ def train(
     temperature: Annotated[float | None, typer.Option(help="Distillation temperature T (default 100).")] = None,
     eps: Annotated[float | None, typer.Option(help="Adv-train L-inf budget in pixel units (required).")] = None,
     attack_steps: Annotated[int | None, typer.Option(help="Adv-train PGD steps (default 40).")] = None,
+    attack_step_size: Annotated[float | None, typer.Option(help="Adv-train madry/trades: PGD step in pixel units "
+                                                                "(default 2.5 * eps / steps).")] = None,
+    eps_ramp: Annotated[int | None, typer.Option(help="Adv-train: epochs over which eps grows linearly from 0 "
+                                                      "(default: a third of --epochs for madry, else 0).")] = None,
     base: Annotated[Path | None, typer.Option(help="Purifier, transfer: reuse this trained classifier run.")]
     = None,
     train_attack: Annotated[str | None, typer.Option(help="Adv-train, --inner early-stop: the gradient attack "
@@ -101,10 +108,12 @@ def train(
     data = DataConfig(name=dataset, data_root=data_root, seed=seed, val_fraction=val_fraction,
                       image_size=image_size, download=download)
     given = {"temperature": temperature, "eps": eps, "attack_steps": attack_steps, "base": base,
-             "attack": train_attack, "inner": inner, "beta": beta, "purifier": purifier}
+             "attack": train_attack, "inner": inner, "beta": beta, "purifier": purifier, "eps_ramp": eps_ramp,
+             "attack_step_size": attack_step_size}
     if poison_rate is not None and poison is None:
         raise RobustDeployError("--poison-rate needs --poison POISON_SET")
-    config = TrainConfig(arch=arch, data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+    config = TrainConfig(arch=arch, data=data, epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+                         seed=seed,
                          device=device, defense=defense,
                          defense_params={k: str(v) if k == "base" else v for k, v in given.items() if v is not None},
                          poison=str(poison) if poison else None, poison_rate=1.0 if poison_rate is None

@@ -7,13 +7,20 @@ from pathlib import Path
 
 import torch
 
+from robustdeploy.collapse import diagnose
 from robustdeploy.data import load_dataset
 from robustdeploy.defenses import DEFENSES
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import check_output_dir, exclusive_outputs, versions
 from robustdeploy.poison.mix import check_rate, poison_dataset
 from robustdeploy.poison.store import load_poison_set
-from robustdeploy.train import RunRecord, TrainConfig, accuracy, save_run
+from robustdeploy.train import RunRecord, TrainConfig, accuracy, check_lr_schedule, predict, save_run
+
+# what to try when a defense's training collapses (issue 21); the key is the defense, then its inner maximisation
+COLLAPSE_FIX = {
+    "adv-train": "ramp the budget up (--eps-ramp EPOCHS), lower --lr (e.g. 1e-4) or use --inner trades",
+    "distillation": "lower --temperature or train more --epochs",
+}
 
 
 def _validate(config: TrainConfig) -> None:
@@ -26,6 +33,7 @@ def _validate(config: TrainConfig) -> None:
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise RobustDeployError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
     DEFENSES.get(config.defense)
+    check_lr_schedule(config.lr_schedule)
     check_rate(config.poison_rate)
 
 
@@ -45,6 +53,7 @@ def train(config: TrainConfig, out: Path) -> RunRecord:
     start = time.perf_counter()
     trained = DEFENSES.create(config.defense, config=config, data=data, **config.defense_params)
     model, spec, losses, defense_info = trained.model, trained.spec, trained.losses, trained.info
+    refuse_collapse(model, data, losses, config)
     metrics = {
         "train_loss": losses,
         "train_seconds": round(time.perf_counter() - start, 3),
@@ -54,3 +63,13 @@ def train(config: TrainConfig, out: Path) -> RunRecord:
     record = RunRecord(out.name, spec, config.data, data.classes, config.to_dict(), metrics, versions())
     save_run(model.cpu(), record, out)
     return record
+
+
+def refuse_collapse(model: torch.nn.Module, data, losses: list[float], config: TrainConfig) -> None:
+    """Refuse a model that predicts (nearly) one class: no run folder for a model no evaluation can trust."""
+    cause = diagnose(predict(model, data.val, device=config.device), data.val.y, len(data.classes), losses,
+                     data.classes)
+    if cause is not None:
+        fix = COLLAPSE_FIX.get(config.defense, "lower --lr, train more --epochs, or check the data and labels")
+        raise RobustDeployError(f"training collapsed to a near-constant classifier ({cause}); no run was written: "
+                                f"{fix}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,18 @@ from robustdeploy.progress import progress
 
 RUN_FORMAT = "robustdeploy-run/1"
 log = logging.getLogger("robustdeploy")
+# learning-rate factor at training progress t in [0, 1), applied per batch: constant; cosine annealing to 0
+# (Loshchilov & Hutter, ICLR 2017, arXiv:1608.03983); step: x0.1 at half and at three quarters of training
+LR_SCHEDULES = {
+    "constant": lambda t: 1.0,
+    "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
+    "step": lambda t: 1.0 if t < 0.5 else 0.1 if t < 0.75 else 0.01,
+}
+
+
+def check_lr_schedule(name: str | None) -> None:
+    if name is not None and name not in LR_SCHEDULES:
+        raise RobustDeployError(f"unknown --lr-schedule {name!r}; use one of {', '.join(LR_SCHEDULES)}")
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
+    lr_schedule: str | None = None  # a name in LR_SCHEDULES; None: the defense's default (constant for most)
     weight_decay: float = 0.0
     seed: int = 0
     device: str = "cpu"
@@ -80,12 +94,15 @@ class RunRecord:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: Split, batch_size: int = 512, device: str = "cpu") -> float:
+def predict(model: nn.Module, split: Split, batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
+    """The model's labels on a split (on the CPU)."""
     model.eval()
-    correct = 0
-    for i in range(0, len(split), batch_size):
-        logits = model(split.x[i : i + batch_size].to(device))
-        correct += int((logits.argmax(1).cpu() == split.y[i : i + batch_size]).sum())
+    return torch.cat([model(split.x[i : i + batch_size].to(device)).argmax(1).cpu()
+                      for i in range(0, len(split), batch_size)] or [torch.zeros(0, dtype=torch.long)])
+
+
+def accuracy(model: nn.Module, split: Split, batch_size: int = 512, device: str = "cpu") -> float:
+    correct = int((predict(model, split, batch_size, device) == split.y).sum())
     return 100.0 * correct / max(1, len(split))
 
 
@@ -96,11 +113,15 @@ def fit(
     loss_fn=None,
     desc: str = "train",
 ) -> list[float]:
-    """Adam over the training split; `loss_fn(model, x, y) -> loss` lets defenses change the objective."""
+    """Adam over the training split, its learning rate following `config.lr_schedule` batch by batch;
+    `loss_fn(model, x, y) -> loss` lets defenses change the objective."""
     loss_fn = loss_fn or (lambda m, x, y: nn.functional.cross_entropy(m(x), y))
     generator = torch.Generator().manual_seed(config.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n = len(data.train)
+    factor = LR_SCHEDULES[config.lr_schedule or "constant"]
+    total_steps = config.epochs * math.ceil(n / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: factor(min(step / total_steps, 1.0)))
     losses = []
     for _, bar in progress(config.epochs, desc, unit="epoch", lines=config.epochs):
         model.train()
@@ -115,6 +136,7 @@ def fit(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            scheduler.step()
             total += float(loss.detach()) * len(idx)
         losses.append(total / n)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{accuracy(model, data.val, device=config.device):.1f}%")

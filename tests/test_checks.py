@@ -25,7 +25,7 @@ def test_gradient_and_probability_checks(bundle_dir, digits):
     with torch.no_grad():
         right = int((Rounded(model)(x).argmax(1) == y).sum())
     assert not masked.passed and f"{right} of {right} correctly" in masked.detail and "ce loss" in masked.detail
-    assert "--loss margin" in masked.detail
+    assert "black-box attack" in masked.detail  # rounding masks every loss, the margin too
     with torch.no_grad():
         logits = model(x)
     assert checks.outputs_are_logits(logits).passed

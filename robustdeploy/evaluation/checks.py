@@ -10,9 +10,11 @@ from dataclasses import dataclass
 import torch
 
 from robustdeploy.attacks.base import loss_per_sample
+from robustdeploy.collapse import dominant_class
 
 UNBOUNDED_SUCCESS = 99.0  # percent an unbounded attack must reach
 TOLERANCE = 1.0  # percentage points of accuracy we do not call a violation
+MASKED_SHARE = 5.0  # percent of correctly classified samples with vanishing input gradients that still pass
 
 
 @dataclass(frozen=True)
@@ -45,25 +47,49 @@ def unbounded_success(success: dict[tuple[str, float], float], norm: str, input_
                  + "; ".join(low) if low else "the unbounded budget reaches ~100% success")
 
 
-def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "margin",
-                    floor: float = 1e-10, batch_size: int = 256, device: str = "cpu") -> Check:
-    """Share of the samples the attack works on (correctly classified ones) whose input gradient of the attack's
-    own loss on the PyTorch graph is (near) zero."""
-    attacked, zero = [], []
+def _vanishing(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, losses: tuple[str, ...], floor: float,
+               batch_size: int, device: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Correctly classified samples, and per loss which of them have an input-gradient norm at most `floor`;
+    plus the spread of the logits over the samples (zero: the output ignores the input)."""
+    attacked, zero, logits_seen = [], {loss: [] for loss in losses}, []
     for i in range(0, len(x), batch_size):  # memory bounded by the batch, not the split
         xb = x[i : i + batch_size].to(device).detach().clone().requires_grad_(True)
         yb = y[i : i + batch_size].to(device)
         with torch.enable_grad():
             logits = model(xb)
-            grad, = torch.autograd.grad(loss_per_sample(logits, yb, loss).sum(), xb)
+            for loss in losses:
+                grad, = torch.autograd.grad(loss_per_sample(logits, yb, loss).sum(), xb, retain_graph=True)
+                zero[loss].append((grad.flatten(1).norm(dim=1) <= floor).cpu())
         attacked.append((logits.argmax(1) == yb).cpu())
-        zero.append((grad.flatten(1).norm(dim=1) <= floor).cpu() & attacked[-1])
-    attacked, zero = torch.cat(attacked), torch.cat(zero)
-    n, fix = int(attacked.sum()), "use --loss margin or dlr" if loss == "ce" else "use a black-box attack"
-    return Check("input_gradients", not zero.any(),
-                 f"{int(zero.sum())} of {n} correctly classified samples ({100.0 * int(zero.sum()) / max(1, n):.1f}%) "
-                 f"have zero or vanishing input gradients of the {loss} loss (gradient masking: {fix})" if zero.any()
-                 else f"input gradients of the {loss} loss are non-zero on all {n} correctly classified samples")
+        logits_seen.append(logits.detach().cpu())
+    right = torch.cat(attacked)
+    spread = torch.cat(logits_seen).std(0).max() if len(x) > 1 else torch.tensor(1.0)
+    return right, {loss: torch.cat(z) & right for loss, z in zero.items()}, spread
+
+
+def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "margin",
+                    floor: float = 1e-10, batch_size: int = 256, device: str = "cpu") -> Check:
+    """Share of the samples the attack works on (correctly classified ones) whose input gradient of the attack's
+    own loss on the PyTorch graph is (near) zero. Up to MASKED_SHARE % pass: a well-trained CNN saturates the
+    softmax of a few very confident samples (4 of 293 on MNIST), which is no masking. The advice follows the
+    cause: an output that ignores the input (retrain), a saturated softmax whose margin still has a gradient
+    (defensive distillation: --loss margin), or a gradient that vanishes for every loss (a black-box attack)."""
+    losses = (loss,) if loss != "ce" else ("ce", "margin")
+    right, zero, spread = _vanishing(model, x, y, losses, floor, batch_size, device)
+    n, count = int(right.sum()), int(zero[loss].sum())
+    share = 100.0 * count / max(1, n)
+    if float(spread) <= floor:
+        fix = "the model's output does not depend on its input (a collapsed model): retrain it"
+    elif loss == "ce" and 100.0 * int(zero["margin"].sum()) / max(1, n) <= MASKED_SHARE:
+        fix = "a saturated softmax, as defensive distillation leaves, while the margin keeps its gradient: " \
+              "use --loss margin or dlr"
+    else:
+        fix = "gradient masking for every loss: use a black-box attack (square) or BPDA through the masking layer"
+    return Check("input_gradients", share <= MASKED_SHARE,
+                 f"{count} of {n} correctly classified samples ({share:.1f}%, more than {MASKED_SHARE:g}%) have zero "
+                 f"or vanishing input gradients of the {loss} loss ({fix})" if share > MASKED_SHARE
+                 else f"input gradients of the {loss} loss vanish on {count} of {n} correctly classified samples "
+                 f"({share:.1f}%, at most {MASKED_SHARE:g}%: saturated confident samples, no masking)")
 
 
 def masking_defense(defense: str, losses: set[str]) -> Check:
@@ -72,6 +98,19 @@ def masking_defense(defense: str, losses: set[str]) -> Check:
     return Check("masking_defense", not masked, "the bundle was trained with defensive distillation, whose saturated "
                  "softmax hides the ce gradient: use --loss margin (Carlini and Wagner 2017)" if masked
                  else f"defense {defense!r} masks no loss the attack uses")
+
+
+def prediction_spread(predicted: torch.Tensor, y: torch.Tensor, num_classes: int,
+                      classes: tuple[str, ...] = ()) -> Check:
+    """Clean predictions concentrated on one class (a collapsed model): every accuracy it keeps is that class's
+    share of the labels, and robust-accuracy gains over a baseline mean nothing."""
+    top = dominant_class(predicted, y, num_classes)
+    name = classes[top.label] if top.label < len(classes) else str(top.label)
+    return Check("prediction_spread", not top.collapsed,
+                 f"class {name!r} takes {top.share:.0f}% of the clean predictions but {top.true_share:.0f}% of the "
+                 "labels: a collapsed, near-constant model whose robust accuracy means nothing; retrain it "
+                 "(`robustdeploy train` refuses such a model)" if top.collapsed
+                 else f"no class takes more than {top.share:.0f}% of the clean predictions")
 
 
 def outputs_are_logits(logits: torch.Tensor, declared: str = "logits") -> Check:

@@ -189,8 +189,9 @@ def masking_checks(result: Result, session: Session, source: torch.nn.Module | N
     found = [checks.input_gradients(model, session.test.x, session.test.y, loss,
                                     batch_size=session.batch_size, device=session.device)
              for loss in sorted(losses or {"margin"}) if model is not None]
-    found += [checks.outputs_are_logits(session.runtimes[0].logits(session.test.x, session.batch_size),
-                                        session.bundle.manifest.get("output", {}).get("meaning", "logits")),
+    logits = session.runtimes[0].logits(session.test.x, session.batch_size)
+    found += [checks.outputs_are_logits(logits, session.bundle.manifest.get("output", {}).get("meaning", "logits")),
+              checks.prediction_spread(logits.argmax(1), session.test.y, logits.shape[1], session.bundle.classes),
               checks.masking_defense(session.bundle.defense, losses)]
     for c in (c for c in found if not c.passed):
         log.warning("warning: check %s failed: %s", c.name, c.detail)

@@ -4,7 +4,12 @@ Carlini and Wagner 2017), scored on every runtime. Both are the same cascade (th
 APGD-DLR and APGD-T, as AutoAttack closes, Croce & Hein 2020); crafted on the undefended baseline it is also
 the baseline's own white-box attack, so the verdict compares like with like: the defense under the adaptive
 cascade against the baseline under the same cascade. For adversarial training the adaptive number is the
-own-gradient one, which is the defense's claim."""
+own-gradient one, which is the defense's claim.
+
+The verdict rests on a paired interval (issue 21): the per-sample outcomes of the defense under the adaptive
+cascade and of the baseline under the same cascade, on the same samples, compared by a paired bootstrap; a gain
+whose interval includes 0 is "inconclusive", and a clean-accuracy loss of more than CLEAN_COST points is named in
+the same sentence as any gain."""
 
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ from robustdeploy.defenses.purify import adaptive_source
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.classify import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.craft import Plan
+from robustdeploy.evaluation.paired import Paired, paired_difference
 from robustdeploy.evaluation.results import Result, save_result
-from robustdeploy.evaluation.score import predictions, score_cascade
+from robustdeploy.evaluation.score import pick, predictions, score_cascade
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import exclusive_outputs
 from robustdeploy.train import load_run
@@ -31,7 +37,7 @@ from robustdeploy.train import load_run
 ADAPTIVE_LOSS = {"distillation": "margin"}
 # close every cascade, as AutoAttack does: APGD on the scale-invariant DLR loss, then targeted over 9 classes
 CLOSING = (AttackSpec("apgd", {"loss": "dlr"}, "apgd:dlr"), AttackSpec("apgd-t", {}, "apgd-t"))
-BEYOND_BASELINE = 5.0  # accuracy points above the baseline, under the same adaptive cascade, that count as robust
+CLEAN_COST = 5.0  # clean accuracy points below the baseline's that a verdict names as the defense's cost
 OBLIVIOUS_ONLY_GAP = 10.0  # accuracy points lost from oblivious to adaptive that mark a defense as oblivious-only
 BASELINE = "baseline"  # the runtime label of the undefended baseline's cells
 
@@ -90,19 +96,45 @@ def _worst(result: Result, runtime: str, group: str) -> dict:
     return [c for c in result.cells if c["runtime"] == runtime and c["attack"].split(":")[0] == group][-1]
 
 
-def verdicts(result: Result) -> dict[str, str]:
-    """Per runtime: does the defense beat the undefended baseline under the same adaptive cascade?"""
-    base = _worst(result, BASELINE, "oblivious")["robust_accuracy"]
-    found = {}
-    for runtime in result.runtime_labels():
-        adaptive = _worst(result, runtime, "adaptive")["robust_accuracy"]
-        gap = _worst(result, runtime, "oblivious")["robust_accuracy"] - adaptive
-        if adaptive - base >= BEYOND_BASELINE:
-            found[runtime] = f"robust beyond the baseline (+{adaptive - base:.1f} points under the adaptive attack)"
-        else:
-            found[runtime] = "no robustness beyond the baseline" + \
-                (" (resists oblivious attacks only)" if gap >= OBLIVIOUS_ONLY_GAP else "")
+def outcomes(result: Result, stored: dict[str, torch.Tensor], runners: dict, baseline) -> dict[str, torch.Tensor]:
+    """Per sample, robust or not: each runtime under the adaptive cascade, the baseline under the oblivious one
+    (crafted on it: its own white-box cascade)."""
+    predict = predictions({**runners, BASELINE: baseline}, stored)
+    eps, y, found = result.epsilons[0], stored["y"], {}
+    for runtime, group in [*((r, "adaptive") for r in result.runtime_labels()), (BASELINE, "oblivious")]:
+        robust = predict(runtime, "x") == y
+        for s in pick([s for s in result.sets if s["group"] == group], runtime, eps):
+            robust = robust & (predict(runtime, s["key"]) == y)
+        found[runtime] = robust
     return found
+
+
+def verdict(paired: Paired, clean: float, base_clean: float, gap: float) -> str:
+    """One sentence: beyond the baseline (interval above 0), none (at or below 0) or inconclusive, with the
+    evidence, and the clean-accuracy cost when it exceeds CLEAN_COST points."""
+    evidence = f"{paired.difference:+.1f} points under the adaptive attack, {paired.interval()}"
+    cost = (f", at a cost of {base_clean - clean:.1f} points of clean accuracy ({clean:.1f}% vs the baseline's "
+            f"{base_clean:.1f}%)" if base_clean - clean > CLEAN_COST else "")
+    if paired.low > 0:
+        return f"robust beyond the baseline ({evidence}){cost}"
+    if paired.high <= 0:
+        oblivious_only = "; resists oblivious attacks only" if gap >= OBLIVIOUS_ONLY_GAP else ""
+        return f"no robustness beyond the baseline ({evidence}{oblivious_only}){cost}"
+    return f"inconclusive: the interval includes 0 ({evidence}){cost}"
+
+
+def verdicts(result: Result, robust: dict[str, torch.Tensor]) -> tuple[dict[str, str], dict[str, dict]]:
+    """Per runtime: does the defense beat the undefended baseline under the same adaptive cascade, on the same
+    samples? The verdicts, and the paired comparisons they rest on."""
+    base_clean = _worst(result, BASELINE, "oblivious")["clean_accuracy"]
+    found, evidence = {}, {}
+    for runtime in result.runtime_labels():
+        paired = paired_difference(robust[runtime], robust[BASELINE], seed=result.seed)
+        adaptive = _worst(result, runtime, "adaptive")
+        gap = _worst(result, runtime, "oblivious")["robust_accuracy"] - adaptive["robust_accuracy"]
+        found[runtime] = verdict(paired, adaptive["clean_accuracy"], base_clean, gap)
+        evidence[runtime] = asdict(paired)
+    return found, evidence
 
 
 @exclusive_outputs
@@ -124,7 +156,8 @@ def evaluate_defense(config: DefenseEvalConfig) -> Result:
                          "oblivious_source": str(config.baseline) if config.baseline else source})
     baseline = baseline_runner(session.bundle, result.extra["oblivious_source"], config.device, config.batch_size)
     result.cells = defense_cells(result, stored, session.runners(), baseline)
-    result.extra["verdicts"] = verdicts(result)
+    robust = outcomes(result, stored, session.runners(), baseline)
+    result.extra["verdicts"], result.extra["paired"] = verdicts(result, robust)
     result.complete = True
     save_result(out, result, stored)
     return result

@@ -1,0 +1,32 @@
+"""input_gradients: no false alarm on a well-trained CNN; a distilled or constant model fails with fitting advice."""
+
+import torch
+
+from robustdeploy.bundle import load_bundle
+from robustdeploy.evaluation import checks
+from robustdeploy.recipe import train
+from robustdeploy.train import TrainConfig, load_run
+
+
+def test_a_well_trained_cnn_passes_with_every_loss(bundle_dir, digits):
+    model = load_bundle(bundle_dir).reference_model().requires_grad_(False)
+    for loss in ("ce", "margin", "dlr"):
+        check = checks.input_gradients(model, digits.test.x, digits.test.y, loss)
+        assert check.passed, check.detail
+
+
+def test_a_distilled_model_is_told_to_use_the_margin(tmp_path, digits):
+    train(TrainConfig(epochs=3, defense="distillation", defense_params={"temperature": 100}), tmp_path / "run")
+    model = load_run(tmp_path / "run")[0].requires_grad_(False)
+    check = checks.input_gradients(model, digits.test.x, digits.test.y, "ce")
+    assert not check.passed and "saturated softmax" in check.detail and "--loss margin" in check.detail
+    assert checks.input_gradients(model, digits.test.x, digits.test.y, "margin").passed
+
+
+def test_a_constant_model_is_told_to_retrain(digits):
+    constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+        constant[1].bias.copy_(torch.nn.functional.one_hot(digits.test.y[0], 10).float())
+    check = checks.input_gradients(constant, digits.test.x, digits.test.y, "ce")
+    assert not check.passed and "does not depend on its input" in check.detail and "retrain" in check.detail
