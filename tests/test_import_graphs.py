@@ -190,3 +190,26 @@ def test_a_20_class_model_scores_a_3_class_folder_by_name_and_by_map(weights, di
         import_onnx(ImportConfig(out=tmp_path / "bad", data=DataConfig("imagefolder", str(renamed),
                                                                        preprocessing=DIGITS),
                                  classes_file=names, class_map=mapping), file)
+
+
+def shared_mnist() -> Path | None:
+    """The real MNIST test set in `shared/data/mnist` beside the checkout (or beside its worktree folder)."""
+    root = Path(__file__).resolve().parents[1]
+    return next((p / "shared" / "data" / "mnist" for p in root.parents[:2]
+                 if (p / "shared" / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz").is_file()), None)
+
+
+def test_the_model_zoo_mnist_file_imports_without_hand_edits(tmp_path):
+    """The ONNX Model Zoo's MNIST CNN as first committed (opset 1, batch 1, SAME_UPPER, Constant-node weights,
+    pixels in [0, 1]): upgraded, converted with gradients, and agreeing 100 % with ort-cpu on real MNIST."""
+    data_root = shared_mnist()
+    if data_root is None:
+        pytest.skip("the MNIST test set is not in ../shared/data/mnist")
+    file = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo" / "onnx-models-mnist-2018.onnx"
+    bundle = import_onnx(ImportConfig(out=tmp_path / "zoo", parity_limit=100, data=DataConfig(
+        "mnist", str(data_root), preprocessing=Preprocessing((1, 28, 28)))), file)
+    assert bundle.gradients == "onnx2torch" and bundle.graph_batch == 1
+    assert bundle.manifest["source"]["opset"] == 1 and bundle.manifest["opset"] == 13
+    assert {r["rewrite"] for r in bundle.manifest["gradients"]["rewrites"]} == {"constants", "auto_pad", "batch"}
+    agree, accuracy = agreement(bundle.path, 100)
+    assert agree == 100.0 and accuracy > 95, (agree, accuracy)
