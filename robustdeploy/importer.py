@@ -326,7 +326,7 @@ def import_onnx(config: ImportConfig, onnx_file: Path) -> Bundle:
         else:
             reference, gradients = "model.onnx", _converted(tmp / "model.onnx", pre, test.x, config.tolerance)
             model = OnnxScores(tmp / "model.onnx", pre) if gradients["source"] == "none" else \
-                convert_onnx(tmp / "model.onnx", pre)
+                convert_onnx(tmp / "model.onnx", pre, fixed_batch_twin=gradients["twin_batch"] is not None)
         variants, failed, _ = build_variants(model, tmp, test.x, dataset.train.x, config.variants, config.tolerance,
                                              interface.input_name, pre, REFERENCE_NAMES[gradients["source"]])
         manifest = bundle_manifest(

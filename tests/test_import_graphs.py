@@ -31,7 +31,7 @@ def weights() -> dict[str, np.ndarray]:
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                               torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 20))
     optimiser = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(4):
+    for _ in range(2):
         for i in range(0, len(train), 64):
             optimiser.zero_grad()
             torch.nn.functional.cross_entropy(net(train.x[i : i + 64]), train.y[i : i + 64]).backward()
@@ -42,7 +42,7 @@ def weights() -> dict[str, np.ndarray]:
 
 
 def zoo_graph(weights: dict, path: Path, *, batch: int | str = "n", auto_pad: str = "NOTSET", opset: int = 17,
-              classes: int = 10, external: bool = False) -> Path:
+              classes: int = 10, external: bool = False, flat: int = 128) -> Path:
     """The layout of the Model Zoo's MNIST CNN: Conv - Relu - MaxPool - Reshape([batch, -1]) - MatMul - Add (opset
     6 and older: Flatten - Gemm, as Add had no numpy broadcasting then)."""
     import onnx
@@ -59,7 +59,7 @@ def zoo_graph(weights: dict, path: Path, *, batch: int | str = "n", auto_pad: st
         nodes += [helper.make_node("Flatten", ["p"], ["v"]),
                   helper.make_node("Gemm", ["v", "fc", "fc_b"], ["out"], broadcast=1)]
     else:
-        init.append(numpy_helper.from_array(np.array([batch if isinstance(batch, int) else -1, 128], np.int64),
+        init.append(numpy_helper.from_array(np.array([batch if isinstance(batch, int) else -1, flat], np.int64),
                                             "shape"))
         nodes += [helper.make_node("Reshape", ["p", "shape"], ["v"]), helper.make_node("MatMul", ["v", "fc"], ["m"]),
                   helper.make_node("Add", ["m", "fc_b"], ["out"])]
@@ -85,23 +85,28 @@ def agreement(bundle_dir: Path, n: int = 120) -> tuple[float, float]:
     return 100.0 * float((twin == ort).float().mean()), 100.0 * float((ort == test.y).float().mean())
 
 
-@pytest.mark.parametrize("case", ["batch-1", "same-upper", "old-opset", "external-data"])
+@pytest.mark.parametrize("case", ["batch-1", "batch-1-sliced", "same-upper", "old-opset", "external-data"])
 def test_zoo_style_graphs_import_with_gradients_and_agree(case, weights, tmp_path):
-    options = {"batch-1": {"batch": 1}, "same-upper": {"auto_pad": "SAME_UPPER", "batch": 1},
+    options = {"batch-1": {"batch": 1}, "batch-1-sliced": {"batch": 1, "flat": -1},  # [1, -1]: no free batch
+               "same-upper": {"auto_pad": "SAME_UPPER", "batch": 1},
                "old-opset": {"opset": 6, "batch": 1}, "external-data": {"external": True}}[case]
     (tmp_path / "model").mkdir()
     file = zoo_graph(weights, tmp_path / "model" / "m.onnx", **options)
-    bundle = import_onnx(ImportConfig(out=tmp_path / "b", data=DataConfig(preprocessing=DIGITS)), file)
+    bundle = import_onnx(ImportConfig(out=tmp_path / "b", data=DataConfig(preprocessing=DIGITS), parity_limit=60),
+                         file)
     assert bundle.gradients == "onnx2torch", bundle.manifest["gradients"]
-    agree, accuracy = agreement(bundle.path)
+    agree, accuracy = agreement(bundle.path, 60)
     assert agree == 100.0 and accuracy > 80, (agree, accuracy)
     rewrites = [r["rewrite"] for r in bundle.manifest["gradients"]["rewrites"] + bundle.manifest["source"]["rewrites"]]
     if case in ("batch-1", "same-upper"):
         assert bundle.graph_batch == 1 and bundle.manifest["gradients"]["twin_batch"] is None and "batch" in rewrites
         assert ("auto_pad" in rewrites) == (case == "same-upper")
+    if case == "batch-1-sliced":  # the free-batch twin fails at other batch sizes: it runs the batch of 1 in slices
+        assert bundle.graph_batch == 1 and bundle.manifest["gradients"]["twin_batch"] == 1 and "batch" not in rewrites
+    if case.startswith("batch-1") or case == "same-upper":
         twin = bundle.reference_model()
         x = load_dataset(bundle.data).test.x[:5].requires_grad_()
-        twin(x).sum().backward()  # the twin batches freely and gives gradients
+        twin(x).sum().backward()  # the twin takes any number of samples and gives gradients
         assert x.grad.abs().sum() > 0
     if case == "old-opset":
         assert "opset" in rewrites and bundle.manifest["opset"] >= 7 and bundle.manifest["source"]["opset"] == 6
@@ -213,3 +218,16 @@ def test_the_model_zoo_mnist_file_imports_without_hand_edits(tmp_path):
     assert {r["rewrite"] for r in bundle.manifest["gradients"]["rewrites"]} == {"constants", "auto_pad", "batch"}
     agree, accuracy = agreement(bundle.path, 100)
     assert agree == 100.0 and accuracy > 95, (agree, accuracy)
+
+
+def test_a_fixed_batch_of_2_gets_fp16_and_int8_variants_fed_in_pairs(weights, tmp_path):
+    from robustdeploy.variants import VariantConfig
+
+    file = zoo_graph(weights, tmp_path / "m.onnx", batch=2)
+    bundle = import_onnx(ImportConfig(out=tmp_path / "b", data=DataConfig(preprocessing=DIGITS),
+                                      variants=VariantConfig(precisions=("fp32", "fp16", "int8"))), file)
+    assert bundle.graph_batch == 2 and all(v["parity"]["passed"] for v in bundle.variants.values())
+    x = load_dataset(bundle.data).test.x[:7]  # an odd count: the last pair is padded, its padding dropped
+    fp32 = create_runtime(bundle, "ort-cpu").logits(x)
+    assert fp32.shape == (7, 10) and torch.equal(create_runtime(bundle, "ort-cpu").logits(x[6:]), fp32[6:])
+    assert create_runtime(bundle, "ort-cpu:int8").logits(x).shape == (7, 10)
