@@ -118,7 +118,8 @@ def test_fixed_batch_pgd_matches_between_torch_and_ort(weights, tmp_path):
     file = zoo_graph(weights, tmp_path / "m.onnx", batch=1, auto_pad="SAME_UPPER")
     bundle = import_onnx(ImportConfig(out=tmp_path / "b", data=DataConfig(preprocessing=DIGITS)), file)
     result = evaluate(EvalConfig(bundle=bundle.path, runtimes=("torch", "ort-cpu"), attacks=("pgd",),
-                                 epsilons=(0.15,), limit=24, out=tmp_path / "pgd.json"))
+                                 epsilons=(0.15,), attack_params={"steps": 10}, limit=24,
+                                 out=tmp_path / "pgd.json"))
     cells = {c["runtime"]: c for c in result.cells}
     assert cells["torch"]["robust_accuracy"] == cells["ort-cpu"]["robust_accuracy"]
     assert cells["ort-cpu"]["robust_accuracy"] < cells["ort-cpu"]["clean_accuracy"] - 30
