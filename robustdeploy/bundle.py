@@ -117,6 +117,30 @@ def check_onnx_file(path: Path, root: Path, input_shape: tuple[int, int, int] | 
     return external
 
 
+def external_files(path: Path, model=None) -> tuple[str, ...]:
+    """The external-data files `path` refers to, relative to its folder; each must be a plain file inside that
+    folder (no absolute path, no `..`, no symlink), the security boundary a bundle keeps (bundle.check_onnx_file)."""
+    import onnx
+
+    path = Path(path)
+    model = model if model is not None else onnx.load(str(path), load_external_data=False)
+    found: list[str] = []
+    for tensor in _tensors_with_external_data(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        try:
+            file = _inside(path.parent, location)
+        except RobustDeployError:
+            raise RobustDeployError(f"{path.name} keeps weights in {location!r}, outside its folder or a symlink; "
+                                    f"move the external-data file next to {path.name}") from None
+        if not file.is_file():
+            raise RobustDeployError(f"{path.name} keeps weights in {location!r}, which is missing from {path.parent}; "
+                                    "copy it there")
+        found.append(location)
+    return tuple(dict.fromkeys(found))
+
+
 @dataclass(frozen=True)
 class Bundle:
     path: Path
@@ -147,6 +171,11 @@ class Bundle:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.manifest["input"]["shape"][1:])  # type: ignore[return-value]
+
+    @property
+    def graph_batch(self) -> int | None:
+        """The deployment graph's fixed batch size (None: dynamic); its runtimes feed it that many samples a run."""
+        return self.manifest["input"]["shape"][0]
 
     @property
     def variants(self) -> dict:
@@ -187,7 +216,8 @@ class Bundle:
 
         if self.score_only:
             return OnnxScores(reference, self.preprocessing)
-        return convert_onnx(reference, self.preprocessing)
+        fixed = self.manifest["gradients"].get("twin_batch") is not None  # the twin runs the fixed batch in slices
+        return convert_onnx(reference, self.preprocessing, fixed_batch_twin=fixed)
 
 
 def load_bundle(path: Path) -> Bundle:

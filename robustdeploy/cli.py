@@ -190,8 +190,11 @@ Stats = Annotated[str | None, typer.Option(help="Per-channel values, comma-separ
 Resize = Annotated[int | None, typer.Option(help="Resize the shorter side to this before the centre crop (default: "
                                                  "the input size).")]
 ChannelOrder = Annotated[str, typer.Option(help="RGB or BGR.")]
-ClassesFile = Annotated[Path | None, typer.Option("--classes", help="Class names, one a line (default: the data "
-                                                                    "folder's sub-folders).")]
+ClassesFile = Annotated[Path | None, typer.Option("--classes", help="The model's class names, one a line, in output "
+                                                                    "order (default: the data folder's sub-folders); "
+                                                                    "the data's classes map into them by name.")]
+ClassMap = Annotated[Path | None, typer.Option("--class-map", help="JSON object: the data's class names -> the model's "
+                                                                   "(--classes), where they differ.")]
 Precisions = Annotated[list[str], typer.Option("--precision", help="Variants to build: fp32, fp16, int8.")]
 ParityLimit = Annotated[int | None, typer.Option(help="Parity on the first N test images only.")]
 Force = Annotated[bool, typer.Option(help="Replace an existing bundle.")]
@@ -217,6 +220,12 @@ def _imported(bundle) -> None:
     for entry in bundle.variants.values():
         echo(ParityReport.from_dict(entry["parity"]).summary())
     gradients = bundle.manifest["gradients"]
+    if bundle.graph_batch:
+        echo(f"the graph takes a fixed batch of {bundle.graph_batch}: its runtimes are fed {bundle.graph_batch} "
+             "sample(s) a run")
+    for where, section in (("deployment", bundle.manifest.get("source", {})), ("twin", gradients)):
+        for rewrite in section.get("rewrites", []):
+            echo(f"rewrite ({where}): {rewrite['detail']}")
     if gradients["source"] == "onnx2torch":
         echo("gradients: the ONNX graph converted by onnx2torch (its parity with ONNX Runtime above)")
     elif gradients["source"] == "none":
@@ -229,6 +238,7 @@ def import_torch(
     arch: ImportArch = None, weights: ImportWeights = None, input_size: InputSize = ...,
     out: ImportOut = ..., dataset: ImportDataset = "imagefolder", data_root: opt.DataRoot = None, mean: Stats = None,
     std: Stats = None, resize: Resize = None, channel_order: ChannelOrder = "RGB", classes: ClassesFile = None,
+    class_map: ClassMap = None,
     precision: Precisions = ["fp32"], opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,  # noqa: B006
     exporter: Annotated[str, typer.Option(help="dynamo or torchscript.")] = "dynamo",
     parity_limit: ParityLimit = None, seed: Annotated[int, typer.Option(help="Data split seed.")] = 0,
@@ -239,8 +249,8 @@ def import_torch(
 
     _imported(run_import(_import_config(
         "in-graph", input_size, mean, std, resize, channel_order, dataset, data_root, seed, out=out,
-        classes_file=classes, arch=arch, weights=weights, opset=opset, exporter=exporter, parity_limit=parity_limit,
-        force=force, precision=precision)))
+        classes_file=classes, class_map=class_map, arch=arch, weights=weights, opset=opset, exporter=exporter,
+        parity_limit=parity_limit, force=force, precision=precision)))
 
 
 @import_app.command("onnx")
@@ -249,7 +259,7 @@ def import_onnx(
     arch: ImportArch = None, weights: ImportWeights = None, input_size: InputSize = ...,
     out: ImportOut = ..., dataset: ImportDataset = "imagefolder", data_root: opt.DataRoot = None, mean: Stats = None,
     std: Stats = None, resize: Resize = None, channel_order: ChannelOrder = "RGB", classes: ClassesFile = None,
-    precision: Precisions = ["fp32"], parity_limit: ParityLimit = None,  # noqa: B006
+    class_map: ClassMap = None, precision: Precisions = ["fp32"], parity_limit: ParityLimit = None,  # noqa: B006
     seed: Annotated[int, typer.Option(help="Data split seed.")] = 0, force: Force = False,
 ) -> None:
     """An ONNX deployment -> a bundle; --mean/--std when it expects normalised input (robustdeploy normalises [0, 1]
@@ -259,7 +269,7 @@ def import_onnx(
     normalisation = "outside" if mean is not None or std is not None else "in-graph"
     _imported(run_import(_import_config(
         normalisation, input_size, mean, std, resize, channel_order, dataset, data_root, seed, out=out,
-        classes_file=classes, arch=arch, weights=weights, parity_limit=parity_limit, force=force,
+        classes_file=classes, class_map=class_map, arch=arch, weights=weights, parity_limit=parity_limit, force=force,
         precision=precision), file))
 
 

@@ -29,10 +29,14 @@ class DataConfig:
     image_size: int | None = None
     download: bool = False
     preprocessing: Preprocessing | None = None  # how image files become pixels (imagefolder); see preprocess.py
+    classes: tuple[str, ...] | None = None  # the model's class names: the data's classes map into them (map_labels)
+    class_map: dict[str, str] | None = None  # data class name -> model class name, where the names differ
 
     def __post_init__(self) -> None:
         if isinstance(self.preprocessing, dict):  # read back from a manifest or run record
             object.__setattr__(self, "preprocessing", Preprocessing.from_dict(self.preprocessing))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,7 +146,7 @@ def load_dataset(config: DataConfig) -> Dataset:
     """Load and split a registered dataset deterministically from `config.seed`."""
     _check_fractions(config)  # before anything is read
     factory = DATASETS.get(config.name)
-    raw = factory(config)
+    raw = map_labels(factory(config), config)
     order = _permute(len(raw.y), config.seed)  # permuted before the float copy: one float copy of the pool, not two
     x, y = _to_float(raw.x[order]), torch.from_numpy(np.asarray(raw.y)[order]).long()
     n_test, n_val = _sizes(len(y), config, raw.x_test is not None)
@@ -159,7 +163,7 @@ def load_test_samples(config: DataConfig) -> Samples:
     """The test split of `load_dataset(config)`, the same samples in the same order, its pixels converted (an image
     folder's: decoded) a range at a time when read, so neither the pool nor its float copy is ever made whole."""
     _check_fractions(config)
-    raw = DATASETS.get(config.name)(config)
+    raw = map_labels(DATASETS.get(config.name)(config), config)
     n_test, _ = _sizes(len(raw.y), config, raw.x_test is not None)
     if raw.x_test is not None:
         pool, labels, index = raw.x_test, np.asarray(raw.y_test), np.arange(len(raw.y_test))
@@ -170,6 +174,31 @@ def load_test_samples(config: DataConfig) -> Samples:
         return _to_float(pool[index[start:stop]])
 
     return Samples(torch.from_numpy(labels[index]).long(), read, tuple(read(0, 1).shape[1:]))  # type: ignore[arg-type]
+
+
+def map_labels(raw: RawData, config: DataConfig) -> RawData:
+    """Labels as indices into the model's classes (`config.classes`): each data class by its name, or the name
+    `config.class_map` gives it, so a folder holding a few of a model's classes is scored on its full output. Names
+    of the same count that match none of the data's are a renaming, in label order."""
+    if config.classes is None:
+        return raw
+    names, mapping = tuple(config.classes), config.class_map or {}
+    unknown = sorted(set(mapping) - set(raw.classes))
+    if unknown:
+        raise RobustDeployError(f"--class-map names {unknown[0]!r}, which is not a class of the data (has "
+                                f"{', '.join(raw.classes[:8])}); map the data's class names")
+    targets = [mapping.get(c, c) for c in raw.classes]
+    index = {name: i for i, name in enumerate(names)}
+    if not mapping and len(names) == len(raw.classes) and not set(targets) & set(index):
+        return RawData(names, raw.x, raw.y, raw.x_test, raw.y_test)
+    missing = [c for c, t in zip(raw.classes, targets) if t not in index]
+    if missing:
+        raise RobustDeployError(f"the data's class {missing[0]!r} is not among the model's {len(names)} classes "
+                                "(--classes); name it there, or map it with --class-map FILE (JSON: data class -> "
+                                "model class)")
+    lookup = np.array([index[t] for t in targets], dtype=np.int64)
+    return RawData(names, raw.x, lookup[np.asarray(raw.y, dtype=np.int64)], raw.x_test,
+                   None if raw.y_test is None else lookup[np.asarray(raw.y_test, dtype=np.int64)])
 
 
 def _require_root(config: DataConfig) -> Path:
@@ -371,7 +400,8 @@ def imagefolder(config: DataConfig) -> RawData:
 
     root = _require_root(config)
     try:
-        folder = torchvision.datasets.ImageFolder(str(root), loader=str)  # paths only: nothing decoded yet
+        # paths only: nothing decoded yet; empty class folders are fine where the labels map into a model's classes
+        folder = torchvision.datasets.ImageFolder(str(root), loader=str, allow_empty=config.classes is not None)
     except (FileNotFoundError, RuntimeError) as exc:
         raise RobustDeployError(f"no image folder at {root}: {exc}") from None
     if len(folder.classes) < 2:

@@ -130,18 +130,19 @@ def build_variants(model: torch.nn.Module, tmp: Path, test_x: torch.Tensor, trai
 
 def bundle_manifest(tmp: Path, *, name: str, spec: ModelSpec, classes: tuple[str, ...], variants: dict, data: dict,
                     reference: str, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME,
-                    meaning: str = "logits", **extra: object) -> dict:
-    """The manifest of a bundle staged in `tmp`: graph interface, variants, data, versions, and the SHA-256 of the
-    reference and every variant file; `extra` adds sections (opset, run, preprocessing, gradients, ...)."""
+                    meaning: str = "logits", batch: int | None = None, **extra: object) -> dict:
+    """The manifest of a bundle staged in `tmp`: graph interface (`batch`: the graph's fixed batch size, None when
+    dynamic), variants, data, versions, and the SHA-256 of the reference and every variant file; `extra` adds
+    sections (opset, run, preprocessing, gradients, ...)."""
     return {
         "format": BUNDLE_FORMAT,
         "name": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": spec.to_dict(),
         "classes": list(classes),
-        "input": {"name": input_name, "shape": [None, *spec.input_shape], "dtype": "float32",
+        "input": {"name": input_name, "shape": [batch, *spec.input_shape], "dtype": "float32",
                   "range": [0.0, 1.0], "layout": "NCHW"},
-        "output": {"name": output_name, "shape": [None, spec.num_classes], "dtype": "float32", "meaning": meaning},
+        "output": {"name": output_name, "shape": [batch, spec.num_classes], "dtype": "float32", "meaning": meaning},
         "reference": reference,
         "variants": variants,
         "data": data,

@@ -85,11 +85,22 @@ def _topological_sort(graph) -> None:
     graph.node.extend(ordered)
 
 
-class _Reader:
-    """CalibrationDataReader over a tensor of pixels, one sample per call."""
+def _graph_batch(path: Path) -> int:
+    """The fixed batch size of the graph's input (an imported model-zoo graph's), else 1."""
+    import onnx
 
-    def __init__(self, input_name: str, x: torch.Tensor) -> None:
-        self._items = iter([{input_name: x[i : i + 1].numpy().astype(np.float32)} for i in range(len(x))])
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {w.name for w in graph.initializer}
+    dim = next(i for i in graph.input if i.name not in weights).type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else 1
+
+
+class _Reader:
+    """CalibrationDataReader over a tensor of pixels, `batch` samples per call (whole batches only)."""
+
+    def __init__(self, input_name: str, x: torch.Tensor, batch: int = 1) -> None:
+        self._items = iter([{input_name: x[i : i + batch].numpy().astype(np.float32)}
+                            for i in range(0, len(x) - batch + 1, batch)])
 
     def get_next(self):
         return next(self._items, None)
@@ -106,7 +117,8 @@ def make_int8(src: Path, dst: Path, calibration: torch.Tensor, config: VariantCo
         warnings.simplefilter("ignore")
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(dst), _Reader(input_name, calibration), quant_format=QuantFormat.QDQ,
+        quantize_static(str(prepared), str(dst), _Reader(input_name, calibration, _graph_batch(src)),
+                        quant_format=QuantFormat.QDQ,
                         per_channel=config.per_channel, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=method)
 

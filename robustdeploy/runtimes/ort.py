@@ -25,6 +25,7 @@ import torch
 
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.onnx_interface import fixed_batches
 from robustdeploy.preprocess import Preprocessing
 from robustdeploy.runtimes.base import RUNTIMES, Runtime, RuntimeSpec, TimedCall
 
@@ -233,6 +234,8 @@ class OrtRuntime(Runtime):
         self.input = self.session.get_inputs()[0]
         self.output_name = self.session.get_outputs()[0].name
         self.dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
+        # a graph with a fixed batch (many model-zoo files: 1) is fed that many samples a run
+        self.batch = self.input.shape[0] if isinstance(self.input.shape[0], int) else None
 
     @property
     def on_gpu(self) -> bool:
@@ -241,9 +244,12 @@ class OrtRuntime(Runtime):
     def _array(self, x: torch.Tensor) -> np.ndarray:
         return (self.normalise(x) if self.normalise else x).numpy().astype(self.dtype, copy=False)
 
+    def _run(self, array: np.ndarray) -> np.ndarray:
+        return fixed_batches(lambda part: self.session.run([self.output_name], {self.input.name: part})[0], array,
+                             self.batch)
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run([self.output_name], {self.input.name: self._array(x)})
-        return torch.from_numpy(np.asarray(out[0], dtype=np.float32))
+        return torch.from_numpy(np.asarray(self._run(self._array(x)), dtype=np.float32))
 
     def timed_call(self, x: torch.Tensor) -> TimedCall:
         """On CPU a plain run; on CUDA/TensorRT an I/O-bound run on device buffers. The copies are timed apart from
@@ -251,8 +257,8 @@ class OrtRuntime(Runtime):
         import onnxruntime as ort
 
         array = self._array(x)
-        if not self.on_gpu:
-            return TimedCall(lambda: self.session.run([self.output_name], {self.input.name: array}), None)
+        if not self.on_gpu or self.batch is not None:  # a fixed-batch graph runs slice by slice, copies included
+            return TimedCall(lambda: self._run(array), None)
         start = time.perf_counter()
         device_input = ort.OrtValue.ortvalue_from_numpy(array, "cuda", self.device_id)
         upload = time.perf_counter() - start
@@ -288,9 +294,11 @@ class OrtRuntime(Runtime):
 def _factory(name: str):
     def create(bundle: Bundle, spec: RuntimeSpec, session_options: SessionOptions | None = None,
                device: str = "cpu", max_batch: int = 256, **_: object) -> OrtRuntime:
-        # --device cuda:N (a torchrun rank's GPU) for CUDA/TRT; TensorRT's profile spans batches 1..max_batch
+        # --device cuda:N (a torchrun rank's GPU) for CUDA/TRT; TensorRT's profile spans batches 1..max_batch (none
+        # for a graph with a fixed batch: its shapes are static)
+        shape = None if bundle.graph_batch else tuple(bundle.input_shape)
         return OrtRuntime(spec, bundle.variant_path(spec.variant), session_options, bundle.preprocessing,
-                          device_id(device), tuple(bundle.input_shape), max_batch)
+                          device_id(device), shape, max_batch)
 
     create.__doc__ = f"ONNX Runtime on {PROVIDERS[name][0]}"
     return create
