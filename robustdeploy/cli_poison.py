@@ -11,8 +11,9 @@ from robustdeploy import options as opt
 
 poison_app = typer.Typer(no_args_is_help=True, help="Training-data poisoning: generate, craft, evaluate.")
 
-Surrogates = Annotated[list[str], typer.Option("--surrogate", help="Surrogate architecture (trained first) or "
-                                                                   "run folder (repeatable).")]
+Surrogates = Annotated[list[str], typer.Option("--surrogate", help="Surrogate architecture (trained first), run "
+                                                                   "folder, or timm:NAME with --surrogate-weights "
+                                                                   "(repeatable).")]
 Dataset = Annotated[str, typer.Option(help="Dataset name (see `robustdeploy list`).")]
 ImageSize = Annotated[int | None, typer.Option(help="Resize images to this size.")]
 Eps = Annotated[float, typer.Option(help="L-inf bound of the perturbation, pixel units.")]
@@ -33,23 +34,31 @@ def generate(
     dataset: Dataset = "digits",
     data_root: opt.DataRoot = None,
     image_size: ImageSize = None,
-    alpha: Annotated[float, typer.Option(help="Weight of the L2 penalty alpha * mean(delta^2).")] = 100.0,
+    surrogate_weights: Annotated[list[Path] | None, typer.Option(
+        help="Pretrained weights (.safetensors, read without unpickling) for each timm:NAME surrogate, in order; "
+             "the backbone is frozen and used for its features (repeatable).")] = None,
+    alpha: Annotated[float, typer.Option(help="Weight of the L2 penalty alpha * mean(delta^2).")] = 1000.0,
     eps: Eps = 8 / 255,
-    objective: Annotated[str, typer.Option(help="features or predictions of the surrogates.")] = "features",
-    disc_weight: Annotated[float, typer.Option(help="Weight of the discriminator term.")] = 0.1,
-    epochs: Annotated[int, typer.Option(help="Generator epochs.")] = 20,
+    generator: Annotated[str, typer.Option(help="unet++ (the seed's) or unet.")] = "unet++",
+    objective: Annotated[str, typer.Option(help="head (the seed's: a classification head on the surrogates' "
+                                                "features), features or predictions.")] = "head",
+    detector: Annotated[str, typer.Option(help="features-head (the seed's fake/real head on the surrogates' "
+                                               "features) or pixels.")] = "features-head",
+    disc_weight: Annotated[float, typer.Option(help="Weight of the detector term.")] = 1.0,
+    epochs: Annotated[int, typer.Option(help="Generator epochs.")] = 15,
     surrogate_epochs: SurrogateEpochs = 10,
     width: Annotated[int, typer.Option(help="Generator width (channels of the first level).")] = 16,
     seed: opt.Seed = 0,
     device: opt.Device = "cpu",
 ) -> None:
-    """Train a U-Net generator against surrogates and write a poisoned copy of the training split."""
+    """Train a generator against frozen surrogates and write a poisoned copy of the training split."""
     from robustdeploy.poison.generate import GenerateConfig
     from robustdeploy.poison.generate import generate as run_generate
 
     path = run_generate(GenerateConfig(tuple(surrogate), out, _data(dataset, data_root, image_size, seed), alpha,
                                        eps, objective, disc_weight, epochs, surrogate_epochs, width=width, seed=seed,
-                                       device=device))
+                                       device=device, generator=generator, detector=detector,
+                                       surrogate_weights=tuple(str(w) for w in surrogate_weights or ())))
     typer.echo(f"poison set -> {path} (grid {path / 'grid.png'})")
 
 

@@ -58,8 +58,9 @@ def test_training_the_generator_lowers_the_surrogate_objective(run_dir, digits):
     (surrogate,) = prepare((str(run_dir),), DataConfig(), digits, run_dir.parent / "unused", 1, 0, "cpu")
     x, y = digits.train.x[:256], digits.train.y[:256]
     config = GenerateConfig(surrogates=(str(run_dir),), out=run_dir.parent / "unused", alpha=0.0, eps=0.1,
-                            epochs=3, batch_size=32, width=4)
-    _, history = train_generator([surrogate], x, y, config)
+                            epochs=3, batch_size=32, width=4, objective="features", generator="unet",
+                            detector="pixels", disc_weight=0.1)
+    _, _, history = train_generator([surrogate], x, y, config, 10)
     distance = [row["surrogate"] for row in history]  # the generator minimises minus this distance
     assert len(distance) == 3 and distance[-1] > distance[0] > 0
 

@@ -1,11 +1,13 @@
-"""`poison generate` (seed 000): a U-Net generator maps each training image to a perturbation |delta| <= eps that
-pushes an ensemble of surrogates' features (or predictions) of x + delta away from those of x, with an L2 penalty
-alpha * ||delta||^2 and a discriminator term that keeps poisoned images hard to tell from clean ones:
+"""`poison generate` (seed 000): a generator maps each training image to a perturbation |delta| <= eps that an
+ensemble of frozen surrogates finds harmful, with an L2 penalty alpha * mean(delta^2) and a detector it must fool.
+With the seed's choices (its GAN.ipynb; after Zhu et al. 2019's transferable clean-label poisoning):
 
-    min_G  - mean_s d_s(x, x + G(x))  +  alpha * mean(G(x)^2)  +  lam * BCE(D(x + G(x)), clean)
+    heads:      min  CE(C(f(x)), y) + CE(C(f(x + G(x))), y) + CE(D(f(x)), real) + CE(D(f(x + G(x))), fake)
+    generator:  min  - CE(C(f(x + G(x))), y) - lam * CE(D(f(x + G(x))), fake) + alpha * mean(G(x)^2)
 
-(the seed's GAN.ipynb; after Zhu et al. 2019's transferable clean-label poisoning). The poisoned copy of the whole
-training split is realised to 8 bits within the budget and stored as a poison set.
+where f are the frozen surrogates' features, C the classification head (`--objective head`), D the fake/real head
+(`--detector features-head`) and G a UNet++ (`--generator unet++`). The poisoned copy of the whole training split is
+realised to 8 bits within the budget and stored as a poison set.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from robustdeploy import devices
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.figures import example_figure
 from robustdeploy.io import exclusive_outputs
-from robustdeploy.poison.generator import Discriminator, UNetGenerator
-from robustdeploy.poison.objectives import OBJECTIVES
+from robustdeploy.poison.detectors import DETECTORS
+from robustdeploy.poison.generator import GENERATORS
+from robustdeploy.poison.objectives import OBJECTIVES, Views
 from robustdeploy.poison.store import NAMES, realise, write_poison_set
 from robustdeploy.poison.surrogates import Surrogate, check_specs, staging_for, timed_prepare
 from robustdeploy.progress import progress
@@ -35,20 +37,25 @@ class GenerateConfig:
     surrogates: tuple[str, ...]
     out: Path
     data: DataConfig = DataConfig()
-    alpha: float = 100.0
+    alpha: float = 1000.0  # the seed's
     eps: float = 8 / 255
-    objective: str = "features"
-    disc_weight: float = 0.1
-    epochs: int = 20
+    objective: str = "head"
+    disc_weight: float = 1.0  # the seed adds the detector term unweighted
+    epochs: int = 15
     surrogate_epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int = 32
+    lr: float = 5e-4
     width: int = 16
     seed: int = 0
     device: str = "cpu"
+    generator: str = "unet++"
+    detector: str = "features-head"
+    surrogate_weights: tuple[str, ...] = ()  # one .safetensors file per timm: surrogate, in order
+    weight_decay: float = 1e-4  # Adam's, for the generator and the heads (the seed's)
 
     def recipe(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "data", "surrogates")}
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "data", "surrogates",
+                                                                   "surrogate_weights")}
 
 
 def validate(config: GenerateConfig) -> None:
@@ -61,30 +68,44 @@ def validate(config: GenerateConfig) -> None:
         raise RobustDeployError("--epochs, --surrogate-epochs and --width must be >= 1, --batch-size >= 2, "
                                 "--lr > 0")
     OBJECTIVES.get(config.objective)
+    GENERATORS.get(config.generator)
+    DETECTORS.get(config.detector)
     if Path(config.out).exists():
         raise RobustDeployError(f"poison set {config.out} already exists; choose another --out or delete it")
 
 
-def surrogate_objective(surrogates: list[Surrogate], objective: str, clean: torch.Tensor, poisoned: torch.Tensor,
-                        y: torch.Tensor) -> torch.Tensor:
-    """The ensemble's distance between clean and poisoned (to be maximised), averaged over surrogates."""
-    fn = OBJECTIVES.get(objective)
-    return torch.stack([fn(s.model, clean, poisoned, y) for s in surrogates]).mean()
+def views(surrogates: list[Surrogate], clean: torch.Tensor, poisoned: torch.Tensor, y: torch.Tensor) -> Views:
+    """Each surrogate's features of the batch (clean ones without a graph: nothing upstream of them trains)."""
+    with torch.no_grad():
+        clean_features = [s.features(clean) for s in surrogates]
+    return Views(clean, poisoned, y, clean_features, [s.features(poisoned) for s in surrogates])
 
 
-def train_generator(surrogates: list[Surrogate], x: torch.Tensor, y: torch.Tensor, config: GenerateConfig
-                    ) -> tuple[UNetGenerator, list[dict]]:
-    """Alternate discriminator and generator steps over the training images; one history row per epoch."""
+def _adam(module: torch.nn.Module, config: GenerateConfig) -> torch.optim.Optimizer | None:
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay) if params else None
+
+
+def train_generator(surrogates: list[Surrogate], x: torch.Tensor, y: torch.Tensor, config: GenerateConfig,
+                    classes: int) -> tuple[torch.nn.Module, torch.nn.Module, list[dict]]:
+    """Alternate the heads' step (objective and detector) and the generator's step over the training images;
+    returns the generator, the trained objective and one history row per epoch."""
     torch.manual_seed(config.seed)
-    generator = devices.place(UNetGenerator(x.shape[1], config.eps, config.width), config.device, train=True)
-    critic = devices.place(Discriminator(x.shape[1]), config.device, train=True)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr)
+    with torch.no_grad():
+        dims = [int(s.features(x[:2].to(config.device)).shape[1]) for s in surrogates]
+    generator = devices.place(GENERATORS.create(config.generator, channels=x.shape[1], eps=config.eps,
+                                                width=config.width), config.device, train=True)
+    objective = devices.place(OBJECTIVES.create(config.objective, surrogates=surrogates, dims=dims, classes=classes),
+                              config.device, train=True)
+    detector = devices.place(DETECTORS.create(config.detector, channels=x.shape[1], dims=dims), config.device,
+                             train=True)
+    opt_g = _adam(generator, config)
+    opt_heads = [(part, opt) for part in (objective, detector) if (opt := _adam(part, config)) is not None]
     order_rng = torch.Generator().manual_seed(config.seed)
     history = []
     for epoch, bar in progress(config.epochs, "generator", unit="epoch", lines=config.epochs):
         generator.train()
-        sums = {"surrogate": 0.0, "l2": 0.0, "disc": 0.0}
+        sums = {"surrogate": 0.0, "l2": 0.0, "disc": 0.0, "head": 0.0}
         order = torch.randperm(len(x), generator=order_rng)
         for i in range(0, len(x), config.batch_size):
             idx = order[i : i + config.batch_size]
@@ -92,31 +113,31 @@ def train_generator(surrogates: list[Surrogate], x: torch.Tensor, y: torch.Tenso
                 continue
             clean, labels = x[idx].to(config.device), y[idx].to(config.device)
             poisoned = (clean + generator(clean)).clamp(0, 1)
-            real, fake = critic(clean), critic(poisoned.detach())
-            d_loss = F.binary_cross_entropy_with_logits(real, torch.zeros_like(real)) + \
-                F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            push = surrogate_objective(surrogates, config.objective, clean, poisoned, labels)
+            seen = views(surrogates, clean, poisoned, labels)
+            fitted = {}
+            for part, opt in opt_heads:
+                loss = part.fit_loss(seen.detached())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                fitted["disc" if part is detector else "head"] = loss
+            push = objective.push(seen)
             l2 = (poisoned - clean).pow(2).mean()
-            seen = critic(poisoned)
-            fool = F.binary_cross_entropy_with_logits(seen, torch.zeros_like(seen))
-            loss = -push + config.alpha * l2 + config.disc_weight * fool
+            loss = -push + config.alpha * l2 + config.disc_weight * detector.evade(seen)
             opt_g.zero_grad(set_to_none=True)
             loss.backward()
             opt_g.step()
-            for key, value in (("surrogate", push), ("l2", l2), ("disc", d_loss)):
+            for key, value in (("surrogate", push), ("l2", l2), *fitted.items()):
                 sums[key] += float(value.detach()) * len(idx)
         row = {"epoch": epoch + 1, **{k: round(v / len(x), 6) for k, v in sums.items()}}
         history.append(row)
-        bar.set_postfix_str(f"surrogate distance {row['surrogate']:.4f}, mean delta^2 {row['l2']:.2e}, "
-                            f"discriminator {row['disc']:.4f}", refresh=False)
-    return generator.eval(), history
+        bar.set_postfix_str(f"objective {row['surrogate']:.4f}, mean delta^2 {row['l2']:.2e}, "
+                            f"detector {row['disc']:.4f}", refresh=False)
+    return generator.eval(), objective.eval(), history
 
 
 @torch.no_grad()
-def perturb(generator: UNetGenerator, x: torch.Tensor, eps: float, device: str, batch_size: int = 512
+def perturb(generator: torch.nn.Module, x: torch.Tensor, eps: float, device: str, batch_size: int = 512
             ) -> torch.Tensor:
     """The poisoned images on the 8-bit grid within eps of `x` (float in [0, 1])."""
     out = [realise(chunk, (chunk + generator(chunk.to(device)).cpu()).clamp(0, 1), eps)
@@ -130,22 +151,23 @@ def generate(config: GenerateConfig) -> Path:
     (the surrogates trained here go into its `surrogates/` folder)."""
     validate(config)
     data = load_dataset(config.data)
-    check_specs(config.surrogates, data)
+    check_specs(config.surrogates, data, config.surrogate_weights)
     out = Path(config.out)
     staging = staging_for(out)
     try:
-        surrogates, seconds = timed_prepare(config, data, staging)
+        surrogates, seconds = timed_prepare(config, data, staging, config.surrogate_weights)
         start = time.perf_counter()
-        generator, history = train_generator(surrogates, data.train.x, data.train.y, config)
+        generator, objective, history = train_generator(surrogates, data.train.x, data.train.y, config,
+                                                        len(data.classes))
         seconds["generator"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
         poisoned = perturb(generator, data.train.x, config.eps, config.device)
         seconds["poison"] = round(time.perf_counter() - start, 3)
         sample = slice(0, 512)
         with torch.no_grad():
-            effect = float(surrogate_objective(
-                surrogates, config.objective, data.train.x[sample].to(config.device),
-                poisoned[sample].to(config.device), data.train.y[sample].to(config.device)))
+            effect = float(objective.push(views(surrogates, data.train.x[sample].to(config.device),
+                                                poisoned[sample].to(config.device),
+                                                data.train.y[sample].to(config.device))))
         manifest = {"method": "generator", "recipe": config.recipe(), "alpha": config.alpha, "eps": config.eps,
                     "surrogates": [s.describe(staging) for s in surrogates], "data": config.data.to_dict(),
                     "target": None, "history": history, "surrogate_objective_stored": round(effect, 6),

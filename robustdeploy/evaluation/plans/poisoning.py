@@ -93,7 +93,7 @@ def _data(config: PoisonEvalConfig, poisons: PoisonSet) -> DataConfig:
 def _base(config: PoisonEvalConfig, poisons: PoisonSet, victim: str, data: DataConfig, out: Path) -> Path:
     """Transfer mode: the surrogate run of a white-box victim, else a clean run of the victim trained once."""
     for s in poisons.surrogates:
-        if s["arch"] == victim:
+        if s["arch"] == victim and s["run"] is not None:  # a pretrained backbone has no classifier run
             inside = poisons.path / s["run"]  # trained with the set: recorded relative to it
             return inside if inside.is_dir() else Path(s["run"])
     base = out / "runs" / f"{victim.replace(':', '-')}-clean-base"
