@@ -352,6 +352,8 @@ def defend_eval(
     steps: Annotated[int | None, typer.Option(help="Attack steps, where the attack has steps (default 40).")]
     = None,
     runtime: opt.Runtimes = None,
+    binarization: Annotated[bool, typer.Option("--binarization", help="Also run the binarization test (Zimmermann "
+                                               "et al. 2022) with the adaptive cascade.")] = False,
     limit: opt.Limit = None,
     batch_size: opt.BatchSize = None,
     out: opt.OutFile = None,
@@ -365,7 +367,7 @@ def defend_eval(
 
     result = evaluate_defense(DefenseEvalConfig(bundle=bundle, **given(
         baseline=baseline, attack=attack, eps=eps, steps=steps, runtimes=runtime, limit=limit, batch_size=batch_size,
-        seed=seed, device=device, data_root=data_root, out=out)))
+        seed=seed, device=device, data_root=data_root, out=out), binarization=binarization))
     echo(defense_table(result))
 
 
@@ -489,6 +491,11 @@ def check(
     max_disagreement: Annotated[float | None, typer.Option(help="Max share of samples split within --diff-eps, "
                                                            "percent (default 1).")] = None,
     no_diff: Annotated[bool, typer.Option("--no-diff", help="Skip the disagreement check.")] = False,
+    binarization: Annotated[bool, typer.Option("--binarization", help="Also run the binarization test (Zimmermann "
+                                               "et al. 2022): the cascade must fool binarised classifiers where an "
+                                               "adversarial example surely exists.")] = False,
+    min_binarization_success: Annotated[float | None, typer.Option(help="Its min success, percent (default "
+                                                                   "95).")] = None,
     limit: opt.Limit = None,
     markdown: Annotated[Path | None, typer.Option(help="Markdown summary file.")] = Path("check-summary.md"),
     junit: Annotated[Path | None, typer.Option(help="JUnit XML file.")] = Path("check-junit.xml"),
@@ -502,13 +509,18 @@ def check(
     from robustdeploy.errors import CheckFailed
     from robustdeploy.evaluation.plans.gate import CheckConfig, lines, run_check
 
-    _, found = run_check(CheckConfig(bundle=bundle, markdown=markdown, junit=junit, **given(
+    result, found = run_check(CheckConfig(bundle=bundle, markdown=markdown, junit=junit, **given(
         runtimes=runtime, attacks=cascade(tuple(attack), {}) if attack else None, epsilons=eps,
         max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_robust_drop=max_robust_drop,
         diff_budget=diff_budget, max_disagreement=max_disagreement, limit=limit, out=out, seed=seed, device=device,
-        data_root=data_root), **({"diff_eps": None} if no_diff else given(diff_eps=diff_eps))))
+        data_root=data_root, min_binarization_success=min_binarization_success), binarization=binarization,
+        **({"diff_eps": None} if no_diff else given(diff_eps=diff_eps))))
     for line in lines(found):
         echo(line)
+    if "binarization" in result.extra:
+        from robustdeploy.report import binarization_table
+
+        echo(binarization_table(result.extra["binarization"]))
     echo(f"summary -> {markdown}, junit -> {junit}")
     failed = sum(not i.passed for i in found)
     if failed:

@@ -71,7 +71,18 @@ def defense_table(result) -> str:
         rows.append([runtime, worst["oblivious"]["clean_accuracy"],
                      worst["oblivious"]["robust_accuracy"] if runtime != "baseline" else "",
                      adaptive["robust_accuracy"], extra["verdicts"].get(runtime, "")])
-    return head + "\n" + table(["runtime", "clean %", "oblivious %", "adaptive %", "verdict"], rows)
+    found = head + "\n" + table(["runtime", "clean %", "oblivious %", "adaptive %", "verdict"], rows)
+    return found + ("\n" + binarization_table(extra["binarization"]) if "binarization" in extra else "")
+
+
+def binarization_table(report: dict) -> str:
+    """The binarization test's verdict and each attack's success and AttackBench optimality."""
+    head = (f"binarization test ({report['norm']} eps={report['eps']:g}): {report['success']:.1f}% of "
+            f"{report['valid']} binarised samples fooled (min {report['min_success']:g}%): "
+            f"{'PASSED' if report['passed'] else 'FAILED'}")
+    rows = [[label, a["success"], a["optimality"], "" if a["mean_distance_to_best"] is None
+             else f"{a['mean_distance_to_best']:.4f}"] for label, a in report["attacks"].items()]
+    return head + "\n" + table(["attack", "success %", "optimality", "mean distance to best"], rows)
 
 
 def detector_table(result) -> str:

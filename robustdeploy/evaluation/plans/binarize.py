@@ -67,7 +67,9 @@ class BinarizationReport:
 
 
 class Binarized(nn.Module):
-    """The model's features (the input of its last linear layer) read out by one linear unit: logits (0, score)."""
+    """The model's features (the input of its last linear layer) read out by one linear unit: logits (0, score),
+    then two padding logits below both, so that the DLR losses' third and fourth largest logits exist (Croce &
+    Hein 2020); the argmax is always class 0 (inner) or 1 (boundary)."""
 
     def __init__(self, model: nn.Module, readout: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
         super().__init__()
@@ -77,7 +79,8 @@ class Binarized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         score = features(self.model, self.readout, x) @ self.weight + self.bias
-        return torch.stack([torch.zeros_like(score), score], 1)
+        low = score.clamp(max=0) - 1
+        return torch.stack([torch.zeros_like(score), score, low, low - 1], 1)
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -113,14 +116,14 @@ def around(x: torch.Tensor, n: int, radius: float, norm: str, sphere: bool, gene
     return realise((x + delta).clamp(0, 1), x.expand(shape), radius, norm)
 
 
-def fit_readout(inner: torch.Tensor, boundary: torch.Tensor, steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_readout(inner: torch.Tensor, boundary: torch.Tensor, steps: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
     """A logistic-regression readout separating inner (0) from boundary (1) features, in the features' units."""
-    f = torch.cat([inner, boundary]).double()
-    t = torch.cat([torch.zeros(len(inner)), torch.ones(len(boundary))]).double()
+    f = torch.cat([inner, boundary])
+    t = torch.cat([torch.zeros(len(inner)), torch.ones(len(boundary))])
     mean, std = f.mean(0), f.std(0).clamp_min(1e-6)
     z = (f - mean) / std
-    w = torch.zeros(f.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(f.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -131,7 +134,7 @@ def fit_readout(inner: torch.Tensor, boundary: torch.Tensor, steps: int = 200) -
 
     opt.step(closure)
     weight = (w / std).detach()
-    return weight.float(), (b - (mean * weight).sum()).detach().float()
+    return weight, (b - (mean * weight).sum()).detach()
 
 
 def binarize(model: nn.Module, x: torch.Tensor, config: BinarizationConfig, norm: str,
@@ -185,7 +188,7 @@ def run_binarization(session: Session, config: BinarizationConfig) -> Binarizati
             craft(narrow, replace(plan, source_model=binarized), attacks, stored)
             adv = stored[set_key(spec.label, SOURCE, config.eps)]
             with torch.no_grad():
-                fooled = bool(binarized(adv.to(session.device)).argmax(1).item() == 1)
+                fooled = bool(binarized(adv.to(session.device)).argmax(1).item() != 0)
             norms[spec.label].append(float(lp_norm(adv - x, norm)) if fooled else math.inf)
     return score(norms, config, norm, len(y_all))
 

@@ -22,6 +22,7 @@ from robustdeploy.defenses.purify import adaptive_source
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.classify import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.craft import Plan
+from robustdeploy.evaluation.plans.binarize import BinarizationConfig, run_binarization
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.score import predictions, score_cascade
 from robustdeploy.evaluation.session import SessionConfig, open_session
@@ -42,6 +43,7 @@ class DefenseEvalConfig(SessionConfig):
     attack: str = "pgd"
     eps: float = 0.1
     steps: int = 40
+    binarization: bool = False  # also test the adaptive cascade on binarised classifiers (Zimmermann et al. 2022)
     out: Path | None = None
 
 
@@ -125,6 +127,9 @@ def evaluate_defense(config: DefenseEvalConfig) -> Result:
     baseline = baseline_runner(session.bundle, result.extra["oblivious_source"], config.device, config.batch_size)
     result.cells = defense_cells(result, stored, session.runners(), baseline)
     result.extra["verdicts"] = verdicts(result)
+    if config.binarization:  # the adaptive cascade, through the defense, on the defended graph's own features
+        result.extra["binarization"] = asdict(run_binarization(session, BinarizationConfig(
+            bundle=config.bundle, seed=config.seed, device=config.device, eps=config.eps, attacks=attacks)))
     result.complete = True
     save_result(out, result, stored)
     return result
