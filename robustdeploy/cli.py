@@ -449,6 +449,11 @@ def diff(
                                                      "default every one the reference allows).")] = None,
     budget: Annotated[int | None, typer.Option(help="Deployment queries per sample and search (default 100).")]
     = None,
+    locate: Annotated[bool, typer.Option("--locate", help="For each disagreement, the first ONNX node whose output "
+                                         "departs from the reference's, and the nodes adding most departure.")]
+    = False,
+    locate_tolerance: Annotated[float | None, typer.Option(help="Share of a tensor's scale beyond which it departs "
+                                                           "(default 0.05).")] = None,
     limit: opt.Limit = None,
     batch_size: opt.BatchSize = None,
     out: opt.OutFile = None,
@@ -463,7 +468,8 @@ def diff(
 
     result = run_diff(DiffConfig(bundle=bundle, **given(
         against=against, reference=reference, epsilons=eps, searches=search, budget=budget, limit=limit,
-        batch_size=batch_size, out=out, seed=seed, device=device, data_root=data_root)))
+        batch_size=batch_size, out=out, seed=seed, device=device, data_root=data_root,
+        locate_tolerance=locate_tolerance), locate=locate))
     echo(diff_table(result))
     warn(result.checks)
     echo(f"results -> {result.path} (examples in {result.adversarial_file}, figure {result.figure})")

@@ -132,5 +132,8 @@ def diff_table(result) -> str:
                      c["disagreement"], c["found_beyond_clean"], s["attacked"], s["queries_mean"], s["seconds"]])
     head = (f"disagreements within the 8-bit L-inf ball, {result.samples} test samples, budget "
             f"{result.extra['budget']} deployment queries per sample and search")
-    return head + "\n" + table(["eps", "deployment", "after search", "clean split %", "split %", "beyond clean",
-                                "searched", "queries", "seconds"], rows)
+    found = head + "\n" + table(["eps", "deployment", "after search", "clean split %", "split %", "beyond clean",
+                                 "searched", "queries", "seconds"], rows)
+    return found + "".join(f"\nwhere {key} departs (tolerance {result.extra['locate']['tolerance']:g} of a tensor's "
+                           "scale):\n" + "\n".join(f"  {loc['line']}" for loc in located)
+                           for key, located in result.extra.get("locate", {}).get("located", {}).items() if located)
