@@ -534,6 +534,43 @@ def check(
 
 
 @app.command()
+def quantize(
+    bundle: opt.BundleDir,
+    max_robust_drop: Annotated[float | None, typer.Option(help="Max robust accuracy drop vs the fp32 graph, points "
+                                                          "(default 1).")] = None,
+    max_agreement_drop: Annotated[float | None, typer.Option(help="Max top-1 agreement drop vs the fp32 graph, "
+                                                             "points (default 0.5).")] = None,
+    eps: Annotated[float | None, typer.Option(help="Budget of the robustness measurement (default 0.1).")] = None,
+    attack: opt.Attacks = None,
+    steps: opt.Steps = None,
+    max_fp32_nodes: Annotated[int | None, typer.Option(help="Most nodes kept fp32 (default: all).")] = None,
+    variant: Annotated[str | None, typer.Option(help="Name of the chosen variant in the bundle (default "
+                                                "int8-robust).")] = None,
+    runtime: Annotated[str | None, typer.Option(help="ONNX Runtime provider to measure on (default ort-cpu).")]
+    = None,
+    limit: opt.Limit = None,
+    out: opt.OutFile = None,
+    seed: opt.Seed = None,
+    device: opt.Device = None,
+    data_root: opt.DataRoot = None,
+) -> None:
+    """Int8 quantisation with the most robustness-sensitive nodes kept fp32 until the bound holds."""
+    from robustdeploy.errors import CheckFailed
+    from robustdeploy.evaluation.plans.quantize import QuantizeConfig
+    from robustdeploy.evaluation.plans.quantize import quantize as run_quantize
+    from robustdeploy.report import quantize_table
+
+    report = run_quantize(QuantizeConfig(bundle=bundle, attack_params=given(steps=steps), **given(
+        max_robust_drop=max_robust_drop, max_agreement_drop=max_agreement_drop, eps=eps, attacks=attack,
+        max_fp32_nodes=max_fp32_nodes, variant=variant, runtime=runtime, limit=limit, out=out, seed=seed,
+        device=device, data_root=data_root)))
+    echo(quantize_table(report))
+    if report.chosen is None:
+        raise CheckFailed(report.line())
+    echo(report.line())
+
+
+@app.command()
 def patch(
     source: opt.BundleDir,
     target_class: Annotated[int, typer.Option(help="Class the patch should make every image look like.")],

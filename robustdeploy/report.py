@@ -137,3 +137,16 @@ def diff_table(result) -> str:
     return found + "".join(f"\nwhere {key} departs (tolerance {result.extra['locate']['tolerance']:g} of a tensor's "
                            "scale):\n" + "\n".join(f"  {loc['line']}" for loc in located)
                            for key, located in result.extra.get("locate", {}).get("located", {}).items() if located)
+
+
+def quantize_table(report) -> str:
+    """Every int8 candidate measured: nodes kept fp32, robust accuracy, agreement, drops against fp32."""
+    head = (f"{report.samples} samples, {'+'.join(report.attacks)} eps={report.eps:g}; fp32: robust "
+            f"{report.fp32['robust_accuracy']:.2f}%, agreement {report.fp32['agreement']:.2f}%")
+    rows = [[c.variant, ", ".join(c.excluded) or "-", c.clean_accuracy, c.robust_accuracy, f"{c.robust_drop:.2f}",
+             c.agreement, f"{c.agreement_drop:.2f}", "yes" if c.meets else "no"] for c in report.candidates]
+    found = head + "\n" + table(["candidate", "kept fp32", "clean %", "robust %", "robust drop", "agreement %",
+                                 "agreement drop", "meets"], rows)
+    if report.latency_ms:
+        found += "\nlatency p50, batch 64: " + ", ".join(f"{k} {v:.3f} ms" for k, v in report.latency_ms.items())
+    return found
