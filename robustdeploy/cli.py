@@ -371,6 +371,8 @@ def defend_eval(
     steps: Annotated[int | None, typer.Option(help="Attack steps, where the attack has steps (default 40).")]
     = None,
     runtime: opt.Runtimes = None,
+    binarization: Annotated[bool, typer.Option("--binarization", help="Also run the binarization test (Zimmermann "
+                                               "et al. 2022) with the adaptive cascade.")] = False,
     limit: opt.Limit = None,
     batch_size: opt.BatchSize = None,
     out: opt.OutFile = None,
@@ -384,7 +386,7 @@ def defend_eval(
 
     result = evaluate_defense(DefenseEvalConfig(bundle=bundle, **given(
         baseline=baseline, attack=attack, eps=eps, steps=steps, runtimes=runtime, limit=limit, batch_size=batch_size,
-        seed=seed, device=device, data_root=data_root, out=out)))
+        seed=seed, device=device, data_root=data_root, out=out), binarization=binarization))
     echo(defense_table(result))
 
 
@@ -466,6 +468,11 @@ def diff(
                                                      "default every one the reference allows).")] = None,
     budget: Annotated[int | None, typer.Option(help="Deployment queries per sample and search (default 100).")]
     = None,
+    locate: Annotated[bool, typer.Option("--locate", help="For each disagreement, the first ONNX node whose output "
+                                         "departs from the reference's, and the nodes adding most departure.")]
+    = False,
+    locate_tolerance: Annotated[float | None, typer.Option(help="Share of a tensor's scale beyond which it departs "
+                                                           "(default 0.05).")] = None,
     limit: opt.Limit = None,
     batch_size: opt.BatchSize = None,
     out: opt.OutFile = None,
@@ -480,7 +487,8 @@ def diff(
 
     result = run_diff(DiffConfig(bundle=bundle, **given(
         against=against, reference=reference, epsilons=eps, searches=search, budget=budget, limit=limit,
-        batch_size=batch_size, out=out, seed=seed, device=device, data_root=data_root)))
+        batch_size=batch_size, out=out, seed=seed, device=device, data_root=data_root,
+        locate_tolerance=locate_tolerance), locate=locate))
     echo(diff_table(result))
     warn(result.checks)
     echo(f"results -> {result.path} (examples in {result.adversarial_file}, figure {result.figure})")
@@ -508,6 +516,11 @@ def check(
     max_disagreement: Annotated[float | None, typer.Option(help="Max share of samples split within --diff-eps, "
                                                            "percent (default 1).")] = None,
     no_diff: Annotated[bool, typer.Option("--no-diff", help="Skip the disagreement check.")] = False,
+    binarization: Annotated[bool, typer.Option("--binarization", help="Also run the binarization test (Zimmermann "
+                                               "et al. 2022): the cascade must fool binarised classifiers where an "
+                                               "adversarial example surely exists.")] = False,
+    min_binarization_success: Annotated[float | None, typer.Option(help="Its min success, percent (default "
+                                                                   "95).")] = None,
     limit: opt.Limit = None,
     markdown: Annotated[Path | None, typer.Option(help="Markdown summary file.")] = Path("check-summary.md"),
     junit: Annotated[Path | None, typer.Option(help="JUnit XML file.")] = Path("check-junit.xml"),
@@ -521,17 +534,59 @@ def check(
     from robustdeploy.errors import CheckFailed
     from robustdeploy.evaluation.plans.gate import CheckConfig, lines, run_check
 
-    _, found = run_check(CheckConfig(bundle=bundle, markdown=markdown, junit=junit, **given(
+    result, found = run_check(CheckConfig(bundle=bundle, markdown=markdown, junit=junit, **given(
         runtimes=runtime, attacks=cascade(tuple(attack), {}) if attack else None, epsilons=eps,
         max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_robust_drop=max_robust_drop,
         diff_budget=diff_budget, max_disagreement=max_disagreement, limit=limit, out=out, seed=seed, device=device,
-        data_root=data_root), **({"diff_eps": None} if no_diff else given(diff_eps=diff_eps))))
+        data_root=data_root, min_binarization_success=min_binarization_success), binarization=binarization,
+        **({"diff_eps": None} if no_diff else given(diff_eps=diff_eps))))
     for line in lines(found):
         echo(line)
+    if "binarization" in result.extra:
+        from robustdeploy.report import binarization_table
+
+        echo(binarization_table(result.extra["binarization"]))
     echo(f"summary -> {markdown}, junit -> {junit}")
     failed = sum(not i.passed for i in found)
     if failed:
         raise CheckFailed(f"{failed} of {len(found)} checks failed (see above)")
+
+
+@app.command()
+def quantize(
+    bundle: opt.BundleDir,
+    max_robust_drop: Annotated[float | None, typer.Option(help="Max robust accuracy drop vs the fp32 graph, points "
+                                                          "(default 1).")] = None,
+    max_agreement_drop: Annotated[float | None, typer.Option(help="Max top-1 agreement drop vs the fp32 graph, "
+                                                             "points (default 0.5).")] = None,
+    eps: Annotated[float | None, typer.Option(help="Budget of the robustness measurement (default 0.1).")] = None,
+    attack: opt.Attacks = None,
+    steps: opt.Steps = None,
+    max_fp32_nodes: Annotated[int | None, typer.Option(help="Most nodes kept fp32 (default: all).")] = None,
+    variant: Annotated[str | None, typer.Option(help="Name of the chosen variant in the bundle (default "
+                                                "int8-robust).")] = None,
+    runtime: Annotated[str | None, typer.Option(help="ONNX Runtime provider to measure on (default ort-cpu).")]
+    = None,
+    limit: opt.Limit = None,
+    out: opt.OutFile = None,
+    seed: opt.Seed = None,
+    device: opt.Device = None,
+    data_root: opt.DataRoot = None,
+) -> None:
+    """Int8 quantisation with the most robustness-sensitive nodes kept fp32 until the bound holds."""
+    from robustdeploy.errors import CheckFailed
+    from robustdeploy.evaluation.plans.quantize import QuantizeConfig
+    from robustdeploy.evaluation.plans.quantize import quantize as run_quantize
+    from robustdeploy.report import quantize_table
+
+    report = run_quantize(QuantizeConfig(bundle=bundle, attack_params=given(steps=steps), **given(
+        max_robust_drop=max_robust_drop, max_agreement_drop=max_agreement_drop, eps=eps, attacks=attack,
+        max_fp32_nodes=max_fp32_nodes, variant=variant, runtime=runtime, limit=limit, out=out, seed=seed,
+        device=device, data_root=data_root)))
+    echo(quantize_table(report))
+    if report.chosen is None:
+        raise CheckFailed(report.line())
+    echo(report.line())
 
 
 @app.command()

@@ -71,7 +71,18 @@ def defense_table(result) -> str:
         rows.append([runtime, worst["oblivious"]["clean_accuracy"],
                      worst["oblivious"]["robust_accuracy"] if runtime != "baseline" else "",
                      adaptive["robust_accuracy"], extra["verdicts"].get(runtime, "")])
-    return head + "\n" + table(["runtime", "clean %", "oblivious %", "adaptive %", "verdict"], rows)
+    found = head + "\n" + table(["runtime", "clean %", "oblivious %", "adaptive %", "verdict"], rows)
+    return found + ("\n" + binarization_table(extra["binarization"]) if "binarization" in extra else "")
+
+
+def binarization_table(report: dict) -> str:
+    """The binarization test's verdict and each attack's success and AttackBench optimality."""
+    head = (f"binarization test ({report['norm']} eps={report['eps']:g}): {report['success']:.1f}% of "
+            f"{report['valid']} binarised samples fooled (min {report['min_success']:g}%): "
+            f"{'PASSED' if report['passed'] else 'FAILED'}")
+    rows = [[label, a["success"], a["optimality"], "" if a["mean_distance_to_best"] is None
+             else f"{a['mean_distance_to_best']:.4f}"] for label, a in report["attacks"].items()]
+    return head + "\n" + table(["attack", "success %", "optimality", "mean distance to best"], rows)
 
 
 def detector_table(result) -> str:
@@ -121,5 +132,21 @@ def diff_table(result) -> str:
                      c["disagreement"], c["found_beyond_clean"], s["attacked"], s["queries_mean"], s["seconds"]])
     head = (f"disagreements within the 8-bit L-inf ball, {result.samples} test samples, budget "
             f"{result.extra['budget']} deployment queries per sample and search")
-    return head + "\n" + table(["eps", "deployment", "after search", "clean split %", "split %", "beyond clean",
-                                "searched", "queries", "seconds"], rows)
+    found = head + "\n" + table(["eps", "deployment", "after search", "clean split %", "split %", "beyond clean",
+                                 "searched", "queries", "seconds"], rows)
+    return found + "".join(f"\nwhere {key} departs (tolerance {result.extra['locate']['tolerance']:g} of a tensor's "
+                           "scale):\n" + "\n".join(f"  {loc['line']}" for loc in located)
+                           for key, located in result.extra.get("locate", {}).get("located", {}).items() if located)
+
+
+def quantize_table(report) -> str:
+    """Every int8 candidate measured: nodes kept fp32, robust accuracy, agreement, drops against fp32."""
+    head = (f"{report.samples} samples, {'+'.join(report.attacks)} eps={report.eps:g}; fp32: robust "
+            f"{report.fp32['robust_accuracy']:.2f}%, agreement {report.fp32['agreement']:.2f}%")
+    rows = [[c.variant, ", ".join(c.excluded) or "-", c.clean_accuracy, c.robust_accuracy, f"{c.robust_drop:.2f}",
+             c.agreement, f"{c.agreement_drop:.2f}", "yes" if c.meets else "no"] for c in report.candidates]
+    found = head + "\n" + table(["candidate", "kept fp32", "clean %", "robust %", "robust drop", "agreement %",
+                                 "agreement drop", "meets"], rows)
+    if report.latency_ms:
+        found += "\nlatency p50, batch 64: " + ", ".join(f"{k} {v:.3f} ms" for k, v in report.latency_ms.items())
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -10,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robustdeploy.bundle import MANIFEST
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.io import atomic_write_bytes, atomic_write_json, sha256_file
 from robustdeploy.parity import ParityTolerance
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -106,8 +109,10 @@ class _Reader:
         return next(self._items, None)
 
 
-def make_int8(src: Path, dst: Path, calibration: torch.Tensor, config: VariantConfig, input_name: str) -> None:
-    """Static QDQ quantisation calibrated on `calibration` (a slice of the training split)."""
+def make_int8(src: Path, dst: Path, calibration: torch.Tensor, config: VariantConfig, input_name: str,
+              exclude: tuple[str, ...] = ()) -> None:
+    """Static QDQ quantisation calibrated on `calibration` (a slice of the training split); the nodes named in
+    `exclude` stay fp32 (onnxruntime's `nodes_to_exclude`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -120,7 +125,7 @@ def make_int8(src: Path, dst: Path, calibration: torch.Tensor, config: VariantCo
         quantize_static(str(prepared), str(dst), _Reader(input_name, calibration, _graph_batch(src)),
                         quant_format=QuantFormat.QDQ,
                         per_channel=config.per_channel, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=method)
+                        weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude))
 
 
 def variant_file(precision: str) -> str:
@@ -131,3 +136,13 @@ def variant_entry(precision: str, config: VariantConfig, parity: dict) -> dict:
     return {"file": variant_file(precision), "precision": precision, "recipe": config.recipe(precision),
             "parity": parity}
 
+
+
+def add_variant(bundle_dir: Path, name: str, source: Path, entry: dict) -> None:
+    """Copy the graph `source` into a bundle as variant `name` and record it (entry, SHA-256) in its manifest."""
+    file = variant_file(name)
+    atomic_write_bytes(bundle_dir / file, Path(source).read_bytes())
+    manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    manifest["variants"][name] = {**entry, "file": file}
+    manifest["files"][file] = sha256_file(bundle_dir / file)
+    atomic_write_json(bundle_dir / MANIFEST, manifest)

@@ -28,6 +28,7 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.classify import classify_cells, new_result, run_plans
 from robustdeploy.evaluation.craft import Plan
 from robustdeploy.evaluation.paired import Paired, paired_difference
+from robustdeploy.evaluation.plans.binarize import BinarizationConfig, run_binarization
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.score import pick, predictions, score_cascade
 from robustdeploy.evaluation.session import SessionConfig, open_session
@@ -48,6 +49,7 @@ class DefenseEvalConfig(SessionConfig):
     attack: str = "pgd"
     eps: float = 0.1
     steps: int = 40
+    binarization: bool = False  # also test the adaptive cascade on binarised classifiers (Zimmermann et al. 2022)
     out: Path | None = None
 
 
@@ -158,6 +160,9 @@ def evaluate_defense(config: DefenseEvalConfig) -> Result:
     result.cells = defense_cells(result, stored, session.runners(), baseline)
     robust = outcomes(result, stored, session.runners(), baseline)
     result.extra["verdicts"], result.extra["paired"] = verdicts(result, robust)
+    if config.binarization:  # the adaptive cascade, through the defense, on the defended graph's own features
+        result.extra["binarization"] = asdict(run_binarization(session, BinarizationConfig(
+            bundle=config.bundle, seed=config.seed, device=config.device, eps=config.eps, attacks=attacks)))
     result.complete = True
     save_result(out, result, stored)
     return result

@@ -37,6 +37,8 @@ class DiffConfig(SessionConfig):
     epsilons: tuple[float, ...] = (0.03,)
     searches: tuple[str, ...] = ()  # default: every search the reference's capability allows, gradient first
     budget: int = 100  # deployment queries per sample, budget and search (the clean query included)
+    locate: bool = False  # also locate where in the graph each disagreement starts (plans/locate.py)
+    locate_tolerance: float = 0.05  # share of a tensor's scale beyond which it departs
     out: Path | None = None
 
 
@@ -85,6 +87,10 @@ def run_diff(config: DiffConfig) -> Result:
     stored = {"x": session.test.x, "y": session.test.y}
     diff_into(result, session, stored, config.reference, config.against, config.searches, config.epsilons,
               config.budget)
+    if config.locate:
+        from robustdeploy.evaluation.plans.locate import locate_into  # onnx graph surgery only when asked for
+
+        locate_into(result, session, stored, config.locate_tolerance)
     result.figure = write_figure(out.with_suffix(".png"), result, stored, session)
     result.complete = True
     save_result(out, result, stored)

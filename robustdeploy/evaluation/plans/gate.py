@@ -13,6 +13,7 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.classify import agreement, classify, finish, new_result
 from robustdeploy.evaluation.craft import Plan
+from robustdeploy.evaluation.plans.binarize import BinarizationConfig, run_binarization
 from robustdeploy.evaluation.plans.compare import default_runtimes
 from robustdeploy.evaluation.plans.diff import check_diff, diff_into
 from robustdeploy.evaluation.results import Result, save_result
@@ -35,6 +36,8 @@ class CheckConfig(SessionConfig):
     diff_eps: float | None = 0.01  # budget of the disagreement check (None: no check); 2 grid steps
     diff_budget: int = 10  # deployment queries per sample of its gradient-guided search
     max_disagreement: float = 1.0  # percent of samples split from torch within diff_eps
+    binarization: bool = False  # also run the binarization test (Zimmermann et al. 2022) with the cascade
+    min_binarization_success: float = 95.0  # percent of binarised samples the cascade must fool
     markdown: Path | None = None
     junit: Path | None = None
     out: Path | None = None
@@ -89,6 +92,16 @@ def diff_items(result: Result, config: CheckConfig) -> list[CheckItem]:
     return found
 
 
+def binarization_item(session, config: CheckConfig, result: Result) -> CheckItem:
+    """Can the check's cascade find an adversarial example where one surely exists (at the first budget)?"""
+    report = run_binarization(session, BinarizationConfig(
+        bundle=config.bundle, seed=config.seed, device=config.device, attacks=config.attacks,
+        eps=config.epsilons[0], min_success=config.min_binarization_success))
+    result.extra["binarization"] = asdict(report)
+    return CheckItem("torch", f"binarization test eps={report.eps:g}", report.success, report.min_success,
+                     report.passed, report.line().split(": ", 1)[1])
+
+
 @exclusive_outputs
 def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
     """Measure clean accuracy drop, agreement and worst-case robust accuracy drop of each deployment."""
@@ -114,6 +127,8 @@ def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
         save_result(out.with_suffix(".diff.json"), differ, kept)
         result.extra["diff_result"] = out.with_suffix(".diff.json").name
         found += diff_items(differ, config)
+    if config.binarization:
+        found.append(binarization_item(session, config, result))
     result.extra["items"] = [asdict(i) for i in found]
     result.extra["passed"] = all(i.passed for i in found)
     result.complete = True
