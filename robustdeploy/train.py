@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from robustdeploy.data import DataConfig, Dataset, Split
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_json, read_document, staging_dir
+from robustdeploy.io import atomic_write_json, atomic_write_tensors, discard_staging, read_document, staging_dir
 from robustdeploy.models import Classifier, ModelSpec, build_classifier, load_weights
 from robustdeploy.progress import progress
 
@@ -132,14 +130,13 @@ def save_run(model: nn.Module, record: RunRecord, out: Path) -> None:
     """Write weights + run.json into a temporary sibling folder, then rename it into place."""
     tmp = staging_dir(out)
     try:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        atomic_write_tensors(tmp / "model.safetensors", {k: v.detach() for k, v in model.state_dict().items()})
         atomic_write_json(tmp / "run.json", record.to_dict())
         if out.exists():
             out.rmdir()
         tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        discard_staging(tmp, out, exc)
         raise
 
 

@@ -8,7 +8,6 @@ of the clean training split they replace). Everything is written in a staging fo
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +18,15 @@ from safetensors.torch import load_file, save
 
 from robustdeploy.data import DataConfig, Dataset, Split
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_bytes, atomic_write_json, read_document, sha256_file, staging_dir, versions
+from robustdeploy.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    discard_staging,
+    read_document,
+    sha256_file,
+    staging_dir,
+    versions,
+)
 
 POISON_FORMAT = "robustdeploy-poison/1"
 MANIFEST = "manifest.json"
@@ -114,8 +121,8 @@ def write_poison_set(out: Path, manifest: dict, x: torch.Tensor, index: torch.Te
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions()}
         atomic_write_json(tmp / MANIFEST, full)
         tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        discard_staging(tmp, out, exc)
         raise
     return out
 
