@@ -4,13 +4,18 @@ is one `error:` line and exit 2, and nothing half-written is left behind."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
+from robustdeploy.cli import main
 from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 from tests.test_bad_input import refused
 
@@ -99,3 +104,98 @@ def test_safetensors_storage_errors_name_the_run(tmp_path, work, capsys, monkeyp
     refused(capsys, monkeypatch, ["-q", "train", "--epochs", "1", "--out", tmp_path / "run"],
             f"cannot write {tmp_path / 'run'}: no space left", untouched=(work,))
     assert left_in(tmp_path) == {"work"}
+
+
+# 2. Stored files validated at read: every named set, with its rows, shape and dtype; poison shards likewise.
+def tamper(adv: Path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(adv))
+    change(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(adv))
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda t: t.pop(next(k for k in t if k.startswith("pgd/"))), "that the result names is missing"),
+    (lambda t: t.update({k: t[k][:5] for k in t if k.startswith("pgd/")}), "has 5 rows, expected 6"),
+    (lambda t: t.update({k: (t[k] * 255).to(torch.uint8) for k in t if k.startswith("pgd/")}),
+     "is U8, expected floating-point images"),
+    (lambda t: t.update({k: t[k][:, :, :4] for k in t if k.startswith("pgd/")}), "holds images of shape [1, 4, 8]"),
+    (lambda t: t.pop("y"), "the labels 'y' are missing"),
+    (lambda t: t.update(y=t["y"][:5], x=t["x"][:5]), "5 labels for a result over 6 samples"),
+])
+def test_tampered_examples_are_named(result_file, tmp_path, work, capsys, monkeypatch, change, needle):
+    folder = tmp_path / "copy"
+    shutil.copytree(result_file.parent, folder)
+    tamper(folder / "r.adv.safetensors", change)
+    refused(capsys, monkeypatch, ["rescore", folder / "r.json"], f"{folder / 'r.adv.safetensors'}: ", needle,
+            "re-run the evaluation", untouched=(work, folder))
+
+
+def test_garbage_examples_are_named(result_file, tmp_path, work, capsys, monkeypatch):
+    folder = tmp_path / "copy"
+    shutil.copytree(result_file.parent, folder)
+    (folder / "r.adv.safetensors").write_bytes(os.urandom(4096))
+    refused(capsys, monkeypatch, ["rescore", folder / "r.json"], "is not a readable safetensors file",
+            untouched=(work, folder))
+
+
+def test_rescore_names_each_differing_cell_and_field(result_file, tmp_path, work, capsys, monkeypatch):
+    folder = tmp_path / "copy"
+    shutil.copytree(result_file.parent, folder)
+    data = json.loads((folder / "r.json").read_text())
+    cell = data["cells"][-1]
+    cell["robust_accuracy"] += 10.0
+    cell["attack_success_rate"] = -1.0
+    (folder / "r.json").write_text(json.dumps(data))
+    monkeypatch.setattr(sys, "argv", ["robustdeploy", "rescore", str(folder / "r.json")])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 1 and len(err.splitlines()) == 1, err
+    assert f"1 of {len(data['cells'])} scored cells" in err, err
+    assert f"torch/pgd eps={cell['eps']:g}: robust_accuracy {cell['robust_accuracy']!r} -> " \
+           f"{cell['robust_accuracy'] - 10.0!r}, attack_success_rate -1.0 -> " in err, err
+
+
+@pytest.fixture()
+def poison_set(tmp_path, digits) -> Path:
+    from robustdeploy.data import DataConfig
+    from robustdeploy.poison.store import write_poison_set
+
+    index = torch.arange(0, 40, 3)
+    manifest = {"method": "test", "eps": 0.1, "surrogates": [{}], "data": DataConfig().to_dict()}
+    return write_poison_set(tmp_path / "poisons", manifest, digits.train.x[index], index, digits)
+
+
+def rewrite_shard(folder: Path, change) -> Path:
+    """Change the first shard and record its new hash, as a broken tool would."""
+    from robustdeploy.io import sha256_file
+
+    shard = next(folder.glob("shard-*.safetensors"))
+    change(shard)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = sha256_file(shard)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return shard
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda p: p.write_bytes(os.urandom(2048)), "is not a readable safetensors file"),
+    (lambda p: tamper(p, lambda t: t.pop("x")), "lacks its 'x' tensor"),
+    (lambda p: tamper(p, lambda t: t.update(x=t["x"].float() * 1000)), "'x' is float32, expected uint8"),
+    (lambda p: tamper(p, lambda t: t.update(x=t["x"][:5])), "'x' has shape [5, 1, 8, 8], the manifest says [14,"),
+    (lambda p: tamper(p, lambda t: t.update(extra=t["index"].clone())), "unexpected tensors ['extra']"),
+])
+def test_tampered_poison_shards_are_named(poison_set, work, capsys, monkeypatch, change, needle):
+    shard = rewrite_shard(poison_set, change)
+    refused(capsys, monkeypatch, ["-q", "train", "--epochs", "1", "--poison", poison_set, "--out", work / "r"],
+            f"poison shard {shard}", needle, "regenerate the poison set")
+
+
+def test_poison_count_against_the_manifest(poison_set, work, capsys, monkeypatch):
+    manifest = json.loads((poison_set / "manifest.json").read_text())
+    manifest["poisoned"] = 1000
+    (poison_set / "manifest.json").write_text(json.dumps(manifest))
+    refused(capsys, monkeypatch, ["-q", "train", "--epochs", "1", "--poison", poison_set, "--out", work / "r"],
+            "its shards hold 14 images, its manifest says 1000")
