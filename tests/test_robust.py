@@ -199,3 +199,61 @@ def test_poison_count_against_the_manifest(poison_set, work, capsys, monkeypatch
     (poison_set / "manifest.json").write_text(json.dumps(manifest))
     refused(capsys, monkeypatch, ["-q", "train", "--epochs", "1", "--poison", poison_set, "--out", work / "r"],
             "its shards hold 14 images, its manifest says 1000")
+
+
+# 3. Sizes against memory before allocating; every option checked before any work.
+@pytest.mark.parametrize("extra,needle", [
+    (["--threads", "-2"], "--threads -2 is outside [0, 1024]"),
+    (["--graph-optimization", "fastest"], "unknown graph optimisation level 'fastest'"),
+    (["--batch-size", str(10**12)], f"--batch-size {10**12} needs"),
+])
+def test_bench_options_before_any_timing(bundle_dir, work, capsys, monkeypatch, extra, needle):
+    import robustdeploy.bench
+
+    def never(*args, **kwargs):
+        raise AssertionError("a runtime was opened before the options were checked")
+
+    monkeypatch.setattr(robustdeploy.bench, "create_runtime", never)
+    refused(capsys, monkeypatch, ["bench", bundle_dir, "-r", "torch", "-r", "ort-cpu", *extra], needle,
+            untouched=(work, bundle_dir))
+
+
+def test_sizes_against_the_memory_available(bundle_dir, work, capsys, monkeypatch):
+    """With 1 GiB available, the issue's `bench --batch-size 100000000` (25.6 GB of 8x8 pixels) and a window too
+    large for it are refused before anything is allocated."""
+    import robustdeploy.memory
+
+    monkeypatch.setattr(robustdeploy.memory, "available_bytes", lambda device="cpu": 2**30)
+    refused(capsys, monkeypatch, ["bench", bundle_dir, "-r", "torch", "--batch-size", "100000000"],
+            "--batch-size 100000000 needs 23.8 GiB of memory, more than half of the 1.0 GiB available",
+            "give a smaller --batch-size", untouched=(work, bundle_dir))
+    monkeypatch.setattr(robustdeploy.memory, "available_bytes", lambda device="cpu": 2**16)
+    refused(capsys, monkeypatch, ["evaluate", bundle_dir, "-r", "torch", "--limit", "100", "--window", "100",
+                                  "--out", work / "r.json"], "--window 100 needs", "give a smaller --window",
+            untouched=(work, bundle_dir))
+
+
+def test_an_absurd_input_size_is_refused_before_the_resize(bundle_dir, work, capsys, monkeypatch):
+    refused(capsys, monkeypatch, ["import", "onnx", bundle_dir / "model.onnx", "--input-size", "1", "100000",
+                                  "100000", "--out", work / "b"],
+            "--input-size 1 100000 100000 is 10,000,000,000 values per image", untouched=(work, bundle_dir))
+
+
+GOOD_ENTRY = "[[evaluation]]\nname = 'first'\nattacks = ['fgsm']\neps = [0.05]\nlimit = 8\n"
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ("eps = [5.0]", "suite.toml evaluation 2 (bad): eps: 5 is outside [0, 1]"),
+    ("runtimes = ['ort-gpu']", "suite.toml evaluation 2 (bad): runtimes: unknown runtime 'ort-gpu'"),
+    ("params = { steps = 'abc' }", "suite.toml evaluation 2 (bad): params: attack 'pgd' option 'steps' takes an "
+                                   "integer, not 'abc'"),
+    ("params = { nosuch = 1 }", "suite.toml evaluation 2 (bad): params: no attack of pgd takes nosuch"),
+    ("attacks = ['pgdd']", "suite.toml evaluation 2 (bad): attacks: unknown attack 'pgdd'"),
+    ("window = 0", "suite.toml evaluation 2 (bad): window must be at least 1"),
+    ("device = 'tpu'", "suite.toml evaluation 2 (bad): device: "),
+])
+def test_a_suite_is_validated_whole_before_it_runs(bundle_dir, tmp_path, work, capsys, monkeypatch, entry, needle):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f"bundles = ['{bundle_dir}']\n{GOOD_ENTRY}[[evaluation]]\nname = 'bad'\n{entry}\n")
+    refused(capsys, monkeypatch, ["run", suite], needle, untouched=(work,))
+    assert not (tmp_path / "suite-results").exists(), "an evaluation ran before the suite was validated"
