@@ -13,7 +13,7 @@ from robustdeploy.data import DataConfig, Dataset, Split
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import atomic_write_json, atomic_write_tensors, discard_staging, read_document, staging_dir
 from robustdeploy.models import Classifier, ModelSpec, build_classifier, load_weights
-from robustdeploy.progress import progress
+from robustdeploy.progress import Meter, progress
 
 RUN_FORMAT = "robustdeploy-run/1"
 log = logging.getLogger("robustdeploy")
@@ -100,20 +100,23 @@ def fit(
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n = len(data.train)
     losses = []
-    for _, bar in progress(config.epochs, desc, unit="epoch", lines=config.epochs):
+    batches = -(-n // config.batch_size)
+    for epoch, bar in progress(config.epochs, desc, unit="epoch", lines=config.epochs):
         model.train()
         order = torch.randperm(n, generator=generator)
         total = 0.0
-        for i in range(0, n, config.batch_size):
-            idx = order[i : i + config.batch_size]
-            if len(idx) < 2 and n > 1:
-                continue  # batch-norm needs two samples
-            x, y = data.train.x[idx].to(config.device), data.train.y[idx].to(config.device)
-            loss = loss_fn(model, x, y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(idx)
+        with Meter(batches, f"{desc}: epoch {epoch + 1}/{config.epochs}", "batch") as meter:
+            for b, i in enumerate(range(0, n, config.batch_size)):
+                idx = order[i : i + config.batch_size]
+                if len(idx) < 2 and n > 1:
+                    continue  # batch-norm needs two samples
+                x, y = data.train.x[idx].to(config.device), data.train.y[idx].to(config.device)
+                loss = loss_fn(model, x, y)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                total += float(loss.detach()) * len(idx)
+                meter.update(b + 1)
         losses.append(total / n)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{accuracy(model, data.val, device=config.device):.1f}%")
     model.eval()

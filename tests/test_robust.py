@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import torch
 
 from robustdeploy.cli import main
 from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
+from robustdeploy.progress import Meter
 from tests.test_bad_input import refused
 
 
@@ -257,3 +260,42 @@ def test_a_suite_is_validated_whole_before_it_runs(bundle_dir, tmp_path, work, c
     suite.write_text(f"bundles = ['{bundle_dir}']\n{GOOD_ENTRY}[[evaluation]]\nname = 'bad'\n{entry}\n")
     refused(capsys, monkeypatch, ["run", suite], needle, untouched=(work,))
     assert not (tmp_path / "suite-results").exists(), "an evaluation ran before the suite was validated"
+
+
+# 4. Progress inside long loops: training per batch, the disagreement search per query, with rate and time left.
+PACE = re.compile(r"\(\d\d:\d\d elapsed, [\d.]+ (\w+/s|s/\w+), \d\d:\d\d left\)$")
+
+
+def test_training_speaks_within_an_epoch(caplog, monkeypatch):
+    from robustdeploy.data import DataConfig, load_dataset
+    from robustdeploy.train import TrainConfig, fit, new_classifier
+
+    monkeypatch.setattr(Meter, "EVERY", 0.0)
+    caplog.set_level(logging.INFO, logger="robustdeploy")
+    data = load_dataset(DataConfig())
+    model, _ = new_classifier("mlp", data)
+    fit(model, data, TrainConfig(arch="mlp", epochs=1, batch_size=256))
+    batches = [r.getMessage() for r in caplog.records if "epoch 1/1: batch" in r.getMessage()]
+    assert batches and batches[0].startswith("train: epoch 1/1: batch 1/5 ") and PACE.search(batches[0]), batches
+
+
+def test_the_disagreement_search_speaks_per_query(bundle_dir, tmp_path, caplog, monkeypatch):
+    from robustdeploy.evaluation.plans.diff import DiffConfig, run_diff
+
+    monkeypatch.setattr(Meter, "EVERY", 0.0)
+    monkeypatch.setattr(Meter, "REFRESH", 0.0)
+    caplog.set_level(logging.INFO, logger="robustdeploy")
+    run_diff(DiffConfig(bundle=bundle_dir, against=("ort-cpu",), epsilons=(0.03,), budget=6, limit=20,
+                        searches=("gradient",), out=tmp_path / "d.json"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("disagreement search, eps 0.03:")]
+    assert lines and all(PACE.search(line) for line in lines), lines
+    counts = [int(re.search(r"query (\d+)/", line).group(1)) for line in lines]
+    assert counts == sorted(counts) and counts[-1] < int(re.search(r"/(\d+) ", lines[0]).group(1)), lines
+
+
+def test_a_meter_is_silent_under_quiet(caplog):
+    caplog.set_level(logging.WARNING, logger="robustdeploy")
+    with Meter(4, "quiet", "batch") as meter:
+        for i in range(4):
+            meter.update(i + 1)
+    assert not caplog.records
