@@ -4,6 +4,7 @@ timed run kept (the report draws their distributions)."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import statistics
 import time
@@ -15,6 +16,7 @@ import torch
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import atomic_write_json, check_output, exclusive_outputs, read_document, versions
+from robustdeploy.memory import check_fits
 from robustdeploy.progress import pace, progress
 from robustdeploy.runtimes import create_runtime
 from robustdeploy.runtimes.ort import SessionOptions
@@ -129,7 +131,10 @@ def bench(config: BenchConfig) -> BenchResult:
         raise RobustDeployError("--warmup must be >= 0 and --iterations >= 1")
     if not config.batch_sizes or min(config.batch_sizes) < 1:
         raise RobustDeployError("--batch-size must be at least 1")
+    config.session.validate()
     bundle = load_bundle(config.bundle)
+    batch, values = max(config.batch_sizes), math.prod(bundle.input_shape)
+    check_fits(f"--batch-size {batch}", 4 * batch * values, "give a smaller --batch-size", config.device)
     if config.out:
         check_output(Path(config.out), "--out")
     generator = torch.Generator().manual_seed(config.seed)

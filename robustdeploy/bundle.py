@@ -15,6 +15,7 @@ import torch
 from robustdeploy.data import DataConfig
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import read_document, sha256_file
+from robustdeploy.memory import MAX_INPUT
 from robustdeploy.models import ModelSpec, load_weights
 from robustdeploy.preprocess import Preprocessing
 
@@ -75,9 +76,6 @@ def _tensors_with_external_data(graph):
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for sub in attr.graphs:
                     yield from _tensors_with_external_data(sub)
-
-
-MAX_INPUT = 64_000_000  # values per input image (a 4-channel 4000 x 4000 image): larger is refused as absurd
 
 
 def check_input(shape: object, where: str) -> tuple[int, int, int]:

@@ -350,14 +350,13 @@ def rescore(
     """Re-score a result from its stored examples alone; exit 1 if any number differs from the stored one."""
     from robustdeploy.errors import CheckFailed
     from robustdeploy.evaluation.plans.rescore import rescore as run_rescore
-    from robustdeploy.evaluation.results import load_result
+    from robustdeploy.evaluation.results import cell_differences, load_result
 
     stored = load_result(result)[0].cells
-    fresh = run_rescore(result, device)
-    differ = sum(a != b for a, b in zip(fresh, stored)) + abs(len(fresh) - len(stored))
+    differ = cell_differences(stored, run_rescore(result, device))
     if differ:
-        raise CheckFailed(f"{differ} of {len(stored)} scored cells of {result} differ when re-scored from the "
-                          "stored examples")
+        raise CheckFailed(f"{len(differ)} of {len(stored)} scored cells of {result} differ when re-scored from the "
+                          f"stored examples: {'; '.join(differ)}")
     echo(f"all {len(stored)} scored cells of {result} re-score exactly from its stored examples")
 
 

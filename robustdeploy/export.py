@@ -20,7 +20,9 @@ from robustdeploy.errors import CheckFailed, RobustDeployError
 from robustdeploy.io import (
     atomic_write_json,
     check_output_dir,
+    discard_staging,
     exclusive_outputs,
+    raise_storage_error,
     sha256_file,
     staging_dir,
     versions,
@@ -80,6 +82,7 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
                     dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 )
         except Exception as exc:  # exporter failures come in many types
+            raise_storage_error(path, exc)
             raise RobustDeployError(f"{exporter} exporter failed ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:200]}); try --exporter "
                                     f"{'torchscript' if exporter == 'dynamo' else 'dynamo'}") from None
@@ -202,7 +205,7 @@ def export_bundle(config: ExportConfig) -> tuple[Bundle, ParityReport]:
                                                 config.squeeze, config.opset)
             manifest["files"][manifest["detector"]["file"]] = sha256_file(tmp / manifest["detector"]["file"])
         bundle = finish_bundle(tmp, out, manifest, failed)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        discard_staging(tmp, out, exc)
         raise
     return bundle, parity

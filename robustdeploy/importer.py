@@ -21,7 +21,14 @@ from robustdeploy.export import (
     export_onnx,
     finish_bundle,
 )
-from robustdeploy.io import check_output_dir, exclusive_outputs, sha256_file, staging_dir
+from robustdeploy.io import (
+    atomic_write_tensors,
+    check_output_dir,
+    discard_staging,
+    exclusive_outputs,
+    sha256_file,
+    staging_dir,
+)
 from robustdeploy.models import Classifier, ModelSpec, create_net
 from robustdeploy.onnx_interface import MIN_OPSET, OnnxInterface, inspect_onnx, output_meaning
 from robustdeploy.parity import ParityTolerance
@@ -143,9 +150,7 @@ def bundle_from_module(model: torch.nn.Module, example_input: torch.Tensor, *, c
     try:
         export_onnx(graph, preprocessing.input_size, tmp / "model.onnx", opset, exporter)
         if spec.arch != "module":
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in graph.state_dict().items()}, str(tmp / "reference.safetensors"))
+            atomic_write_tensors(tmp / "reference.safetensors", graph.state_dict())
             reference, gradients = "reference.safetensors", {"source": "spec"}
         else:
             reference, gradients = "model.onnx", _converted(tmp / "model.onnx", preprocessing, test.x,
@@ -160,8 +165,8 @@ def bundle_from_module(model: torch.nn.Module, example_input: torch.Tensor, *, c
             data=dataset_record(data, preprocessing, len(test)), opset=opset, exporter=exporter,
             preprocessing=preprocessing.to_dict(), gradients=gradients, source={"kind": "torch", "arch": spec.arch})
         return finish_bundle(tmp, out, manifest, failed)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        discard_staging(tmp, out, exc)
         raise
 
 
@@ -319,9 +324,7 @@ def import_onnx(config: ImportConfig, onnx_file: Path) -> Bundle:
         if state is not None:
             net = fit_weights(create_net(config.arch, pre.input_size, len(classes)), state, config.arch)
             model = Classifier(net, pre.mean, pre.std).eval()
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "reference.safetensors"))
+            atomic_write_tensors(tmp / "reference.safetensors", model.state_dict())
             reference, gradients = "reference.safetensors", {"source": "spec"}
         else:
             reference, gradients = "model.onnx", _converted(tmp / "model.onnx", pre, test.x, config.tolerance)
@@ -341,6 +344,6 @@ def import_onnx(config: ImportConfig, onnx_file: Path) -> Bundle:
                     "external": {name: sha256_file(tmp / name) for name in interface.external}})
         manifest["files"] |= manifest["source"]["external"]
         return finish_bundle(tmp, out, manifest, failed)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        discard_staging(tmp, out, exc)
         raise

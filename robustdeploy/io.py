@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,67 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def atomic_write_tensors(path: Path, tensors: dict) -> None:
+    """Write named torch tensors as one .safetensors file, atomically and with storage errors mapped."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({name: tensor.contiguous() for name, tensor in tensors.items()}))
+
+
+# What each storage failure means to a user, and what to do about it.
+STORAGE_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", "free some space or choose a folder on another disk"),
+    errno.EDQUOT: ("the disk quota is exhausted", "free some of your quota or choose another folder"),
+    errno.EROFS: ("the file system is read-only", "choose a writable folder"),
+    errno.EIO: ("an input/output error (a failing disk or a lost network mount)",
+                "check the disk or choose another folder"),
+}
+
+
+class StorageError(RobustDeployError):
+    """A write failed for a reason of the storage, not of the data: `code` is its errno."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def storage_error(path: Path, exc: BaseException) -> StorageError | None:
+    """The one-line error for a storage failure while writing `path`, raised by Python (an OSError) or by a
+    library that reports the OS's text (safetensors, onnx, torch.onnx); None for anything else. A StorageError
+    from a file inside a staging folder is named again by the folder the user asked for."""
+    if isinstance(exc, StorageError):
+        code = exc.code
+    elif isinstance(exc, RobustDeployError):
+        return None
+    else:
+        code = exc.errno if isinstance(exc, OSError) else None
+    if code not in STORAGE_ERRORS:
+        text = str(exc)
+        code = next((c for c in STORAGE_ERRORS if os.strerror(c) in text or f"os error {c})" in text), None)
+    if code is None:
+        return None
+    reason, fix = STORAGE_ERRORS[code]
+    return StorageError(f"cannot write {path}: {reason}; {fix} (nothing partial was left)", code)
+
+
+def raise_storage_error(path: Path, exc: BaseException) -> None:
+    """Raise `storage_error(path, exc)` if `exc` is one; otherwise return, for the caller to re-raise `exc`."""
+    error = storage_error(path, exc)
+    if error is not None:
+        raise error from None
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a storage failure inside the block into one error line naming `path`."""
+    try:
+        yield
+    except Exception as exc:
+        raise_storage_error(path, exc)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """A binary handle on a temporary file in `path`'s folder, renamed onto `path` when the block ends without an
@@ -33,6 +96,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
+        raise_storage_error(path, exc)
         raise RobustDeployError(f"cannot write {path} ({exc.strerror}); choose another path") from None
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -41,8 +105,9 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # as an ordinary write would leave it, not mkstemp's 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        raise_storage_error(path, exc)
         raise
 
 
@@ -54,10 +119,18 @@ def current_umask() -> int:
 
 def staging_dir(out: Path) -> Path:
     """A fresh sibling folder of `out` to build it in before one atomic rename, readable as a new folder is."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
+
+
+def discard_staging(tmp: Path, out: Path, exc: BaseException) -> None:
+    """After a failed build of `out` in `tmp`: remove `tmp`, and turn a storage failure into one error line
+    naming `out` (any other error returns, for the caller to re-raise)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise_storage_error(out, exc)
 
 
 def check_output(path: Path, option: str) -> None:

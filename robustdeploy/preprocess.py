@@ -8,12 +8,14 @@ file expects normalised input, and every runtime applies it at its boundary, so 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.memory import MAX_INPUT
 
 PRESETS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 NORMALISATION = ("in-graph", "outside")
@@ -39,6 +41,10 @@ class Preprocessing:
         channels = size[0] if len(size) == 3 else 0
         if len(size) != 3 or not 1 <= channels <= 4 or min(size) < 1:
             raise RobustDeployError(f"--input-size {list(size)} is not C H W with 1 to 4 channels; e.g. 3 224 224")
+        if math.prod(size) > MAX_INPUT:
+            raise RobustDeployError(f"--input-size {' '.join(map(str, size))} is {math.prod(size):,} values per image, "
+                                    f"beyond {MAX_INPUT:,} (a 4-channel 4000x4000 image); give the size the model "
+                                    "takes")
         mean = tuple(float(v) for v in self.mean) or (0.0,) * channels
         std = tuple(float(v) for v in self.std) or (1.0,) * channels
         object.__setattr__(self, "mean", mean)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -38,3 +38,45 @@ def pace(done: int, total: int, seconds: float, unit: str) -> str:
     speed = f"{rate:.2f} {unit}/s" if rate >= 1 else f"{seconds / done:.2f} s/{unit}"
     left = (total - done) / rate if rate > 0 else 0.0
     return f"{tqdm.format_interval(seconds)} elapsed, {speed}, {tqdm.format_interval(left)} left"
+
+
+class Meter:
+    """Progress of work counted in units (batches, queries) inside one step of a loop: a tqdm bar on a terminal,
+    off one a log line every EVERY seconds with the rate and the time left; nothing under `-q`. For loops whose
+    steps are long (an epoch, a search block), so that the first figure comes within seconds."""
+
+    EVERY = 5.0  # seconds between log lines
+    REFRESH = 0.5  # seconds between counts given as a function
+
+    def __init__(self, total: int, desc: str, unit: str) -> None:
+        self.total, self.desc, self.unit = max(1, total), desc, unit
+        self.quiet = not log.isEnabledFor(logging.INFO)
+        self.bar = tqdm(total=self.total, desc=desc, unit=unit, file=sys.stderr, disable=True if self.quiet else None,
+                        leave=False, dynamic_ncols=True, delay=1.0)
+        self.start = self.last = self.seen = time.perf_counter()
+        self.done = 0
+
+    def update(self, done: int | Callable[[], int]) -> None:
+        """`done` units of `total` finished so far; a function giving it is called only when a figure is due
+        (every REFRESH seconds: counting may wait for a GPU)."""
+        now = time.perf_counter()
+        if self.quiet or (callable(done) and now - self.seen < self.REFRESH):
+            return
+        self.seen = now
+        done = min(done() if callable(done) else done, self.total)
+        if done > self.done:
+            self.bar.update(done - self.done)
+            self.done = done
+        if self.bar.disable and now - self.last >= self.EVERY and self.done < self.total:
+            self.last = now
+            log.info("%s: %s %d/%d (%s)", self.desc, self.unit, self.done, self.total,
+                     pace(max(1, self.done), self.total, now - self.start, self.unit))
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> Meter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

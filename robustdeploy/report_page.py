@@ -18,7 +18,7 @@ from robustdeploy.bench import BENCH_HEADERS, BenchResult, bench_table_rows, loa
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.results import Result, load_result
 from robustdeploy.figures import accuracy_curves, example_grid, latency_figure, score_figure
-from robustdeploy.io import atomic_write_text, check_output
+from robustdeploy.io import atomic_write_text, check_output, exclusive_outputs
 from robustdeploy.report import EVALUATION_HEADERS, _fmt, evaluation_rows, table
 
 SHOWN_INDICES = 20  # sample indices listed per row of the differs-from-torch table
@@ -261,6 +261,7 @@ def to_markdown(page: Page) -> str:
     return "\n".join(out)
 
 
+@exclusive_outputs
 def write_report(paths: list[Path], html_out: Path | None, markdown_out: Path | None) -> Page:
     """Build the page once and write it as HTML and/or Markdown (atomically)."""
     if html_out is None and markdown_out is None:

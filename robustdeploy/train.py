@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from robustdeploy.data import DataConfig, Dataset, Split
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_json, read_document, staging_dir
+from robustdeploy.io import atomic_write_json, atomic_write_tensors, discard_staging, read_document, staging_dir
 from robustdeploy.models import Classifier, ModelSpec, build_classifier, load_weights
-from robustdeploy.progress import progress
+from robustdeploy.progress import Meter, progress
 
 RUN_FORMAT = "robustdeploy-run/1"
 log = logging.getLogger("robustdeploy")
@@ -123,21 +121,24 @@ def fit(
     total_steps = config.epochs * math.ceil(n / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: factor(min(step / total_steps, 1.0)))
     losses = []
-    for _, bar in progress(config.epochs, desc, unit="epoch", lines=config.epochs):
+    batches = -(-n // config.batch_size)
+    for epoch, bar in progress(config.epochs, desc, unit="epoch", lines=config.epochs):
         model.train()
         order = torch.randperm(n, generator=generator)
         total = 0.0
-        for i in range(0, n, config.batch_size):
-            idx = order[i : i + config.batch_size]
-            if len(idx) < 2 and n > 1:
-                continue  # batch-norm needs two samples
-            x, y = data.train.x[idx].to(config.device), data.train.y[idx].to(config.device)
-            loss = loss_fn(model, x, y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(idx)
+        with Meter(batches, f"{desc}: epoch {epoch + 1}/{config.epochs}", "batch") as meter:
+            for b, i in enumerate(range(0, n, config.batch_size)):
+                idx = order[i : i + config.batch_size]
+                if len(idx) < 2 and n > 1:
+                    continue  # batch-norm needs two samples
+                x, y = data.train.x[idx].to(config.device), data.train.y[idx].to(config.device)
+                loss = loss_fn(model, x, y)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                total += float(loss.detach()) * len(idx)
+                meter.update(b + 1)
         losses.append(total / n)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{accuracy(model, data.val, device=config.device):.1f}%")
     model.eval()
@@ -154,14 +155,13 @@ def save_run(model: nn.Module, record: RunRecord, out: Path) -> None:
     """Write weights + run.json into a temporary sibling folder, then rename it into place."""
     tmp = staging_dir(out)
     try:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        atomic_write_tensors(tmp / "model.safetensors", {k: v.detach() for k, v in model.state_dict().items()})
         atomic_write_json(tmp / "run.json", record.to_dict())
         if out.exists():
             out.rmdir()
         tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        discard_staging(tmp, out, exc)
         raise
 
 

@@ -21,6 +21,7 @@ from robustdeploy.attacks.base import Model, loss_per_sample
 from robustdeploy.attacks.pgd import PGD
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.progress import Meter
 from robustdeploy.registry import Registry
 
 Realise = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (adv, x, eps) -> 8-bit adv inside eps
@@ -60,7 +61,13 @@ class DifferentialSearch(ABC):
         if todo.any():
             index = todo.nonzero().flatten()
             sub = Outcome(x[index].clone(), outcome.found[index], queries[index])
-            self._run(reference, deployment, x[index], ref[index], eps, budget, realise, sub)
+            with Meter(len(index) * (budget - 1), f"disagreement search, eps {eps:g}", "query") as meter:
+                def watched(z: torch.Tensor) -> torch.Tensor:  # the deployment, with the queries spent shown
+                    logits = deployment(z)
+                    meter.update(lambda: int(torch.where(sub.found, budget, sub.queries).sum()) - len(index))
+                    return logits
+
+                self._run(reference, watched, x[index], ref[index], eps, budget, realise, sub)
             outcome.adv[index], outcome.found[index], outcome.queries[index] = sub.adv, sub.found, sub.queries
         return outcome
 

@@ -14,6 +14,7 @@ import torch
 from robustdeploy import devices
 from robustdeploy.defenses.squeeze import SqueezeConfig, SqueezeDetector, build_squeeze, detector_scores
 from robustdeploy.errors import CheckFailed, RobustDeployError
+from robustdeploy.io import raise_storage_error
 
 if TYPE_CHECKING:
     from robustdeploy.bundle import Bundle
@@ -44,6 +45,7 @@ def export_detector_onnx(detector: SqueezeDetector, input_shape: tuple[int, ...]
             )
             program.save(str(path))
         except Exception as exc:  # exporter failures come in many types
+            raise_storage_error(path, exc)
             raise RobustDeployError(f"detector export failed ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:200]})") from None
     onnx.checker.check_model(str(path), full_check=True)

@@ -123,6 +123,8 @@ def _header(path: Path) -> tuple[dict, int]:
     """A safetensors file's header and where its data starts."""
     with open(path, "rb") as handle:
         size = struct.unpack("<Q", handle.read(8))[0]
+        if size > Path(path).stat().st_size - 8:
+            raise ValueError(f"its header claims {size} bytes, more than the file holds")
         header = json.loads(handle.read(size))
     header.pop("__metadata__", None)
     return header, 8 + size
@@ -174,11 +176,74 @@ def load_result(path: Path) -> tuple[Result, Stored]:
     data = read_document(path, FORMAT, "give a result written by this version of robustdeploy")
     try:
         result = Result.from_dict(data)
+        check_examples(path.parent / result.adversarial_file, result)
         stored = Stored(path.parent / result.adversarial_file)
+    except RobustDeployError:
+        raise
     except Exception as exc:  # a hand-edited or truncated result: say so rather than guess
         raise RobustDeployError(f"cannot read result {path} or its examples ({exc}); re-run the evaluation") \
             from None
     return result, stored
+
+
+FLOATS = ("F16", "BF16", "F32", "F64")
+
+
+def check_examples(path: Path, result: Result) -> None:
+    """The stored examples hold every set `result` names, each a float tensor with one row per sample and the
+    samples' image shape, and int64 labels (from the file's header alone): a tampered, truncated or swapped file
+    is one line naming the file and what is wrong."""
+    fix = "re-run the evaluation (the stored examples were changed or replaced after it was written)"
+    try:
+        header = {key: (info["dtype"], list(info["shape"])) for key, info in _header(path)[0].items()}
+    except FileNotFoundError:
+        raise RobustDeployError(f"the stored examples {path} of the result are missing; {fix}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+        raise RobustDeployError(f"{path} is not a readable safetensors file ({exc}); {fix}") from None
+
+    def wrong(what: str) -> RobustDeployError:
+        return RobustDeployError(f"{path}: {what}; {fix}")
+
+    if "y" not in header:
+        raise wrong("the labels 'y' are missing")
+    dtype, shape = header["y"]
+    if dtype != "I64" or len(shape) != 1:
+        raise wrong(f"the labels 'y' are {dtype} of shape {shape}, expected I64 of shape [samples]")
+    rows = shape[0]
+    if result.complete and rows != result.samples:
+        raise wrong(f"{rows} labels for a result over {result.samples} samples")
+    image = header["x"][1][1:] if "x" in header else None
+    for key in dict.fromkeys(["x", *(s["key"] for s in result.sets)]):
+        if key not in header:
+            if key == "x":
+                continue
+            raise wrong(f"set {key!r} that the result names is missing")
+        dtype, shape = header[key]
+        if dtype not in FLOATS:
+            raise wrong(f"set {key!r} is {dtype}, expected floating-point images")
+        if not shape or shape[0] != rows:
+            raise wrong(f"set {key!r} has {shape[0] if shape else 0} rows, expected {rows} (one per sample)")
+        if image is not None and shape[1:] != image:
+            raise wrong(f"set {key!r} holds images of shape {shape[1:]}, the samples are {image}")
+
+
+def cell_name(cell: dict) -> str:
+    """A cell's name for a message: its runtime, attack, budget and any other key that tells cells apart."""
+    parts = [str(cell.get(k)) for k in ("runtime", "defense", "group", "attack") if cell.get(k) not in (None, "")]
+    return "/".join(parts) + (f" eps={cell['eps']:g}" if isinstance(cell.get("eps"), (int, float)) else "")
+
+
+def cell_differences(stored: list[dict], fresh: list[dict]) -> list[str]:
+    """Each stored cell that re-scores differently, named, with every field that differs (stored -> fresh)."""
+    found = []
+    for old, new in zip(stored, fresh):
+        fields = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in dict.fromkeys([*old, *new])
+                  if old.get(k) != new.get(k)]
+        if fields:
+            found.append(f"{cell_name(old)}: {', '.join(fields)}")
+    found += [f"{cell_name(c)}: stored, not re-scored" for c in stored[len(fresh):]]
+    found += [f"{cell_name(c)}: re-scored, not stored" for c in fresh[len(stored):]]
+    return found
 
 
 SAME = ("kind", "bundle", "seed", "samples", "limit", "norm", "attacks")

@@ -15,6 +15,7 @@ from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import DataConfig, Samples, Split, load_test_samples
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.score import runners
+from robustdeploy.memory import check_fits
 from robustdeploy.runtimes import Runtime, RuntimeSpec, create_runtime, parse_runtime
 from robustdeploy.runtimes.torch import TorchRuntime
 
@@ -104,6 +105,18 @@ def validate(config: SessionConfig) -> None:
     devices.check_device(config.device)
 
 
+def check_sizes(config: SessionConfig, samples: Samples) -> None:
+    """--batch-size and --window against the memory they would take (of those samples there are), before any
+    allocation: a batch on the session's device, a window of pixels and one stored set on the host."""
+    image = 4 * math.prod(samples.shape)
+    batch = min(config.batch_size, len(samples))
+    check_fits(f"--batch-size {config.batch_size}", image * batch, "give a smaller --batch-size", config.device)
+    if config.window is not None:
+        window = min(config.window, len(samples))
+        check_fits(f"--window {config.window}", 2 * image * window, "give a smaller --window (the samples held in "
+                   "memory at a time)")
+
+
 def load_test_split(bundle: Bundle, data_root: str | None, limit: int | None) -> Samples:
     """The bundle's test split, unread, checked against the bundle's input shape."""
     if data_root is not None and bundle.data.name == "digits":
@@ -123,6 +136,7 @@ def open_session(config: SessionConfig, bundle: Bundle | None = None) -> Session
     devices.pin_numerics(config.device)
     bundle = bundle or load_bundle(config.bundle)
     test = load_test_split(bundle, config.data_root, config.limit)
+    check_sizes(config, test)
     runtimes = [create_runtime(bundle, name, device=config.device, max_batch=config.batch_size)
                 for name in config.runtimes]
     reference = devices.place(bundle.reference_model(), config.device)

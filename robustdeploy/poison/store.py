@@ -8,7 +8,6 @@ of the clean training split they replace). Everything is written in a staging fo
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +18,15 @@ from safetensors.torch import load_file, save
 
 from robustdeploy.data import DataConfig, Dataset, Split
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.io import atomic_write_bytes, atomic_write_json, read_document, sha256_file, staging_dir, versions
+from robustdeploy.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    discard_staging,
+    read_document,
+    sha256_file,
+    staging_dir,
+    versions,
+)
 
 POISON_FORMAT = "robustdeploy-poison/1"
 MANIFEST = "manifest.json"
@@ -114,10 +121,36 @@ def write_poison_set(out: Path, manifest: dict, x: torch.Tensor, index: torch.Te
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions()}
         atomic_write_json(tmp / MANIFEST, full)
         tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        discard_staging(tmp, out, exc)
         raise
     return out
+
+
+def read_shard(file: Path, count: int, input_shape: list[int]) -> dict[str, torch.Tensor]:
+    """A shard's tensors, checked against the manifest: `x` uint8 images of `input_shape`, `index` int64, `count`
+    rows each; anything else (not safetensors, a tensor missing, another dtype or shape) is one line naming it."""
+    fix = "regenerate the poison set"
+    try:
+        tensors = load_file(str(file))
+    except Exception as exc:  # safetensors reports a damaged file in several types
+        raise RobustDeployError(f"poison shard {file} is not a readable safetensors file "
+                                f"({str(exc).splitlines()[0][:120]}); {fix}") from None
+    expected = {"x": (torch.uint8, [count, *input_shape]), "index": (torch.int64, [count])}
+    for name, (dtype, shape) in expected.items():
+        if name not in tensors:
+            raise RobustDeployError(f"poison shard {file} lacks its {name!r} tensor; {fix}")
+        found = tensors[name]
+        if found.dtype != dtype:
+            raise RobustDeployError(f"poison shard {file}: {name!r} is {str(found.dtype).removeprefix('torch.')}, "
+                                    f"expected {str(dtype).removeprefix('torch.')}; {fix}")
+        if list(found.shape) != shape:
+            raise RobustDeployError(f"poison shard {file}: {name!r} has shape {list(found.shape)}, the manifest "
+                                    f"says {shape}; {fix}")
+    if set(tensors) - set(expected):
+        raise RobustDeployError(f"poison shard {file} holds unexpected tensors {sorted(set(tensors) - set(expected))}"
+                                f"; {fix}")
+    return tensors
 
 
 def load_poison_set(path: Path) -> PoisonSet:
@@ -127,13 +160,16 @@ def load_poison_set(path: Path) -> PoisonSet:
         raise RobustDeployError(f"{path} is not a poison set (no {MANIFEST}); make one with `robustdeploy poison "
                                 "generate` or `poison craft`")
     manifest = read_document(path / MANIFEST, POISON_FORMAT, "regenerate the poison set")
+    if sum(shard["count"] for shard in manifest["shards"]) != manifest["poisoned"]:
+        raise RobustDeployError(f"poison set {path}: its shards hold {sum(s['count'] for s in manifest['shards'])} "
+                                f"images, its manifest says {manifest['poisoned']} were poisoned; regenerate it")
     xs, indices = [], []
     for shard in manifest["shards"]:
         file = path / Path(shard["file"]).name
         if not file.is_file() or sha256_file(file) != shard["sha256"]:
             raise RobustDeployError(f"poison shard {file} is missing or does not match its SHA-256; regenerate "
                                     "the poison set")
-        tensors = load_file(str(file))
+        tensors = read_shard(file, shard["count"], manifest["input_shape"])
         xs.append(tensors["x"])
         indices.append(tensors["index"])
     x = torch.cat(xs).float().div_(255.0) if xs else torch.empty(0, *manifest["input_shape"])

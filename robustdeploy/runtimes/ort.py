@@ -37,6 +37,7 @@ PROVIDERS = {
     "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+MAX_THREADS = 1024  # more intra-op threads than any machine has cores is a typo
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 log = logging.getLogger("robustdeploy")
 
@@ -49,12 +50,20 @@ class SessionOptions:
     inter_op_threads: int = 0
     graph_optimization: str = "all"
 
-    def build(self):
-        import onnxruntime as ort
-
+    def validate(self) -> None:
+        """Refuse, before any work, settings ONNX Runtime would refuse or misread."""
         if self.graph_optimization not in OPT_LEVELS:
             raise RobustDeployError(f"unknown graph optimisation level {self.graph_optimization!r}; "
                                     f"use one of {', '.join(OPT_LEVELS)}")
+        for option, value in (("--threads", self.intra_op_threads), ("inter-op threads", self.inter_op_threads)):
+            if not 0 <= value <= MAX_THREADS:
+                raise RobustDeployError(f"{option} {value} is outside [0, {MAX_THREADS}]; give 0 for ONNX Runtime's "
+                                        f"default or a thread count (this machine has {os.cpu_count()} cores)")
+
+    def build(self):
+        import onnxruntime as ort
+
+        self.validate()
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = self.inter_op_threads

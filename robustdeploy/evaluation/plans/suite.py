@@ -3,13 +3,15 @@ it goes; a restarted suite skips the results already complete (and continues an 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from robustdeploy.attacks import cascade
+from robustdeploy import devices
+from robustdeploy.attacks import ATTACKS, cascade, make_attack
 from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation import shards
@@ -19,6 +21,7 @@ from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 from robustdeploy.evaluation.plans.gate import CheckConfig, run_check
 from robustdeploy.evaluation.results import Result, load_result
 from robustdeploy.registry import Registry
+from robustdeploy.runtimes import parse_runtime
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -132,6 +135,40 @@ def _options(where: str, table: dict, allowed: dict) -> dict:
     return {k: _typed(where, k, v, allowed[k]) for k, v in table.items()}
 
 
+@contextlib.contextmanager
+def _key(where: str, key: str) -> Iterator[None]:
+    """An error while checking `key` of a suite entry, prefixed with the entry and the key."""
+    try:
+        yield
+    except RobustDeployError as exc:
+        raise RobustDeployError(f"{where}: {key}: {exc}") from None
+
+
+def _check_values(where: str, kind: str, options: dict) -> None:
+    """What the types allow but the evaluation would refuse (a runtime, an attack option, a budget, a size),
+    checked for every entry before the first evaluation runs."""
+    for key in ("limit", "batch_size", "window", "steps", "adaptive_steps", "adaptive_targets", "adaptive_restarts"):
+        if key in options and options[key] < 1:
+            raise RobustDeployError(f"{where}: {key} must be at least 1, got {options[key]}")
+    with _key(where, "runtimes"):
+        for name in options.get("runtimes", ()):
+            parse_runtime(name)
+    with _key(where, "device"):
+        devices.check_device(options.get("device", "cpu"))
+    norm = options.get("params", {}).get("norm", "linf")
+    for eps in options["eps"] if isinstance(options.get("eps"), list) else [options.get("eps", 0.0)]:
+        if eps < 0 or (norm == "linf" and eps > 1):
+            raise RobustDeployError(f"{where}: eps: {eps:g} is outside [0, 1] for the linf norm on pixels in [0, 1]")
+    if kind in ("evaluate", "detector") or "attacks" in options:
+        attacks = tuple(options.get("attacks", EvalConfig.attacks))
+        with _key(where, "params" if options.get("params") else "attacks"):
+            for spec in cascade(attacks, options.get("params", {})):
+                make_attack(spec, options.get("seed", 0))
+    if kind == "defense" and "attack" in options:
+        with _key(where, "attack"):
+            ATTACKS.get(options["attack"])
+
+
 def load_suite(path: Path, out: Path | None = None) -> list[Job]:
     """The jobs of the suite at `path` (bundles x evaluations), validated before anything runs."""
     path = Path(path)
@@ -171,6 +208,7 @@ def load_suite(path: Path, out: Path | None = None) -> list[Job]:
         KINDS.get(kind)  # unknown kinds fail with a suggestion
         rest = {k: v for k, v in entry.items() if k not in ("name", "kind")}
         options = {**defaults, **_options(label, rest, {**COMMON, **KEYS[kind]})}
+        _check_values(label, kind, options)
         jobs += [Job(b, name, kind, options, folder / b.name / f"{name}.json") for b in bundles]
     return jobs
 
