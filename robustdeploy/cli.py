@@ -511,7 +511,8 @@ def check(
     diff_eps: Annotated[float | None, typer.Option(help="Budget of the disagreement check, a gradient-guided "
                                                    "search for inputs splitting deployment and torch (default "
                                                    "0.01).")] = None,
-    diff_budget: Annotated[int | None, typer.Option(help="Its deployment queries per sample (default 10).")] = None,
+    diff_budget: Annotated[int | None, typer.Option(help="Its deployment queries per sample (default 2: one "
+                                                    "gradient-guided walk).")] = None,
     max_disagreement: Annotated[float | None, typer.Option(help="Max share of samples split within --diff-eps, "
                                                            "percent (default 1).")] = None,
     no_diff: Annotated[bool, typer.Option("--no-diff", help="Skip the disagreement check.")] = False,

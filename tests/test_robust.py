@@ -9,8 +9,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -299,3 +301,46 @@ def test_a_meter_is_silent_under_quiet(caplog):
         for i in range(4):
             meter.update(i + 1)
     assert not caplog.records
+
+
+# 5. A windowed evaluation interrupted (Ctrl-C, kill -9) and resumed gives the uninterrupted result exactly.
+WINDOWED = dict(attacks=("pgd",), epsilons=(0.1,), limit=200, batch_size=8, window=8, runtimes=("torch", "ort-cpu"),
+                attack_params={"steps": 10})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(bundle_dir, tmp_path_factory):
+    from robustdeploy.evaluation.results import load_result
+
+    out = tmp_path_factory.mktemp("whole") / "r.json"
+    evaluate(EvalConfig(bundle=bundle_dir, out=out, **WINDOWED))
+    return load_result(out)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
+def test_an_interrupted_windowed_evaluation_resumes_exactly(bundle_dir, uninterrupted, tmp_path, signum):
+    from robustdeploy.evaluation.results import load_result
+    from robustdeploy.evaluation.shards import folder
+
+    out = tmp_path / "r.json"
+    args = ["evaluate", bundle_dir, "-r", "torch", "-r", "ort-cpu", "--attack", "pgd", "--eps", "0.1",
+            "--attack-opt", "steps=10", "--limit", "200", "--batch-size", "8", "--window", "8", "--out", out]
+    proc = subprocess.Popen([sys.executable, "-m", "robustdeploy", *map(str, args)], stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 240
+    while not list(folder(out).glob("samples-*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    err = proc.communicate(timeout=120)[1]
+    if signum == signal.SIGINT:
+        assert proc.returncode == 130 and "interrupted; results written so far are intact" in err, err
+        assert "Traceback" not in err, err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert list(folder(out).glob("samples-*.json")), "the run was not interrupted mid-way"
+    assert not (out.is_file() and json.loads(out.read_text())["complete"]), "the run finished before the signal"
+    resumed = evaluate(EvalConfig(bundle=bundle_dir, out=out, resume=True, **WINDOWED))
+    whole, whole_stored = uninterrupted
+    assert resumed.complete and resumed.cells == whole.cells
+    stored = load_result(out)[1]
+    assert set(stored) == set(whole_stored) and all(torch.equal(stored[k], whole_stored[k]) for k in stored)

@@ -82,7 +82,7 @@ def test_check_gate_verdicts_and_files(variant_bundle_dir, tmp_path):
     assert [c["attack"] for c in result.cells if c["runtime"] == "ort-cpu"] == ["fgsm", "pgd"]  # worst case last
     assert rescore(tmp_path / "c.json") == result.cells
     differ = next(i for i in found if i.check == "disagreement eps=0.01")
-    assert differ.passed and differ.measured == 0.0 and "10 queries per sample" in differ.detail
+    assert differ.passed and differ.measured == 0.0 and "2 queries per sample" in differ.detail
     assert rescore(tmp_path / "c.diff.json")[0]["disagreement"] == 0.0
 
 

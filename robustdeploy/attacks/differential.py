@@ -62,12 +62,14 @@ class DifferentialSearch(ABC):
             index = todo.nonzero().flatten()
             sub = Outcome(x[index].clone(), outcome.found[index], queries[index])
             with Meter(len(index) * (budget - 1), f"disagreement search, eps {eps:g}", "query") as meter:
-                def watched(z: torch.Tensor) -> torch.Tensor:  # the deployment, with the queries spent shown
-                    logits = deployment(z)
-                    meter.update(lambda: int(torch.where(sub.found, budget, sub.queries).sum()) - len(index))
-                    return logits
+                def watched(model: Model) -> Model:  # each call of either model shows the queries spent so far
+                    def call(z: torch.Tensor) -> torch.Tensor:
+                        logits = model(z)
+                        meter.update(lambda: int(torch.where(sub.found, budget, sub.queries).sum()) - len(index))
+                        return logits
+                    return call
 
-                self._run(reference, watched, x[index], ref[index], eps, budget, realise, sub)
+                self._run(watched(reference), watched(deployment), x[index], ref[index], eps, budget, realise, sub)
             outcome.adv[index], outcome.found[index], outcome.queries[index] = sub.adv, sub.found, sub.queries
         return outcome
 

@@ -34,7 +34,7 @@ class CheckConfig(SessionConfig):
     attacks: tuple[AttackSpec, ...] = DEFAULT_ATTACKS
     epsilons: tuple[float, ...] = (0.05,)
     diff_eps: float | None = 0.01  # budget of the disagreement check (None: no check); 2 grid steps
-    diff_budget: int = 10  # deployment queries per sample of its gradient-guided search
+    diff_budget: int = 2  # deployment queries per sample: one gradient-guided walk (2 per walk), see README
     max_disagreement: float = 1.0  # percent of samples split from torch within diff_eps
     binarization: bool = False  # also run the binarization test (Zimmermann et al. 2022) with the cascade
     min_binarization_success: float = 95.0  # percent of binarised samples the cascade must fool
