@@ -1,12 +1,12 @@
 """Adversarial-training benchmark: the inner maximisations against the undefended model, beside AutoAttack.
 
-Trains `cnn` several ways (standard; adv-train with --inner madry, early-stop, trades, all at the same L-inf
-training budget, steps and epochs, each with its defaults: madry ramps eps over the first third of the epochs and
-anneals the rate on a cosine), exports each to a bundle, and runs the evaluation core's AutoAttack-style cascade on
-the test split: PGD-40 (cross-entropy), then APGD-100 (DLR) on the samples PGD left robust, then Square
-(--square-queries) on each runtime itself on what is left, every example 8-bit realised and scored on each runtime.
-Beside it, with --autoattack, torchattacks' AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square-5000) on the same
-samples on the PyTorch model, scored on float pixels and once more 8-bit realised inside the budget.
+Trains `cnn` several ways (standard; adv-train with --inner madry, early-stop, trades, all at the same L-inf training
+budget, steps and epochs, each with its defaults: madry ramps eps over the first fifth of the epochs (at least one)
+and anneals the rate on a cosine), exports each to a bundle, and runs the evaluation core's AutoAttack-style cascade
+on the test split: PGD-40 (cross-entropy), then APGD-100 (DLR) on the samples PGD left robust, then Square (--square-
+queries) on each runtime itself on what is left, every example 8-bit realised and scored on each runtime. Beside it,
+with --autoattack, torchattacks' AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square-5000) on the same samples on the
+PyTorch model, scored on float pixels and once more 8-bit realised inside the budget.
 --dataset mnist --data-root DIR trains on real MNIST (its 10k-image file split by --val-fraction/--test-fraction).
 Writes benchmarks/results/advtrain.json and the result files beside it.
 

@@ -84,7 +84,8 @@ def train(
     attack_step_size: Annotated[float | None, typer.Option(help="Adv-train madry/trades: PGD step in pixel units "
                                                                 "(default 2.5 * eps / steps).")] = None,
     eps_ramp: Annotated[int | None, typer.Option(help="Adv-train: epochs over which eps grows linearly from 0 "
-                                                      "(default: a third of --epochs for madry, else 0).")] = None,
+                                                      "(default: a fifth of --epochs, at least 1, for madry; "
+                                                      "else 0).")] = None,
     base: Annotated[Path | None, typer.Option(help="Purifier, transfer: reuse this trained classifier run.")]
     = None,
     train_attack: Annotated[str | None, typer.Option(help="Adv-train, --inner early-stop: the gradient attack "

@@ -19,10 +19,11 @@ The inner maximisation runs with the model in eval mode (batch-norm statistics f
 
 Warm-up (issue 21): at eps 0.3 on MNIST, `madry` with Adam at 1e-3 from the first batch converged to a constant
 classifier (loss ln 10 from epoch 1). By default `madry` therefore ramps eps linearly from 0 to its value over the
-first third of the epochs (`--eps-ramp EPOCHS`, as Gowal et al. 2018, arXiv:1810.12715, ramp their budget) and
-anneals the learning rate on a cosine (`--lr-schedule`); the step size follows the ramped eps. The paper's MNIST
-setting is reachable: `--eps-ramp 0 --lr-schedule constant --lr 1e-4 --attack-steps 40 --attack-step-size 0.01
---batch-size 50`. The other inner maximisations keep their papers' defaults (no ramp, constant rate) unless asked.
+first fifth of the epochs (at least one; `--eps-ramp EPOCHS`, as Gowal et al. 2018, arXiv:1810.12715, ramp their
+budget) and anneals the learning rate on a cosine (`--lr-schedule`); the step size follows the ramped eps. The
+paper's MNIST setting is reachable: `--eps-ramp 0 --lr-schedule constant --lr 1e-4 --attack-steps 40
+--attack-step-size 0.01 --batch-size 50`. The other inner maximisations keep their papers' defaults (no ramp,
+constant rate) unless asked.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from robustdeploy.train import fit, new_classifier
 INNER = ("madry", "early-stop", "trades")
 REL_STEP = 2.5  # step size 2.5 * eps / steps: `steps` steps can cross the ball from any start (Madry et al.)
 TRADES_BETA = 6.0  # Zhang et al. 2019, 1 / lambda in the paper's MNIST and CIFAR-10 experiments
-RAMP_SHARE = 1 / 3  # `madry`'s default eps ramp: this share of the epochs (rounded up)
+RAMP_SHARE = 1 / 5  # `madry`'s default eps ramp: this share of the epochs (rounded down, at least one)
 DEFAULT_RAMP = {"madry": RAMP_SHARE}
 DEFAULT_LR_SCHEDULE = {"madry": "cosine"}
 
@@ -160,7 +161,7 @@ def early_stop_attack(attack: str, steps: int, seed: int) -> FixedBudgetAttack:
 def ramp_batches(inner: str, eps_ramp: int | None, epochs: int, batches_per_epoch: int) -> tuple[int, int]:
     """(ramp epochs, ramp batches): `--eps-ramp` or the inner maximisation's default share of the epochs."""
     if eps_ramp is None:
-        eps_ramp = math.ceil(DEFAULT_RAMP.get(inner, 0.0) * epochs)
+        eps_ramp = min(epochs, max(1, int(DEFAULT_RAMP[inner] * epochs))) if inner in DEFAULT_RAMP else 0
     if not 0 <= eps_ramp <= epochs:
         raise RobustDeployError(f"--eps-ramp must be between 0 and --epochs ({epochs}), got {eps_ramp}")
     return eps_ramp, eps_ramp * batches_per_epoch
