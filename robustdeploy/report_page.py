@@ -119,6 +119,8 @@ def _part(path: Path, result: Result, stored: dict[str, torch.Tensor], device: s
                                                      "latency per call"),
                                       "Latency distributions: each dot is one timed run."))
     part.blocks += examples(path, result, stored)
+    if result.extra.get("locate"):
+        part.blocks += located(result.extra["locate"])
     if result.scorer == "detect":
         part.blocks += detector_blocks(result, stored, device)
     rounding = [[s["key"], s["attacked"], *(s["rounding"][k] for k in ("fooled_before", "fooled_after",
@@ -130,6 +132,21 @@ def _part(path: Path, result: Result, stored: dict[str, torch.Tensor], device: s
                         Table(["set", "attacked", "fooled (float)", "fooled (8-bit)", "stopped fooling",
                                "started fooling"], rounding)]
     return part
+
+
+def located(locate: dict) -> list:
+    """`diff --locate`: per disagreement, the first ONNX node departing from the reference and the top adders."""
+    def node(d: dict | None) -> str:
+        return "-" if d is None else f"{d['node']} ({d['op']}{', ' + d['module'] if d['module'] else ''})"
+    rows = [[key, loc["sample"], "clean" if loc["clean"] else "searched", node(loc["first"]),
+             "-" if loc["first"] is None else f"{loc['first']['error']:.3f}",
+             "; ".join(f"{node(d)} +{d['added']:.3f}" for d in loc["top"])]
+            for key, found in locate["located"].items() for loc in found]
+    if not rows:
+        return []
+    return [f"Where each disagreement starts: the first shared ONNX tensor departing beyond "
+            f"{locate['tolerance']:g} of its scale, and the nodes adding most departure over their inputs.",
+            Table(["deployment", "sample", "input", "first departing node", "departure", "most added"], rows)]
 
 
 def curves(result: Result) -> dict[str, list[tuple[float, float]]]:

@@ -61,3 +61,7 @@ def test_diff_locate_reports_the_planted_node(variant_bundle_dir, tmp_path):
     assert "first departs at node_conv2d_1 (Conv, net.3)" in proc.stdout
     located = json.loads((tmp_path / "d.json").read_text())["extra"]["locate"]["located"]["ort-cpu:int8/eps=0.01"]
     assert located and all(loc["first"]["module"] == "net.3" for loc in located)
+    page = cli("report", tmp_path / "d.json", "--html", tmp_path / "r.html", cwd=tmp_path)
+    assert page.returncode == 0, page.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert "first departing node" in html and "node_conv2d_1 (Conv, net.3)" in html
