@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from robustdeploy.data import DataConfig
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.poison.backbones import load_backbone
-from robustdeploy.poison.generate import GenerateConfig, train_generator, views
+from robustdeploy.poison.generate import GenerateConfig, train_generator, validate, views
 from robustdeploy.poison.generator import GENERATORS
 from robustdeploy.poison.objectives import mean_ce
 from robustdeploy.poison.surrogates import prepare
@@ -98,6 +98,6 @@ def test_bad_weights_are_one_line(tmp_path, digits):
         load_backbone(ARCH, tmp_path / "bad.safetensors")
     assert_one_line_error(cli("poison", "generate", "--surrogate", ARCH, "--surrogate-weights", tmp_path / "b.pt",
                               "--objective", "predictions", "--out", tmp_path / "p"), "not a .safetensors file")
-    assert_one_line_error(cli("poison", "generate", "--surrogate", "cnn", "--detector", "pixel", "--out",
-                              tmp_path / "q"), "unknown poison detector 'pixel'")
+    with pytest.raises(RobustDeployError, match="unknown poison detector 'pixel'; did you mean 'pixels'"):
+        validate(GenerateConfig(surrogates=("cnn",), out=tmp_path / "q", detector="pixel"))
     assert not (tmp_path / "p").exists() and not (tmp_path / "q").exists()
