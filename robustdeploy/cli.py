@@ -371,6 +371,7 @@ def defend_eval(
         baseline=baseline, attack=attack, eps=eps, steps=steps, runtimes=runtime, limit=limit, batch_size=batch_size,
         seed=seed, device=device, data_root=data_root, out=out)))
     echo(defense_table(result))
+    echo(f"results -> {result.path} (examples in {result.adversarial_file})")
 
 
 @app.command()
@@ -595,8 +596,7 @@ def report(
     html: Annotated[Path | None, typer.Option(help="Write one self-contained HTML page here.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write the tables and warnings as Markdown here.")] = None,
 ) -> None:
-    """One page over result files: warnings first, then per bundle curves, tables, examples, detector scores and
-    latency distributions."""
+    """One page over result files: a verdict per deployment, warnings, then curves, tables, gate and examples."""
     from robustdeploy.report_page import verdict_text, write_report
 
     page = write_report(results, html, markdown)

@@ -287,7 +287,7 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 .warnings{background:#fff4e5;border-left:4px solid #e69500;padding:0.5em 1em}.ok{background:#eef8ee;
 border-left:4px solid #3a3;padding:0.5em 1em}figure{margin:0.5em 0 1.5em}img{max-width:100%}
 figcaption{font-size:0.85em;color:#555}.verdict{border:2px solid #447;padding:0.2em 1em;margin-bottom:1em}
-.verdict td{text-align:left}tr.bad td:nth-child(2){color:#b00;font-weight:bold}
+.verdict td,.verdict th{text-align:left}tr.bad td:nth-child(2){color:#b00;font-weight:bold}
 tr.good td:nth-child(2){color:#060;font-weight:bold}.note{font-size:0.8em;color:#555}"""
 
 
@@ -299,7 +299,8 @@ def to_html(page: Page) -> str:
         out.append(f"<div class='warnings' id='warnings'><h2>Warnings ({len(page.warnings)})</h2><ul>{items}</ul>"
                    "</div>")
     else:
-        out.append("<div class='ok' id='warnings'>Every sanity check passed.</div>")
+        out.append("<div class='ok' id='warnings'>Every sanity check of the measurements passed (how each "
+                   "deployment compares is the verdict above).</div>")
     for bundle, parts in page.bundles.items():
         out.append(f"<h2>Bundle {html.escape(bundle)}</h2>")
         for part in parts:
