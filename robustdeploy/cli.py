@@ -653,6 +653,9 @@ def plain_help(command, name: str = "", show_defaults: bool = False):
         if param.param_type_name == "option" and param.default is None and default not in (None, (), "") \
                 and "default" not in (param.help or ""):
             param.show_default = ", ".join(map(str, default)) if isinstance(default, tuple) else str(default)
+    shown_help = command.get_help_option(command.context_class(command))
+    if shown_help is not None:
+        shown_help.metavar = ""  # a flag: nothing to show after --help
     for sub_name, sub in getattr(command, "commands", {}).items():
         plain_help(sub, sub_name, show_defaults)
     return command
