@@ -6,6 +6,7 @@ report's plots (budget curves, detector scores, example grids, latency distribut
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def write_png(image: Image.Image, path: Path) -> Path:
 
 
 def pick_examples(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, adv_pred: torch.Tensor,
-                  count: int = 4, first: list[int] = ()) -> torch.Tensor:
+                  count: int = 4, first: Sequence[int] = ()) -> torch.Tensor:
     """Indices of up to `count` samples: `first` (those whose outcome differs between runtimes), then samples the
     attack changed and that fool, then changed ones, then any."""
     changed = (adv != x).flatten(1).any(1)
@@ -114,8 +115,8 @@ def line_style(index: int, lines: int) -> dict:
     """A marker, dash and size of its own per line, hollow and shrinking in drawing order, so lines that coincide
     (a deployment identical to PyTorch) stay visible as nested markers and interleaved dashes."""
     return {"marker": MARKERS[index % len(MARKERS)], "linestyle": DASHES[index % len(DASHES)],
-            "markersize": 4 + 2.5 * (lines - 1 - index), "markerfacecolor": "none", "markeredgewidth": 1.5,
-            "linewidth": 1.2 + 0.6 * (lines - 1 - index), "alpha": 0.9}
+            "markersize": 5 + 3 * (lines - 1 - index), "markerfacecolor": "none", "markeredgewidth": 2,
+            "linewidth": 1.6 + 0.8 * (lines - 1 - index)}
 
 
 def score_figure(clean: torch.Tensor, adversarial: torch.Tensor, threshold: float, title: str) -> bytes:
