@@ -3,6 +3,7 @@ timed run kept (the report draws their distributions)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -139,6 +140,30 @@ def bench(config: BenchConfig) -> BenchResult:
         check_output(Path(config.out), "--out")
     generator = torch.Generator().manual_seed(config.seed)
     rows, described, began = [], [], time.perf_counter()
+    with torch_threads(config.session.intra_op_threads) as used_threads:
+        _time_all(config, bundle, generator, rows, described, began)
+    options = {**asdict(config.session), "torch_threads": used_threads}
+    result = BenchResult(str(bundle.path), rows, options, runtimes=described)
+    if config.out:
+        atomic_write_json(Path(config.out), result.to_dict())
+    return result
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """PyTorch's intra-op threads set to `threads` (0: left as they are) while timing, so torch and ONNX Runtime
+    are timed on the same thread count; yields the count in use."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_all(config: BenchConfig, bundle, generator: torch.Generator, rows: list, described: list,
+              began: float) -> None:
     for name in config.runtimes:
         runtime = create_runtime(bundle, name, device=config.device, session_options=config.session,
                                  max_batch=max(config.batch_sizes))
@@ -169,10 +194,6 @@ def bench(config: BenchConfig) -> BenchResult:
             total = len(config.runtimes) * len(config.batch_sizes)
             log.info("bench %s batch %d: p50 %.3f ms (row %d/%d, %s)", runtime.label, batch, p50, len(rows), total,
                      pace(len(rows), total, time.perf_counter() - began, "row"))
-    result = BenchResult(str(bundle.path), rows, asdict(config.session), runtimes=described)
-    if config.out:
-        atomic_write_json(Path(config.out), result.to_dict())
-    return result
 
 
 def bench_table_rows(result: BenchResult) -> list[list[object]]:

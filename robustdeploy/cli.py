@@ -14,6 +14,7 @@ import typer
 from robustdeploy import options as opt
 from robustdeploy.cli_poison import poison_app
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.thresholds import MIN_AGREEMENT
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -135,13 +136,16 @@ def export(
     exporter: Annotated[str, typer.Option(help="dynamo (torch.export) or torchscript.")] = "dynamo",
     atol: Annotated[float, typer.Option(help="Parity: absolute logit tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Parity: relative logit tolerance.")] = 1e-3,
-    min_agreement: Annotated[float, typer.Option(help="Parity: minimum top-1 agreement, percent.")] = 99.5,
+    min_agreement: Annotated[float, typer.Option(help="Parity: minimum top-1 agreement, percent (check's "
+                                                 "threshold).")] = MIN_AGREEMENT["fp32"],
     precision: Annotated[list[str], typer.Option(help="Variants to build: fp32, fp16, int8 (repeatable).")]
     = ["fp32"],  # noqa: B006
     calibration: Annotated[str, typer.Option(help="int8 calibration: minmax, entropy or percentile.")] = "minmax",
     calibration_samples: Annotated[int, typer.Option(help="int8 calibration samples from the train split.")] = 256,
-    fp16_min_agreement: Annotated[float, typer.Option(help="Parity: fp16 minimum top-1 agreement, %.")] = 99.0,
-    int8_min_agreement: Annotated[float, typer.Option(help="Parity: int8 minimum top-1 agreement, %.")] = 95.0,
+    fp16_min_agreement: Annotated[float, typer.Option(help="Parity: fp16 minimum top-1 agreement, %.")]
+    = MIN_AGREEMENT["fp16"],
+    int8_min_agreement: Annotated[float, typer.Option(help="Parity: int8 minimum top-1 agreement, %.")]
+    = MIN_AGREEMENT["int8"],
     data_root: opt.DataRoot = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
     detector: Annotated[str | None, typer.Option(help="Add a detector graph: squeeze (feature squeezing).")]
@@ -388,6 +392,7 @@ def defend_eval(
         baseline=baseline, attack=attack, eps=eps, steps=steps, runtimes=runtime, limit=limit, batch_size=batch_size,
         seed=seed, device=device, data_root=data_root, out=out), binarization=binarization))
     echo(defense_table(result))
+    echo(f"results -> {result.path} (examples in {result.adversarial_file})")
 
 
 @app.command()
@@ -415,7 +420,10 @@ def compare(
     attack_opt: opt.AttackOpts = [],  # noqa: B006
     limit: opt.Limit = None,
     batch_size: opt.BatchSize = None,
-    out: Annotated[Path | None, typer.Option(help="JSON output (a .md table is written beside it).")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON output (a .md table and a .png figure are written beside "
+                                             "it).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads of ONNX Runtime and PyTorch while timing "
+                                                "latency (default 0: each library's own); recorded.")] = None,
     seed: opt.Seed = None,
     device: opt.Device = None,
     data_root: opt.DataRoot = None,
@@ -426,9 +434,10 @@ def compare(
 
     result = run_compare(CompareConfig(bundle=bundle, attack_params=_parse_attack_opts(attack_opt), **given(
         runtimes=runtime, attacks=attack, epsilons=eps, limit=limit, batch_size=batch_size, seed=seed, device=device,
-        data_root=data_root, out=out)))
+        data_root=data_root, out=out, threads=threads)))
     echo(compare_table(result))
-    echo(f"results -> {result.path} and {result.path.with_suffix('.md')}")
+    echo(f"results -> {result.path} and {result.path.with_suffix('.md')} (examples in {result.adversarial_file}, "
+         f"figure {result.figure})")
 
 
 @app.command()
@@ -438,7 +447,8 @@ def bench(
     batch_size: Annotated[list[int], typer.Option(help="Batch sizes to time (repeatable).")] = [1, 64],  # noqa: B006
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
     iterations: Annotated[int, typer.Option(help="Timed runs per row.")] = 100,
-    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = its default).")] = 0,
+    threads: Annotated[int, typer.Option(help="Intra-op threads of ONNX Runtime and PyTorch while timing (0 = "
+                                              "each library's default); recorded.")] = 0,
     graph_optimization: Annotated[str, typer.Option(help="disable, basic, extended or all.")] = "all",
     out: opt.OutFile = None,
     device: opt.Device = "cpu",
@@ -453,6 +463,8 @@ def bench(
                                    warmup=warmup, iterations=iterations, out=out, device=device,
                                    session=SessionOptions(threads, 0, graph_optimization)))
     echo(table(BENCH_HEADERS, bench_table_rows(result)))
+    echo(f"threads: PyTorch {result.session_options['torch_threads']}, ONNX Runtime intra-op "
+         f"{threads or 'its default'}" + (f"; results -> {out}" if out else " (give --out FILE to keep them)"))
 
 
 @app.command()
@@ -506,7 +518,8 @@ def check(
     max_accuracy_drop: Annotated[float | None, typer.Option(help="Max clean accuracy drop vs torch, points "
                                                             "(default 0.5).")] = None,
     min_agreement: Annotated[float | None, typer.Option(help="Min top-1 agreement with torch, percent (default "
-                                                        "99.5).")] = None,
+                                                        "per precision, as export's: fp32 99.5, fp16 99, int8 "
+                                                        "98).")] = None,
     max_robust_drop: Annotated[float | None, typer.Option(help="Max worst-case robust accuracy drop vs torch, "
                                                           "points (default 2).")] = None,
     diff_eps: Annotated[float | None, typer.Option(help="Budget of the disagreement check, a gradient-guided "
@@ -547,7 +560,9 @@ def check(
         from robustdeploy.report import binarization_table
 
         echo(binarization_table(result.extra["binarization"]))
-    echo(f"summary -> {markdown}, junit -> {junit}")
+    search = result.extra.get("diff_result")
+    echo(f"results -> {result.path}" + (f" and {result.path.parent / search}" if search else "")
+         + f" (examples in {result.adversarial_file}, figure {result.figure}), summary -> {markdown}, junit -> {junit}")
     failed = sum(not i.passed for i in found)
     if failed:
         raise CheckFailed(f"{failed} of {len(found)} checks failed (see above)")
@@ -656,11 +671,11 @@ def report(
     html: Annotated[Path | None, typer.Option(help="Write one self-contained HTML page here.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write the tables and warnings as Markdown here.")] = None,
 ) -> None:
-    """One page over result files: warnings first, then per bundle curves, tables, examples, detector scores and
-    latency distributions."""
-    from robustdeploy.report_page import write_report
+    """One page over result files: a verdict per deployment, warnings, then curves, tables, gate and examples."""
+    from robustdeploy.report_page import verdict_text, write_report
 
     page = write_report(results, html, markdown)
+    echo(verdict_text(page))
     echo(f"report of {len(results)} results, {len(page.warnings)} warnings -> "
          + " and ".join(str(p) for p in (html, markdown) if p is not None))
 
@@ -684,10 +699,48 @@ def list_registries(
             echo(f"{kind + ':':<15}" + ", ".join([*sorted(entries), *more.get(kind, [])]))
 
 
+# Where a command's unset options take their defaults, shown in its --help (read only when help is asked for).
+DEFAULTS_FROM = {"evaluate": ("robustdeploy.evaluation.plans.evaluate", "EvalConfig"),
+                 "compare": ("robustdeploy.evaluation.plans.compare", "CompareConfig"),
+                 "check": ("robustdeploy.evaluation.plans.gate", "CheckConfig"),
+                 "diff": ("robustdeploy.evaluation.plans.diff", "DiffConfig")}
+PLAIN = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "bool": ""}
+FIELDS = {"runtime": "runtimes", "attack": "attacks", "eps": "epsilons", "search": "searches"}
+
+
+def plain_help(command, name: str = "", show_defaults: bool = False):
+    """Help in plain words (click's public API): BUNDLE, INTEGER, TEXT for metavars rather than `{bundle}`,
+    `<list[str]>`, `<bool>`, and, with `show_defaults`, the library default of every option left unset."""
+    import importlib
+    from dataclasses import MISSING, fields
+
+    config = {}
+    if show_defaults and name in DEFAULTS_FROM:
+        module, cls = DEFAULTS_FROM[name]
+        config = {f.name: f.default for f in fields(getattr(importlib.import_module(module), cls))
+                  if f.default is not MISSING}
+    for param in command.params:
+        if param.param_type_name == "argument":
+            param.metavar = param.metavar or param.name.upper()
+        elif param.metavar is None:
+            param.metavar = PLAIN.get(param.bare_type().removeprefix("list[").removesuffix("]"), "VALUE")
+        default = config.get(FIELDS.get(param.name, param.name))
+        if param.param_type_name == "option" and param.default is None and default not in (None, (), "") \
+                and "default" not in (param.help or ""):
+            param.show_default = ", ".join(map(str, default)) if isinstance(default, tuple) else str(default)
+    shown_help = command.get_help_option(command.context_class(command))
+    if shown_help is not None:
+        shown_help.metavar = ""  # a flag: nothing to show after --help
+    for sub_name, sub in getattr(command, "commands", {}).items():
+        plain_help(sub, sub_name, show_defaults)
+    return command
+
+
 def main() -> None:
     """Entry point: a user mistake is one stderr line and a non-zero exit; bugs keep their traceback."""
     try:
-        code = app(standalone_mode=False)  # we, not click, turn errors and Ctrl-C into messages
+        command = plain_help(typer.main.get_command(app), show_defaults="--help" in sys.argv)
+        code = command(standalone_mode=False)  # we, not click, turn errors and Ctrl-C into messages
     except RobustDeployError as exc:
         if os.environ.get("ROBUSTDEPLOY_DEBUG"):
             raise

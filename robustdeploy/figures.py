@@ -6,6 +6,7 @@ report's plots (budget curves, detector scores, example grids, latency distribut
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -63,12 +64,15 @@ def write_png(image: Image.Image, path: Path) -> Path:
 
 
 def pick_examples(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, adv_pred: torch.Tensor,
-                  count: int = 4) -> torch.Tensor:
-    """Indices of up to `count` samples the attack changed and that fool, then changed ones, then any."""
+                  count: int = 4, first: Sequence[int] = ()) -> torch.Tensor:
+    """Indices of up to `count` samples: `first` (those whose outcome differs between runtimes), then samples the
+    attack changed and that fool, then changed ones, then any."""
     changed = (adv != x).flatten(1).any(1)
-    fooled = (changed & (adv_pred != y)).nonzero().flatten()
-    rest = (changed & (adv_pred == y)).nonzero().flatten()
-    return torch.cat([fooled, rest, (~changed).nonzero().flatten()])[:count]
+    preferred = torch.zeros_like(changed)
+    preferred[[i for i in first if i < len(x)]] = True
+    fooled = (changed & (adv_pred != y) & ~preferred).nonzero().flatten()
+    rest = (changed & (adv_pred == y) & ~preferred).nonzero().flatten()
+    return torch.cat([preferred.nonzero().flatten(), fooled, rest, (~changed & ~preferred).nonzero().flatten()])[:count]
 
 
 def _matplotlib():
@@ -94,13 +98,25 @@ def accuracy_curves(curves: dict[str, list[tuple[float, float]]], xlabel: str, y
     """Accuracy (%) against x (a budget, a poison rate), one line per series (`curves[label] = [(x, acc), ...]`)."""
     plt = _matplotlib()
     figure, axis = plt.subplots(figsize=(6, 3.6))
-    for label, points in curves.items():
+    for index, (label, points) in enumerate(curves.items()):
         xs, accuracy = zip(*sorted(points))
-        axis.plot(xs, accuracy, marker="o", label=label)
+        axis.plot(xs, accuracy, label=label, **line_style(index, len(curves)))
     axis.set(xlabel=xlabel, ylabel=ylabel, ylim=(-2, 102), title=title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return png_bytes(figure)
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+DASHES = ("-", "--", ":", "-.")
+
+
+def line_style(index: int, lines: int) -> dict:
+    """A marker, dash and size of its own per line, hollow and shrinking in drawing order, so lines that coincide
+    (a deployment identical to PyTorch) stay visible as nested markers and interleaved dashes."""
+    return {"marker": MARKERS[index % len(MARKERS)], "linestyle": DASHES[index % len(DASHES)],
+            "markersize": 5 + 3 * (lines - 1 - index), "markerfacecolor": "none", "markeredgewidth": 2,
+            "linewidth": 1.6 + 0.8 * (lines - 1 - index)}
 
 
 def score_figure(clean: torch.Tensor, adversarial: torch.Tensor, threshold: float, title: str) -> bytes:
@@ -144,10 +160,12 @@ def latency_figure(panels: dict[str, dict[str, list[float]]], title: str) -> byt
     """Latency distributions: one panel per batch size (`panels[name][runtime] = [ms, ...]`), a horizontal box
     per runtime (whiskers at the 1st and 99th percentiles) over every timed run drawn as a dot, on a log axis
     (runtimes differ by orders of magnitude, and so do a run and a stall)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     plt = _matplotlib()
     labels = list(dict.fromkeys(k for series in panels.values() for k in series))
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 1, 0.9 + 0.5 * len(labels)),
-                                squeeze=False, sharey=True)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1, 1.2 + 0.55 * len(labels)),
+                                squeeze=False, sharey=True, layout="constrained")
     for axis, (name, series) in zip(axes[0], panels.items()):
         rows = [row for row, label in enumerate(labels, start=1) if label in series]
         axis.boxplot([series[labels[row - 1]] for row in rows], positions=rows, vert=False, whis=(1, 99),
@@ -157,6 +175,10 @@ def latency_figure(panels: dict[str, dict[str, list[float]]], title: str) -> byt
             jitter = (torch.rand(len(values), generator=torch.Generator().manual_seed(row)) - 0.5) * 0.35
             axis.scatter(values, (row + jitter).tolist(), s=4, alpha=0.35, color="steelblue")
         axis.set_xscale("log")
+        axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=8))  # labelled 1-2-5, never crowded
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.tick_params(axis="x", labelsize=8, labelrotation=30)
         axis.set(xlabel="latency per call (ms, log scale)", title=f"{title}, {name}")
         axis.grid(alpha=0.3, axis="x", which="both")
     axes[0][0].set_yticks(range(1, len(labels) + 1), labels, fontsize=8)

@@ -15,14 +15,16 @@ from robustdeploy.bundle import MANIFEST
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import atomic_write_bytes, atomic_write_json, sha256_file
 from robustdeploy.parity import ParityTolerance
+from robustdeploy.thresholds import MIN_AGREEMENT
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # fp16 and int8 change logits by design: their parity is judged on top-1 agreement, elements are only recorded.
+# Agreement thresholds are check's (robustdeploy.thresholds), so a variant export accepts is one check accepts.
 DEFAULT_TOLERANCES = {
-    "fp32": ParityTolerance(),
-    "fp16": ParityTolerance(atol=None, rtol=None, min_agreement=99.0),
-    "int8": ParityTolerance(atol=None, rtol=None, min_agreement=95.0),
+    "fp32": ParityTolerance(min_agreement=MIN_AGREEMENT["fp32"]),
+    "fp16": ParityTolerance(atol=None, rtol=None, min_agreement=MIN_AGREEMENT["fp16"]),
+    "int8": ParityTolerance(atol=None, rtol=None, min_agreement=MIN_AGREEMENT["int8"]),
 }
 
 

@@ -199,7 +199,8 @@ def masking_checks(result: Result, session: Session, source: torch.nn.Module | N
 
 
 def write_figure(path: Path, session: Session, stored: dict[str, torch.Tensor], result: Result) -> str | None:
-    """A PNG of a few examples of the last set scored on the first runtime, predictions of every runtime."""
+    """A PNG of a few examples of the last set scored on the first runtime, predictions of every runtime; samples
+    whose outcome differs from torch's at that budget come first."""
     first = session.runtimes[0].label
     sources = ("torch", first, result.extra.get("surrogate", {}).get("source"))
     sets = [s for s in result.sets if s["eps"] is not None and s["source"] in sources]
@@ -207,8 +208,12 @@ def write_figure(path: Path, session: Session, stored: dict[str, torch.Tensor], 
         return None
     last = max(sets, key=lambda s: (s["eps"], s["stage"]))
     x, y, adv = session.test.x, session.test.y, stored[last["key"]]
-    index = pick_examples(x, adv, y, session.runtimes[0].predict(adv))
+    differing = sorted(set().union(*(c.get("outcome_differs_from_torch", []) for c in result.cells
+                                     if c.get("eps") == last["eps"])))
+    index = pick_examples(x, adv, y, session.runtimes[0].predict(adv), first=differing)
+    result.extra["figure_samples"] = index.tolist()
     shown = {r.label: (r.predict(x[index]), r.predict(adv[index])) for r in session.runtimes}
     example_figure(path, x[index], adv[index], y[index], shown,
-                   f"{last['attack']} {result.norm} eps={last['eps']:g}, crafted on {last['source']}")
+                   f"{last['attack']} {result.norm} eps={last['eps']:g}, crafted on {last['source']}"
+                   + (f"; {len(differing)} samples differ from torch, shown first" if differing else ""))
     return path.name

@@ -9,12 +9,13 @@ from pathlib import Path
 from robustdeploy.attacks import cascade
 from robustdeploy.bench import BenchConfig, bench
 from robustdeploy.bundle import Bundle, load_bundle
-from robustdeploy.evaluation.classify import agreement, classify, finish, new_result
+from robustdeploy.evaluation.classify import agreement, classify, finish, new_result, write_figure
 from robustdeploy.evaluation.craft import Plan
 from robustdeploy.evaluation.results import Result
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import atomic_write_text, exclusive_outputs
 from robustdeploy.report import table
+from robustdeploy.runtimes.ort import SessionOptions
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class CompareConfig(SessionConfig):
     attack_params: dict = field(default_factory=dict)
     latency_batch: int = 1
     latency_iterations: int = 50
+    threads: int = 0  # PyTorch and ONNX Runtime intra-op threads while timing (0: each library's default)
     out: Path | None = None
 
 
@@ -43,13 +45,16 @@ def compare(config: CompareConfig) -> Result:
     plan = Plan(cascade(config.attacks, config.attack_params), config.epsilons)
     scored = classify(result, session, [plan], out, resume=False)
     latency = bench(BenchConfig(bundle.path, tuple(names), (config.latency_batch,), warmup=5,
-                                iterations=config.latency_iterations, device=config.device, seed=config.seed))
+                                iterations=config.latency_iterations, device=config.device, seed=config.seed,
+                                session=SessionOptions(config.threads)))
     result.extra = {
         "agreement_with_torch": agreement(result),
         "median_latency_ms": {row.runtime: row.p50_ms for row in latency.rows},
         "latency_runs_ms": {row.runtime: row.samples_ms for row in latency.rows},
         "latency_batch": config.latency_batch,
+        "latency_session_options": latency.session_options,
     }
+    result.figure = write_figure(out.with_suffix(".png"), scored.shown, scored.examples, result)
     result.complete = True
     finish(out, result, scored)
     atomic_write_text(out.with_suffix(".md"), compare_table(result, markdown=True) + "\n")
