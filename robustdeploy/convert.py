@@ -84,12 +84,18 @@ def convert_onnx(path: Path, preprocessing: Preprocessing) -> torch.nn.Module:
     """The ONNX graph at `path` as a differentiable PyTorch module taking [0, 1] pixels (normalising first when the
     graph expects normalised input). Raises RobustDeployError naming the converter's complaint."""
     import onnx
+
+    return convert_model(lowered(onnx.load(str(path))), preprocessing, path.name)
+
+
+def convert_model(model, preprocessing: Preprocessing, name: str) -> torch.nn.Module:
+    """`convert_onnx` of a loaded (and lowered) ONNX model; `name` names it in the error."""
     from onnx2torch import convert
 
     try:
-        net = convert(without_constant_identities(without_allowzero(lowered(onnx.load(str(path))))))
+        net = convert(without_constant_identities(without_allowzero(model)))
     except Exception as exc:  # the converter raises NotImplementedError, KeyError, ... for what it lacks
-        raise RobustDeployError(f"onnx2torch cannot convert {path.name} ({type(exc).__name__}: "
+        raise RobustDeployError(f"onnx2torch cannot convert {name} ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from None
     return _pixels(net, preprocessing).eval()
 

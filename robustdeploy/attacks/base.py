@@ -264,10 +264,11 @@ class IterativeGradientAttack(FixedBudgetAttack):
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         result = x.clone()
-        # Never attack a sample that is already wrong. Without a random start the first step's forward pass
-        # is the clean one, and _run leaves wrong samples at x, so no separate clean pass is needed.
-        todo = self._unfooled(model, x, y) if self.random_start else torch.ones(len(x), dtype=torch.bool,
-                                                                                device=x.device)
+        # Never attack a sample that is already wrong (with early stop). Without a random start the first step's
+        # forward pass is the clean one, and _run leaves wrong samples at x, so no separate clean pass is needed.
+        # Without early stop (a transfer attack) every sample is attacked: the target may get it right.
+        todo = self._unfooled(model, x, y) if self.random_start and self.early_stop else \
+            torch.ones(len(x), dtype=torch.bool, device=x.device)
         for restart in range(self.restarts):
             index = todo.nonzero().flatten()  # one host synchronisation per restart
             if not len(index):
