@@ -69,3 +69,20 @@ def test_worst_case_takes_every_stored_example():
     assert by["ort-cpu", 0.1].robust_accuracy == 75.0 and by["ort-cpu", 0.2].robust_accuracy == 75.0
     assert by["torch", 0.2].robust_accuracy == 100.0
     assert by["ort-cpu", 0.1].threat == "transfer from torch"
+
+
+def test_transfer_boosters_stay_in_budget_and_default_off(variant_bundle_dir, digits):
+    """MI-FGSM momentum and DI input diversity are options of pgd: inside the budget, still fooling the model,
+    and off by default (the plain attack unchanged)."""
+    from robustdeploy.attacks import ATTACKS
+
+    model = load_bundle(variant_bundle_dir).reference_model()
+    x, y = digits.test.x[:32], digits.test.y[:32]
+    plain = ATTACKS.create("pgd", steps=5, seed=0).perturb(model, x, y, 0.2)
+    assert torch.equal(plain, ATTACKS.create("pgd", steps=5, seed=0, decay=0.0, diversity_prob=0.0)
+                       .perturb(model, x, y, 0.2))
+    for knobs in ({"decay": 1.0}, {"diversity_prob": 0.5}, {"decay": 1.0, "diversity_prob": 0.5}):
+        torch.manual_seed(0)
+        adv = ATTACKS.create("pgd", steps=5, seed=0, early_stop=False, **knobs).perturb(model, x, y, 0.2)
+        assert (adv - x).abs().max() <= 0.2 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+        assert (model(adv).argmax(1) != y).float().mean() > 0.5, knobs
