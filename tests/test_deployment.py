@@ -86,3 +86,23 @@ def test_transfer_boosters_stay_in_budget_and_default_off(variant_bundle_dir, di
         adv = ATTACKS.create("pgd", steps=5, seed=0, early_stop=False, **knobs).perturb(model, x, y, 0.2)
         assert (adv - x).abs().max() <= 0.2 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
         assert (model(adv).argmax(1) != y).float().mean() > 0.5, knobs
+
+
+def test_diva_finds_inputs_only_the_deployment_gets_wrong(variant_bundle_dir, tmp_path):
+    """`diff --search diva` against int8: stored 8-bit examples the int8 deployment gets wrong while the reference
+    gets them right (re-scored on both, not the search's claim)."""
+    from robustdeploy.evaluation.plans.diff import DiffConfig, run_diff
+
+    result = run_diff(DiffConfig(bundle=variant_bundle_dir, against=("ort-cpu:int8",), searches=("diva",),
+                                 epsilons=(0.1,), budget=20, limit=64, out=tmp_path / "diva.json"))
+    from robustdeploy.evaluation.results import load_result
+
+    _, stored = load_result(tmp_path / "diva.json")
+    bundle = load_bundle(variant_bundle_dir)
+    key = "diva/ort-cpu:int8/eps=0.1"
+    ref = create_runtime(bundle, "torch").predict(stored[key])
+    dep = create_runtime(bundle, "ort-cpu:int8").predict(stored[key])
+    y, claimed = stored["y"], torch.tensor(result.extra["claimed"][key], dtype=torch.long)
+    assert len(claimed) > 0
+    assert (ref[claimed] == y[claimed]).all() and (dep[claimed] != y[claimed]).all()
+    assert all(c["passed"] for c in result.checks)

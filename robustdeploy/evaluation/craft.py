@@ -176,7 +176,7 @@ def craft(session: Session, plan: Plan, attacks: list[Attack], stored: dict[str,
     crafted = Crafted(tuple(sorted(set(plan.epsilons))))
     finished = {s.key: s for s in done or [] if s.key in stored}
     gradient, runtimes = _sources(session, plan, stored)  # each caches its labels on every set across stages
-    loops = in_the_loop(session, plan, gradient)
+    loops = in_the_loop(session, plan, gradient) if any(map(_loopable, attacks)) else []
     for stage, (spec, attack) in enumerate(zip(plan.attacks, attacks)):
         for source in _where(attack, gradient, loops, runtimes):
             earlier = [s for s in crafted.sets if s.source in (source.name, plan.source)]
@@ -204,8 +204,12 @@ def _where(attack: Attack, gradient: Source, loops: list[Source], runtimes: list
     where one applies), a score/decision attack on every runtime."""
     if attack.needs < Capability.GRADIENTS:
         return runtimes
-    loopable = isinstance(attack, IterativeGradientAttack) and attack.criterion is None
-    return [gradient, *(loops if loopable else [])]
+    return [gradient, *(loops if _loopable(attack) else [])]
+
+
+def _loopable(attack: Attack) -> bool:
+    """A gradient attack on classifier logits, which a runtime's logits can judge."""
+    return isinstance(attack, IterativeGradientAttack) and attack.criterion is None
 
 
 def in_the_loop(session: Session, plan: Plan, gradient: Source) -> list[Source]:
@@ -242,10 +246,11 @@ def twin_parity(session: Session, model: torch.nn.Module, runtime: Runtime) -> d
                                                   4), "max_abs": float(gap.max()), "mean_abs": float(gap.mean())}
 
 
-def threat_of(crafted_on: str, source: Source, needs: Capability) -> str:
+def threat_of(plan: Plan, source: Source, needs: Capability) -> str:
     """The threat model of a set on its own source: `white-box on R`, `deployment-in-the-loop on R`,
-    `score-based on R`, `decision-based on R`, or `transfer from X` for a surrogate's set."""
-    if source.transfer:
+    `score-based on R`, `decision-based on R`, or `transfer from X` for a surrogate's set (no runtime is X)."""
+    crafted_on = source.name
+    if plan.transfer and source.name == plan.source:
         return f"transfer from {crafted_on}"
     if source.judge is not None:
         return f"deployment-in-the-loop on {crafted_on}"
@@ -306,7 +311,7 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
                       attack.stats.gradients - before,
                       round(statistics.fmean(queries), 2) if queries else None,
                       float(statistics.median(queries)) if queries else None, rounding, plan.group,
-                      threat_of(source.name, source, attack.needs), source.twin)
+                      threat_of(plan, source, attack.needs), source.twin)
 
 
 def chunks(session: Session, index: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
@@ -358,7 +363,7 @@ def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack:
         stored[whole] = adv
         finished[whole] = CraftedSet(whole, stage, label(plan, spec), source.name, None, len(index), round(seconds, 4),
                                      attack.stats.gradients - before, rounding=rounding, group=plan.group,
-                                     threat=threat_of(source.name, source, attack.needs))
+                                     threat=threat_of(plan, source, attack.needs))
         crafted.sets.append(finished[whole])
         if on_set:
             on_set(crafted)
