@@ -49,6 +49,8 @@ CATALOG: dict[str, tuple[str, dict[str, Entry]]] = {
     "diff searches": ("robustdeploy.attacks:SEARCHES", {
         **_entries("robustdeploy.attacks.diffchaser", {"genetic": "query-only genetic search (DiffChaser)"}),
         **_entries("robustdeploy.attacks.differential", {"gradient": "gradient-guided boundary walk"}),
+        **_entries("robustdeploy.attacks.diva", {"diva": "DIVA divergence: only the deployment wrong (Hong et al. "
+                                                         "2022)"}),
     }),
     "runtimes": ("robustdeploy.runtimes:RUNTIMES", {
         **_entries("robustdeploy.runtimes.ort", {"ort-cpu": "ONNX Runtime, CPUExecutionProvider",

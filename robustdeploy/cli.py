@@ -310,6 +310,10 @@ def evaluate(
                                                      "its objective (pgd, apgd or fgsm).")] = "pgd",
     surrogate: Annotated[Path | None, typer.Option(help="Craft gradient attacks on this bundle's PyTorch graph and "
                                                         "score them here (a transfer attack).")] = None,
+    deployment_loop: Annotated[str, typer.Option(help="Also run gradient attacks with each runtime deciding success "
+                                                      "(gradients from its variant's PyTorch twin): auto (where the "
+                                                      "runtime's graph differs from the gradients'), all, or off "
+                                                      "(plain transfer).")] = "auto",
 ) -> None:
     """Run an attack cascade (gradient attacks crafted on PyTorch, score/decision attacks on each runtime) and
     score every runtime side by side."""
@@ -319,10 +323,10 @@ def evaluate(
     from robustdeploy.report import detector_table, evaluation_table
 
     config = EvalConfig(bundle=bundle, attack_params=attack_params(norm, steps, loss, restarts, attack_opt),
-                        resume=resume, realise=realise, **given(runtimes=runtime, attacks=attack, epsilons=eps,
-                                                                limit=limit, batch_size=batch_size, seed=seed,
-                                                                device=device, data_root=data_root, out=out,
-                                                                surrogate=surrogate, window=window))
+                        resume=resume, realise=realise, deployment_loop=deployment_loop,
+                        **given(runtimes=runtime, attacks=attack, epsilons=eps, limit=limit,
+                                batch_size=batch_size, seed=seed, device=device, data_root=data_root, out=out,
+                                surrogate=surrogate, window=window))
     if detector:
         from robustdeploy.defenses.squeeze_attack import AdaptiveSqueezeAttack
         from robustdeploy.evaluation.plans.detector import evaluate_detector

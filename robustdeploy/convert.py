@@ -240,14 +240,20 @@ def convert_onnx(path: Path, preprocessing: Preprocessing, fixed_batch_twin: boo
     (normalising first when the graph expects normalised input). Raises RobustDeployError naming the converter's
     complaint."""
     import onnx
+
+    return convert_model(onnx.load(str(path)), preprocessing, path.name, fixed_batch_twin)
+
+
+def convert_model(model, preprocessing: Preprocessing, name: str, fixed_batch_twin: bool = False) -> torch.nn.Module:
+    """`convert_onnx` of a loaded ONNX model; `name` names it in the error. With `fixed_batch_twin` a fixed batch
+    stays fixed and the twin runs it slice by slice."""
     from onnx2torch import convert
 
-    model = onnx.load(str(path))
     try:
         graph, _ = twin_graph(model, fixed_batch_twin)
         net = convert(graph)
     except Exception as exc:  # the converter raises NotImplementedError, KeyError, ... for what it lacks
-        raise RobustDeployError(f"onnx2torch cannot convert {path.name} ({type(exc).__name__}: "
+        raise RobustDeployError(f"onnx2torch cannot convert {name} ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from None
     batch = input_batch(model) if fixed_batch_twin else None
     return _pixels(FixedBatch(net, batch) if batch else net, preprocessing).eval()

@@ -26,7 +26,7 @@ def _fmt(value: object) -> str:
 
 
 EVALUATION_HEADERS = ["eps", "runtime", "after attack", "clean %", "robust %", "success %", "queries",
-                      "lost to rounding", "clean≠torch", "outcome≠torch"]
+                      "lost to rounding", "clean≠torch", "outcome≠torch", "threat model"]
 
 
 def evaluation_table(result, markdown: bool = False) -> str:
@@ -50,7 +50,7 @@ def evaluation_rows(result) -> list[list]:
         rows.append([f"{c['eps']:g}", c["runtime"], c["attack"], c["clean_accuracy"], c["robust_accuracy"],
                      c["attack_success_rate"], own.get("queries_mean"), (own.get("rounding") or {}).get(
                          "stopped_fooling"), len(c["clean_differs_from_torch"]),
-                     len(c["outcome_differs_from_torch"])])
+                     len(c["outcome_differs_from_torch"]), c.get("threat", "")])
     return rows
 
 

@@ -20,6 +20,7 @@ from robustdeploy.bench import BENCH_HEADERS, BenchResult, bench_table_rows, loa
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.plans.gate import ITEM_HEADERS, item_rows
 from robustdeploy.evaluation.results import Result, load_result
+from robustdeploy.evaluation.score import threat_kinds
 from robustdeploy.figures import accuracy_curves, example_grid, latency_figure, score_figure
 from robustdeploy.io import atomic_write_text, check_output, exclusive_outputs
 from robustdeploy.report import EVALUATION_HEADERS, _fmt, evaluation_rows, table
@@ -184,7 +185,9 @@ def curves(result: Result) -> dict[str, list[tuple[float, float]]]:
         worst[c["runtime"], group.get(c["attack"], ""), c["eps"]] = c
     lines: dict[str, list[tuple[float, float]]] = {}
     for (runtime, name, eps), c in worst.items():
-        line = lines.setdefault(f"{runtime} {name}".strip(), [(0.0, c["clean_accuracy"])])
+        kinds = threat_kinds(c.get("threat", ""))
+        line = lines.setdefault(f"{runtime} {name}".strip() + (f" ({kinds})" if kinds else ""),
+                                [(0.0, c["clean_accuracy"])])
         line.append((eps, c["robust_accuracy"]))
     return lines
 

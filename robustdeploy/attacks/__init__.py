@@ -4,6 +4,7 @@ from robustdeploy.attacks import apgd as _apgd  # noqa: F401
 from robustdeploy.attacks import ddn as _ddn  # noqa: F401
 from robustdeploy.attacks import dichotomy as _dichotomy  # noqa: F401
 from robustdeploy.attacks import diffchaser as _diffchaser  # noqa: F401
+from robustdeploy.attacks import diva as _diva  # noqa: F401
 from robustdeploy.attacks import fgsm as _fgsm  # noqa: F401
 from robustdeploy.attacks import hsj as _hsj  # noqa: F401
 from robustdeploy.attacks import minimal as _minimal  # noqa: F401

@@ -241,6 +241,18 @@ class IterativeGradientAttack(FixedBudgetAttack):
             loss[index] = self.objective(seen, y[index])
         return wrong, loss
 
+    def diversifies(self) -> bool:
+        """Whether gradients are taken through a random input transform (DI, `BoostedGradientAttack`)."""
+        return False
+
+    def diversified(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def direction(self, grad: torch.Tensor, velocity: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The ascent direction from the gradient (the momentum of MI-FGSM overrides it; `velocity[rows]` is the
+        per-sample state)."""
+        return grad
+
     def _alpha(self, eps: float) -> float:
         return self.step_size if self.step_size is not None else self.rel_step * eps / self.steps
 
@@ -264,10 +276,11 @@ class IterativeGradientAttack(FixedBudgetAttack):
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         result = x.clone()
-        # Never attack a sample that is already wrong. Without a random start the first step's forward pass
-        # is the clean one, and _run leaves wrong samples at x, so no separate clean pass is needed.
-        todo = self._unfooled(model, x, y) if self.random_start else torch.ones(len(x), dtype=torch.bool,
-                                                                                device=x.device)
+        # Never attack a sample that is already wrong (with early stop). Without a random start the first step's
+        # forward pass is the clean one, and _run leaves wrong samples at x, so no separate clean pass is needed.
+        # Without early stop (a transfer attack) every sample is attacked: the target may get it right.
+        todo = self._unfooled(model, x, y) if self.random_start and self.early_stop else \
+            torch.ones(len(x), dtype=torch.bool, device=x.device)
         for restart in range(self.restarts):
             index = todo.nonzero().flatten()  # one host synchronisation per restart
             if not len(index):
@@ -300,7 +313,7 @@ class IterativeGradientAttack(FixedBudgetAttack):
         alpha = self._alpha(eps)
         kept = Kept.start(x_adv)
         rows = torch.arange(len(x), device=x.device)  # the batch rows still worked on, with their x, y, iterate
-        current = x_adv
+        current, velocity = x_adv, torch.zeros_like(x_adv)
         for step in range(self.steps + 1):
             final = step == self.steps
             if final and not check_last:
@@ -309,6 +322,8 @@ class IterativeGradientAttack(FixedBudgetAttack):
             with torch.set_grad_enabled(not final):
                 output = model(current)
                 loss = self.objective(output, y)
+                if not final:
+                    ascent = self.objective(model(self.diversified(current)), y) if self.diversifies() else loss
             checked = self._checks(step)
             if checked:
                 every = torch.ones(len(rows), dtype=torch.bool, device=rows.device) if final else None
@@ -317,7 +332,8 @@ class IterativeGradientAttack(FixedBudgetAttack):
             if final:
                 break
             self.stats.gradients += len(rows)
-            grad, = torch.autograd.grad(loss.sum(), current)
+            grad, = torch.autograd.grad(ascent.sum(), current)
+            grad = self.direction(grad, velocity, rows)
             if checked and self.early_stop:
                 keep = kept.unfooled(rows)
                 if not len(keep):
@@ -327,6 +343,46 @@ class IterativeGradientAttack(FixedBudgetAttack):
             current = project(self._ascent(current.detach(), grad, alpha), x, eps, self.norm)
         kept.fill(rows, current.detach())
         return kept.best, kept.fooled
+
+
+@dataclass
+class BoostedGradientAttack(IterativeGradientAttack):
+    """The transfer boosters as options of the iterative gradient loop: momentum `decay` (MI-FGSM, Dong et al., CVPR
+    2018, arXiv:1710.06081: g <- decay * g + grad / ||grad||_1, step along g; 1.0 in the paper) and input diversity
+    (DI, Xie et al., CVPR 2019, arXiv:1803.06978: with probability `diversity_prob`, 0.5 in the paper, the gradient is
+    taken through a random resize to `resize_rate`..1 of the size and a random zero pad back). Off by default."""
+
+    decay: float = 0.0
+    diversity_prob: float = 0.0
+    resize_rate: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.decay < 0 or not 0 <= self.diversity_prob <= 1 or not 0 < self.resize_rate <= 1:
+            raise RobustDeployError("decay must be >= 0, diversity_prob in [0, 1] and resize_rate in (0, 1]")
+
+    def diversifies(self) -> bool:
+        return self.diversity_prob > 0
+
+    def diversified(self, x: torch.Tensor) -> torch.Tensor:
+        """DI's transform (as torchattacks' DIFGSM applies it to inputs of a fixed size), drawn per batch."""
+        if x.dim() != 4 or float(torch.rand(())) >= self.diversity_prob:
+            return x
+        size = x.shape[-1]
+        small = int(size * self.resize_rate)
+        if small >= size:
+            return x
+        side = int(torch.randint(small, size, ()))
+        shrunk = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+        top, left = int(torch.randint(0, size - side + 1, ())), int(torch.randint(0, size - side + 1, ()))
+        return torch.nn.functional.pad(shrunk, (left, size - side - left, top, size - side - top))
+
+    def direction(self, grad: torch.Tensor, velocity: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.decay == 0:
+            return grad
+        norm = grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
+        velocity[rows] = self.decay * velocity[rows] + grad / norm
+        return velocity[rows]
 
 
 ATTACKS: Registry[Attack] = Registry("attack")

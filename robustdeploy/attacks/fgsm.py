@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robustdeploy.attacks.base import ATTACKS, IterativeGradientAttack
+from robustdeploy.attacks.base import ATTACKS, BoostedGradientAttack
 
 
 @ATTACKS.register("fgsm")
 @dataclass
-class FGSM(IterativeGradientAttack):
+class FGSM(BoostedGradientAttack):
     """One step of size eps along the gradient's sign (L-inf) or direction (L2), no random start."""
 
     steps: int = 1

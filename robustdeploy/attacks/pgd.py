@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robustdeploy.attacks.base import ATTACKS, IterativeGradientAttack
+from robustdeploy.attacks.base import ATTACKS, BoostedGradientAttack
 
 
 @ATTACKS.register("pgd")
 @dataclass
-class PGD(IterativeGradientAttack):
+class PGD(BoostedGradientAttack):
     """PGD with random start, restarts and per-sample early stop."""

@@ -130,7 +130,21 @@ def for_cells(cells: list[dict], attacks: list[dict], norm: str, dim: int) -> li
     for (runtime, eps), cell in last.items():
         curves.setdefault(runtime, []).append((eps, cell["robust_accuracy"]))
     success = {key: cell["attack_success_rate"] for key, cell in last.items()}
-    return [monotone_budget(curves), unbounded_success(success, norm, dim), cascade_gain(cells, attacks)]
+    return [monotone_budget(curves), unbounded_success(success, norm, dim), cascade_gain(cells, attacks),
+            transfer_only(list(last.values()))]
+
+
+def transfer_only(cells: list[dict]) -> Check | None:
+    """Deployment numbers that rest on transferred examples alone (crafted on another graph, never checked on the
+    deployment): an upper bound that can make a variant look more robust than it is (issue 19)."""
+    if not any(c.get("threat") for c in cells):
+        return None  # a result written before cells said their threat model
+    only = [f"{c['runtime']} eps={c['eps']:g} ({c['threat']})" for c in cells
+            if c.get("threat") and all(p.startswith("transfer") for p in c["threat"].split(" + "))]
+    return Check("transfer_only", not only,
+                 "robust accuracy from transferred examples only, an upper bound: " + "; ".join(only) +
+                 "; attack the deployment itself with --deployment-loop auto (PGD in the loop of each runtime) or "
+                 "--attack square" if only else "every robust accuracy includes an attack on that runtime itself")
 
 
 def cascade_gain(cells: list[dict], attacks: list[dict], tolerance: float = TOLERANCE) -> Check | None:

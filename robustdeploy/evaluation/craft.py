@@ -1,6 +1,8 @@
 """The one place that crafts: capability matching, the attack and budget cascades (AutoAttack style), seeding
-and 8-bit realisation. Gradient attacks run on a PyTorch source and transfer; score/decision attacks run on
-each runtime; a minimal-norm attack runs once and is clipped per budget (foolbox 3's contract)."""
+and 8-bit realisation. Gradient attacks run on a PyTorch source and transfer, and, wherever a runtime differs from
+the graph the gradients come from, again with the deployment in the loop (gradients from the variant's PyTorch twin,
+success judged by the runtime itself); score/decision attacks run on each runtime; a minimal-norm attack runs once
+and is clipped per budget (foolbox 3's contract)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from robustdeploy.attacks import (
     make_attack,
 )
 from robustdeploy.attacks import predict as labels
+from robustdeploy.attacks.base import IterativeGradientAttack
 from robustdeploy.bundle import load_bundle
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
@@ -32,6 +35,9 @@ from robustdeploy.evaluation.score import predictions
 from robustdeploy.evaluation.session import Session
 from robustdeploy.progress import progress
 from robustdeploy.runtimes import Runtime
+from robustdeploy.twins import make_twin
+
+LOOPS = ("auto", "all", "off")
 
 
 @dataclass
@@ -50,6 +56,8 @@ class CraftedSet:
     queries_median: float | None = None
     rounding: dict | None = None
     group: str = ""
+    threat: str = ""  # how it was crafted, on its own source: see `threat_of`
+    twin: dict | None = None  # a deployment-in-the-loop set's gradient graph and its parity with the runtime
 
 
 @dataclass
@@ -62,6 +70,11 @@ class Plan:
     source: str = "torch"  # name of the gradient source: the bundle's PyTorch graph unless `source_model`
     source_model: torch.nn.Module | None = None  # a gradient source other than the bundle's reference
     group: str = ""  # names independent cascades stored side by side (e.g. oblivious / adaptive)
+    transfer: bool = False  # `source_model` is another model than the deployment's (a surrogate): craft for transfer
+    # Gradient attacks again per runtime with that runtime deciding success (gradients from its twin): `auto` where
+    # the runtime's graph differs from the gradient source's (a precision variant; every runtime for a surrogate),
+    # `all` on every runtime but the source itself, `off` for plain transfer only.
+    deployment_loop: str = "auto"
 
 
 @dataclass
@@ -72,6 +85,9 @@ class Source:
     model: Callable
     labels_of: Callable[[torch.Tensor], torch.Tensor]
     stored: dict[str, torch.Tensor]
+    judge: Callable | None = None  # the deployment deciding success (deployment in the loop)
+    transfer: bool = False  # crafted to transfer: no early stop on the source, every budget on its own
+    twin: dict | None = None  # where a judge decides: the gradient graph and its parity with the judge
 
     def __post_init__(self) -> None:
         self.on = functools.partial(predictions({self.name: self.labels_of}, self.stored), self.name)
@@ -124,6 +140,8 @@ def build(plan: Plan, seed: int, dim: int) -> tuple[list[Attack], str]:
         check_eps(eps, norm, dim)
     if not plan.epsilons and any(isinstance(a, FixedBudgetAttack) for a in attacks):
         raise RobustDeployError("give at least one --eps")
+    if plan.deployment_loop not in LOOPS:
+        raise RobustDeployError(f"unknown --deployment-loop {plan.deployment_loop!r}; use {', '.join(LOOPS)}")
     return attacks, norm
 
 
@@ -146,7 +164,7 @@ def with_surrogate(plan: Plan, session: Session, surrogate: Path) -> Plan:
                                 f"{len(session.bundle.classes)}; use a surrogate trained on the same task")
     if other.score_only:
         raise RobustDeployError(f"--surrogate {surrogate} is score-only itself; use a bundle with a PyTorch graph")
-    return replace(plan, source=f"surrogate:{other.name}", source_model=other.reference_model())
+    return replace(plan, source=f"surrogate:{other.name}", source_model=other.reference_model(), transfer=True)
 
 
 def craft(session: Session, plan: Plan, attacks: list[Attack], stored: dict[str, torch.Tensor],
@@ -158,8 +176,9 @@ def craft(session: Session, plan: Plan, attacks: list[Attack], stored: dict[str,
     crafted = Crafted(tuple(sorted(set(plan.epsilons))))
     finished = {s.key: s for s in done or [] if s.key in stored}
     gradient, runtimes = _sources(session, plan, stored)  # each caches its labels on every set across stages
+    loops = in_the_loop(session, plan, gradient) if any(map(_loopable, attacks)) else []
     for stage, (spec, attack) in enumerate(zip(plan.attacks, attacks)):
-        for source in [gradient] if attack.needs >= Capability.GRADIENTS else runtimes:
+        for source in _where(attack, gradient, loops, runtimes):
             earlier = [s for s in crafted.sets if s.source in (source.name, plan.source)]
             if isinstance(attack, MinimalNormAttack):
                 _minimal(session, plan, stage, spec, attack, source, crafted, finished, on_set)
@@ -171,21 +190,88 @@ def craft(session: Session, plan: Plan, attacks: list[Attack], stored: dict[str,
                     crafted.sets.append(finished[key])
                 else:
                     keys = [s.key for s in earlier if s.eps == eps] + ([previous] if previous else [])
-                    crafted.sets.append(craft_budget(session, plan, stage, spec, attack, source, eps,
-                                                     source.robust(keys, y), previous))
+                    todo = torch.ones_like(y, dtype=torch.bool) if source.transfer else source.robust(keys, y)
+                    crafted.sets.append(craft_budget(session, plan, stage, spec, attack, source, eps, todo,
+                                                     previous))
                     if on_set:
                         on_set(crafted)
-                previous = key
+                previous = None if source.transfer else key  # a transfer set crafts every budget on its own
     return crafted
+
+
+def _where(attack: Attack, gradient: Source, loops: list[Source], runtimes: list[Source]) -> list[Source]:
+    """The sources an attack runs on: a gradient attack on the gradient source (and in the loop of every runtime
+    where one applies), a score/decision attack on every runtime."""
+    if attack.needs < Capability.GRADIENTS:
+        return runtimes
+    return [gradient, *(loops if _loopable(attack) else [])]
+
+
+def _loopable(attack: Attack) -> bool:
+    """A gradient attack on classifier logits, which a runtime's logits can judge."""
+    return isinstance(attack, IterativeGradientAttack) and attack.criterion is None
+
+
+def in_the_loop(session: Session, plan: Plan, gradient: Source) -> list[Source]:
+    """A deployment-in-the-loop source per runtime the plan's `deployment_loop` selects: gradients from the runtime
+    variant's PyTorch twin (or from the surrogate), success judged by the runtime on what it receives."""
+    if plan.deployment_loop == "off" or (plan.source_model is not None and not plan.transfer):
+        return []  # a plan that picked its own gradient source (a baseline, a purifier's classifier) keeps it
+    chosen = [r for r in session.runtimes if r.label != plan.source and
+              (plan.deployment_loop == "all" or plan.transfer or r.spec.variant != "fp32")]
+    twins: dict[str, tuple[Callable, str]] = {}
+    sources = []
+    for runtime in chosen:
+        variant = runtime.spec.variant
+        if variant not in twins:
+            twin = None if plan.transfer else make_twin(session.bundle, variant, session.reference)
+            twins[variant] = (gradient.model, plan.source) if twin is None else (session.place(twin.model), twin.how)
+        model, how = twins[variant]
+        sources.append(Source(runtime.label, model, functools.partial(runtime.predict, batch_size=session.batch_size),
+                              gradient.stored, judge=runtime.logits, twin={"gradients": how,
+                                                                           **twin_parity(session, model, runtime)}))
+    return sources
+
+
+def twin_parity(session: Session, model: torch.nn.Module, runtime: Runtime) -> dict:
+    """How closely a gradient graph follows the runtime it stands in for, on the clean samples: top-1 agreement (%)
+    and the largest and mean absolute logit difference."""
+    x = session.test.x
+    with torch.no_grad():
+        twin = torch.cat([model(x[i : i + session.batch_size].to(session.device)).float().cpu()
+                          for i in range(0, len(x), session.batch_size)])
+    deployed = runtime.logits(x, session.batch_size)
+    gap = (twin - deployed).abs()
+    return {"samples": len(x), "agreement": round(100.0 * float((twin.argmax(1) == deployed.argmax(1)).float().mean()),
+                                                  4), "max_abs": float(gap.max()), "mean_abs": float(gap.mean())}
+
+
+def threat_of(plan: Plan, source: Source, needs: Capability) -> str:
+    """The threat model of a set on its own source: `white-box on R`, `deployment-in-the-loop on R`,
+    `score-based on R`, `decision-based on R`, or `transfer from X` for a surrogate's set (no runtime is X)."""
+    crafted_on = source.name
+    if plan.transfer and source.name == plan.source:
+        return f"transfer from {crafted_on}"
+    if source.judge is not None:
+        return f"deployment-in-the-loop on {crafted_on}"
+    kind = {Capability.GRADIENTS: "white-box", Capability.SCORES: "score-based"}.get(needs, "decision-based")
+    return f"{kind} on {crafted_on}"
 
 
 def _sources(session: Session, plan: Plan, stored: dict[str, torch.Tensor]) -> tuple[Source, list[Source]]:
     """Where attacks run: the gradient source (gradient attacks), and every runtime (score/decision attacks)."""
     model = session.place(plan.source_model if plan.source_model is not None else session.reference)
     gradient = Source(plan.source, model, lambda z: labels(model, z.to(session.device), session.batch_size).cpu(),
-                      stored)
+                      stored, transfer=plan.transfer or _plain_transfer(session, plan))
     return gradient, [Source(r.label, r.logits, functools.partial(r.predict, batch_size=session.batch_size), stored)
                       for r in session.runtimes]
+
+
+def _plain_transfer(session: Session, plan: Plan) -> bool:
+    """Whether the gradient source's sets are all some runtime gets (no loop, and its graph differs): then they are
+    crafted for transfer."""
+    return plan.deployment_loop == "off" and plan.source_model is None and \
+        any(r.spec.variant != "fp32" for r in session.runtimes)
 
 
 def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack: FixedBudgetAttack,
@@ -194,7 +280,7 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
     `previous` (a smaller budget's)."""
     index = todo.nonzero().flatten()
     blackbox = attack.needs < Capability.GRADIENTS
-    attack.realiser = None
+    attack.realiser, attack.judge = None, source.judge
     if plan.realise and not blackbox:  # the float trajectory, success judged on what the deployment receives
         attack.realiser = lambda a, xb, e: realise(a, xb, e, attack.norm)
     view = OnGrid(source.model) if plan.realise and blackbox else source.model  # queries are 8-bit images
@@ -209,14 +295,23 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
 
     key = set_key(label(plan, spec), source.name, eps)
     start, before = time.perf_counter(), attack.stats.gradients
-    raw = _batched(session, index, source.stored[previous or "x"], run, key)
+    stops = getattr(attack, "early_stop", None)
+    if source.transfer and stops is not None:
+        attack.early_stop = False  # the source being fooled says little about the target: run every step
+    try:
+        raw = _batched(session, index, source.stored[previous or "x"], run, key)
+    finally:
+        attack.judge = None
+        if stops is not None:
+            attack.early_stop = stops
     seconds = time.perf_counter() - start
     adv, rounding = _realised(plan, source, session, raw, index, eps, attack.norm)
     source.stored[key] = adv
     return CraftedSet(key, stage, label(plan, spec), source.name, eps, len(index), round(seconds, 4),
                       attack.stats.gradients - before,
                       round(statistics.fmean(queries), 2) if queries else None,
-                      float(statistics.median(queries)) if queries else None, rounding, plan.group)
+                      float(statistics.median(queries)) if queries else None, rounding, plan.group,
+                      threat_of(plan, source, attack.needs), source.twin)
 
 
 def chunks(session: Session, index: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
@@ -267,7 +362,8 @@ def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack:
         adv, rounding = _realised(plan, source, session, found, index, None, attack.norm)
         stored[whole] = adv
         finished[whole] = CraftedSet(whole, stage, label(plan, spec), source.name, None, len(index), round(seconds, 4),
-                                     attack.stats.gradients - before, rounding=rounding, group=plan.group)
+                                     attack.stats.gradients - before, rounding=rounding, group=plan.group,
+                                     threat=threat_of(plan, source, attack.needs))
         crafted.sets.append(finished[whole])
         if on_set:
             on_set(crafted)
@@ -287,7 +383,7 @@ def _minimal(session: Session, plan: Plan, stage: int, spec: AttackSpec, attack:
             stored[key] = torch.where(inside, adv, x)
         if key not in finished:
             finished[key] = CraftedSet(key, stage, label(plan, spec), source.name, eps, finished[whole].attacked,
-                                       0.0, 0, group=plan.group)
+                                       0.0, 0, group=plan.group, threat=finished[whole].threat)
         crafted.sets.append(finished[key])
 
 

@@ -1,5 +1,6 @@
 """The one score. A sample is robust on a runtime at a budget when that runtime gets it right clean and on every
-set of the cascade that applies to it; robust accuracy after attack k is the worst case over attacks 1..k."""
+stored example inside the budget, whichever source crafted it (an attacker can send any of them); robust accuracy
+after attack k is the worst case over attacks 1..k. Every cell says its threat model (`threat`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Cell:
     attack_success_rate: float
     clean_differs_from_torch: list[int]
     outcome_differs_from_torch: list[int]
+    threat: str = ""  # the threat models of the sets behind it, e.g. "white-box on torch + transfer from torch"
 
 
 def percent(mask: torch.Tensor, of: torch.Tensor | None = None) -> float:
@@ -68,9 +70,35 @@ def pick(sets: Iterable[dict], runtime: str, eps: float) -> list[dict]:
     return [chosen[k] for k in sorted(chosen)]
 
 
+def inside(sets: Iterable[dict], eps: float) -> list[list[dict]]:
+    """Every stored set inside budget `eps` (its own budget at most `eps`), by attack stage in order."""
+    stages: dict[int, list[dict]] = {}
+    for s in sets:
+        if s["eps"] is not None and s["eps"] <= eps + 1e-12:
+            stages.setdefault(s["stage"], []).append(s)
+    return [stages[k] for k in sorted(stages)]
+
+
+def threat_on(s: dict, runtime: str) -> str:
+    """The threat model a set stands for on `runtime`: its own (white-box, deployment-in-the-loop, score-based) where
+    it was crafted on that runtime or crafted to transfer, else a transfer from its source."""
+    own = s.get("threat") or f"crafted on {s['source']}"
+    return own if s["source"] == runtime or own.startswith("transfer") else f"transfer from {s['source']}"
+
+
+def threat_kinds(threat: str) -> str:
+    """A cell's threat in a few words (for a legend): the kinds of its own attacks, or `transfer only from X`."""
+    parts = [p for p in threat.split(" + ") if p]
+    own = [p.rsplit(" on ", 1)[0] for p in parts if not p.startswith("transfer")]
+    if own or not parts:
+        return ", ".join(dict.fromkeys(own))
+    return "transfer only from " + ", ".join(p.removeprefix("transfer from ") for p in parts)
+
+
 def score_cascade(runtimes: list[str], sets: list[dict], epsilons: Iterable[float], y: torch.Tensor,
                   predictions: Callable[[str, str], torch.Tensor]) -> list[Cell]:
-    """Cells for every runtime x budget x attack stage, from stored sets only (the same code re-scores)."""
+    """Cells for every runtime x budget x attack stage, from stored sets only (the same code re-scores): after stage
+    k a sample is robust when no set of stages 1..k inside the budget fools the runtime."""
     cells = []
     torch_clean = predictions("torch", "x")
     for i, bar in progress(len(runtimes), "score", "runtime", lines=len(runtimes), leave=False,
@@ -79,17 +107,21 @@ def score_cascade(runtimes: list[str], sets: list[dict], epsilons: Iterable[floa
         bar.set_postfix_str(runtime, refresh=False)
         clean = predictions(runtime, "x")
         for eps in epsilons:
-            robust, reference = clean == y, torch_clean == y
-            for s in pick(sets, runtime, eps):
-                own = predictions(runtime, s["key"]) == y
+            robust, reference, threats = clean == y, torch_clean == y, {}
+            for stage in inside(sets, eps):
+                own = clean == y
+                for s in stage:
+                    own = own & (predictions(runtime, s["key"]) == y)
+                    reference = reference & (predictions("torch", s["key"]) == y)
+                    threats[threat_on(s, runtime)] = None
                 robust = robust & own
-                reference = reference & (predictions("torch", s["key"]) == y)
                 cells.append(Cell(
-                    runtime=runtime, attack=s["attack"], eps=eps, clean_accuracy=percent(clean == y),
-                    robust_accuracy=percent(robust), own_robust_accuracy=percent((clean == y) & own),
+                    runtime=runtime, attack=stage[0]["attack"], eps=eps, clean_accuracy=percent(clean == y),
+                    robust_accuracy=percent(robust), own_robust_accuracy=percent(own),
                     attack_success_rate=percent(~robust, clean == y),
                     clean_differs_from_torch=(clean != torch_clean).nonzero().flatten().tolist(),
                     outcome_differs_from_torch=(robust != reference).nonzero().flatten().tolist(),
+                    threat=" + ".join(threats),
                 ))
     return cells
 

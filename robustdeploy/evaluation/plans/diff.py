@@ -25,6 +25,7 @@ from robustdeploy.evaluation.session import Session, SessionConfig, open_session
 from robustdeploy.figures import example_figure
 from robustdeploy.io import check_output
 from robustdeploy.runtimes import parse_runtime
+from robustdeploy.twins import make_twin
 
 log = logging.getLogger("robustdeploy")
 SEARCH_ORDER = ("gradient", "genetic")  # the default cascade, where the reference allows it
@@ -107,6 +108,10 @@ def diff_into(result: Result, session: Session, stored: dict[str, torch.Tensor],
     cascade = make_searches(searches, ref.capability, session.config.seed)
     sets, claims = [], {}
     for label in (parse_runtime(n).label for n in against):
+        for _, search in cascade:
+            if hasattr(search, "twin"):  # DIVA: gradients of the deployment from its PyTorch twin
+                twin = make_twin(session.bundle, opened[label].spec.variant, session.reference)
+                search.twin = OnGrid(session.place(twin.model))
         for eps in sorted(set(epsilons)):
             todo = torch.ones(len(session.test), dtype=torch.bool)
             for stage, (name, search) in enumerate(cascade):

@@ -25,9 +25,11 @@ class EvalConfig(SessionConfig):
     resume: bool = False
     realise: bool = True
     surrogate: Path | None = None  # craft gradient attacks on this bundle's PyTorch graph (a transfer attack)
+    deployment_loop: str = "auto"  # craft.LOOPS: where gradient attacks also run with the runtime deciding success
 
     def plan(self) -> Plan:
-        return Plan(cascade(self.attacks, self.attack_params), self.epsilons, self.realise)
+        return Plan(cascade(self.attacks, self.attack_params), self.epsilons, self.realise,
+                    deployment_loop=self.deployment_loop)
 
 
 def default_out(bundle_name: str, attacks: tuple[str, ...]) -> Path:

@@ -1,0 +1,115 @@
+"""Deployment benchmark on real MNIST (issue 19): per precision variant, robust accuracy under plain transfer from the
+fp32 PyTorch graph, under deployment-in-the-loop PGD (gradients from the variant's twin, success judged by the ONNX
+Runtime session), and under Square run on the variant itself, side by side, with the default evaluation's worst case.
+
+The model is the tool's CNN trained on MNIST's training split (`--run` reuses a run folder), exported with fp32, fp16
+and int8 (static QDQ) variants. Each column is one `evaluate` on the same first `--samples` test images, every example
+rounded to 8 bits inside the budget and scored on every runtime: `transfer` is `--deployment-loop off` (the PGD sets
+crafted on torch alone), `in the loop` is the in-the-loop set of that runtime alone, `default` is the default
+evaluation's worst case (every stored example inside the budget, issue 27 item 4), `square` Square on that runtime.
+The twins' parity with their runtimes on the clean samples is printed too.
+
+Usage: python benchmarks/deployment.py --data-root DIR [--samples N] [--run RUN_DIR] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from robustdeploy.bundle import load_bundle
+from robustdeploy.data import DataConfig
+from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
+from robustdeploy.evaluation.results import load_result
+from robustdeploy.evaluation.score import percent
+from robustdeploy.export import ExportConfig, export_bundle
+from robustdeploy.io import atomic_write_json, versions
+from robustdeploy.recipe import train
+from robustdeploy.report import table
+from robustdeploy.runtimes import create_runtime
+from robustdeploy.train import TrainConfig
+from robustdeploy.variants import VariantConfig
+
+RUNTIMES = ("torch", "ort-cpu", "ort-cpu:fp16", "ort-cpu:int8")
+
+
+def arguments() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--queries", type=int, default=1000, help="Square's query budget per sample")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--run", type=Path, help="a trained run folder to reuse instead of training")
+    parser.add_argument("--work", type=Path, help="folder for the run, bundle and results (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=Path("deployment.json"))
+    return parser
+
+
+def bundle_for(args, work: Path) -> Path:
+    run = args.run
+    if run is None:
+        run = work / "run"
+        if not run.exists():
+            train(TrainConfig(arch="cnn", epochs=args.epochs, data=DataConfig("mnist", args.data_root)), run)
+    bundle = work / "bundle"
+    if not bundle.exists():
+        export_bundle(ExportConfig(run_dir=run, out=bundle, data_root=args.data_root,
+                                   variants=VariantConfig(("fp32", "fp16", "int8"))))
+    return bundle
+
+
+def main() -> None:
+    args = arguments().parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        bundle = bundle_for(args, work)
+
+        def run(name: str, attacks: tuple[str, ...], params: dict, loop: str):
+            print(f"evaluate {name} ...", flush=True)
+            return evaluate(EvalConfig(bundle=bundle, runtimes=RUNTIMES, attacks=attacks, epsilons=tuple(args.eps),
+                                       attack_params=params, limit=args.samples, data_root=args.data_root,
+                                       out=work / f"{name}.json", deployment_loop=loop))
+
+        transfer = run("transfer", ("pgd",), {"steps": args.steps}, "off")
+        default = run("default", ("pgd",), {"steps": args.steps}, "auto")
+        square = run("square", ("square",), {"max_queries": args.queries, "p_init": 0.8}, "off")
+        stored = load_result(default.path)[1]
+        y = stored["y"]
+        deployments = {r: create_runtime(load_bundle(bundle), r) for r in RUNTIMES}
+        own = {(s["source"], s["eps"]): s for s in default.sets if s.get("twin")}
+        alone = {key: percent((deployments[key[0]].predict(stored["x"]) == y)
+                              & (deployments[key[0]].predict(stored[s["key"]]) == y)) for key, s in own.items()}
+    rows, records = [], []
+    for eps in args.eps:
+        for runtime in RUNTIMES:
+            looped = own.get((runtime, eps))
+            loop_acc = alone.get((runtime, eps))  # the in-the-loop set alone, scored on its runtime
+            record = {"eps": eps, "runtime": runtime, "clean": default.cell(runtime, eps)["clean_accuracy"],
+                      "transfer": transfer.cell(runtime, eps)["robust_accuracy"], "in_the_loop": loop_acc,
+                      "default": default.cell(runtime, eps)["robust_accuracy"],
+                      "square": square.cell(runtime, eps)["robust_accuracy"],
+                      "threat": default.cell(runtime, eps)["threat"],
+                      "twin": looped["twin"] if looped else None}
+            records.append(record)
+            rows.append([f"{eps:g}", runtime, record["clean"], record["transfer"], loop_acc, record["default"],
+                         record["square"], record["threat"]])
+    print(f"MNIST CNN, {args.samples} test samples, PGD-{args.steps} / Square {args.queries} queries (p_init 0.8), "
+          "L-inf, every example rounded to 8 bits; robust accuracy %")
+    print(table(["eps", "runtime", "clean", "transfer", "in the loop", "default (worst)", "square", "threat (default)"],
+                rows))
+    for s in default.sets:
+        if s.get("twin"):
+            print(f"twin of {s['source']} at eps {s['eps']:g}: {s['twin']}")
+    atomic_write_json(args.out, {"samples": args.samples, "steps": args.steps, "queries": args.queries,
+                                 "epsilons": args.eps, "rows": records, "versions": versions(),
+                                 "seconds": {"transfer": transfer.seconds, "default": default.seconds,
+                                             "square": square.seconds}})
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
