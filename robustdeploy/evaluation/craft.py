@@ -27,7 +27,7 @@ from robustdeploy.attacks import predict as labels
 from robustdeploy.bundle import load_bundle
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.grid import ROUNDING, OnGrid, grid_budget, realise, rounding_report
+from robustdeploy.evaluation.grid import LEVELS, ROUNDING, OnGrid, grid_budget, realise, rounding_report
 from robustdeploy.evaluation.score import predictions
 from robustdeploy.evaluation.session import Session
 from robustdeploy.progress import progress
@@ -194,9 +194,9 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
     `previous` (a smaller budget's)."""
     index = todo.nonzero().flatten()
     blackbox = attack.needs < Capability.GRADIENTS
-    attack.realiser = None
-    if plan.realise and not blackbox:  # the float trajectory, success judged on what the deployment receives
-        attack.realiser = lambda a, xb, e: realise(a, xb, e, attack.norm)
+    attack.realiser, attack.quantum = None, None
+    if plan.realise:  # success judged on what the deployment receives; query-based attacks query only such images
+        attack.realiser, attack.quantum = (lambda a, xb, e: realise(a, xb, e, attack.norm)), 1 / LEVELS
     view = OnGrid(source.model) if plan.realise and blackbox else source.model  # queries are 8-bit images
     budget = grid_budget(eps, attack.norm) if plan.realise and blackbox else eps
     queries: list[int] = []
