@@ -7,8 +7,8 @@ iteration t) and a geometric step along it. Defaults follow the paper's referenc
 lies within eps; a sample whose next iteration could overrun `max_queries` stops, so the budget holds.
 
 On a quantised input (`quantum` and `realiser` set by the evaluation core: the deployment's 8-bit grid) every
-query is realised first, so the search runs on the grid: the binary search stops at one grid step, probes are
-at least about one grid step per pixel (smaller ones would round away), and every kept point is the realised
+query is realised first, so the search runs on the grid: the binary search stops at one grid step, probes move
+a pixel by a few grid steps (smaller ones round away), and every kept point is the realised
 image the deployment answered for.
 """
 
@@ -24,6 +24,10 @@ from robustdeploy.attacks.base import ATTACKS, FixedBudgetAttack, Model, lp_norm
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
 
+# Probes on a grid move a pixel by about this many grid steps (root mean square); a one-step probe rounds to
+# a coarse, mostly-zero direction. Real MNIST CNN, L2 eps 2, 20 samples, 10 iterations: 1 step leaves 70 %
+# robust, 2 steps 35 %, 4 steps 30 % (the same search in float, unrounded: 35 %).
+PROBE_STEPS = 4.0
 STEP_HALVINGS = 15  # cap of the geometric step-size search (unbounded in the reference code)
 
 
@@ -123,8 +127,7 @@ class HopSkipJump(FixedBudgetAttack):
         generator = torch.Generator().manual_seed(self.seed)
         d = x[0].numel()
         theta = self.gamma / (d**1.5 if self.norm == "l2" else d**2)
-        # smallest probe radius whose noise moves a pixel by about one grid step (rounding erases smaller ones)
-        floor = (self.quantum or 0.0) * math.sqrt(d)
+        floor = PROBE_STEPS * (self.quantum or 0.0) * math.sqrt(d)  # smallest probe radius that rounding keeps
         search = math.ceil(math.log2(1 / max(theta, self.quantum or 0.0)))  # most queries one search can take
         oracle = _Oracle(model, y)
         index = (~oracle.adversarial(torch.arange(len(x)), x)).nonzero().flatten().cpu()
