@@ -106,3 +106,19 @@ def test_square_l2_keeps_only_what_the_deployment_scored(bundle_dir, tmp_path):
                                  limit=30, attack_params={"max_queries": 100, "norm": "l2"}, out=tmp_path / "r.json"))
     (mine,) = result.sets
     assert mine["rounding"]["stopped_fooling"] == 0 and mine["rounding"]["fooled_after"] > 0
+
+
+def test_a_weak_query_based_attack_is_flagged_next_to_its_number(bundle_dir, tmp_path):
+    """HopSkipJump starved of queries, then PGD on the samples it left robust: the check fails and the table marks
+    the HSJ row; a black-box-only result says its number is an upper bound."""
+    from robustdeploy.report import evaluation_table
+
+    result = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("ort-cpu",), attacks=("hopskipjump", "pgd"),
+                                 epsilons=(0.2,), limit=40, attack_params={"max_queries": 20}, out=tmp_path / "r.json"))
+    check = next(c for c in result.checks if c["name"] == "blackbox_far_above_whitebox")
+    assert not check["passed"] and "ort-cpu eps=0.2 hopskipjump" in check["detail"]
+    assert "hopskipjump (!)" in evaluation_table(result) and "pgd (!)" not in evaluation_table(result)
+    alone = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("ort-cpu",), attacks=("hopskipjump",), epsilons=(0.2,),
+                                limit=10, attack_params={"max_queries": 20}, out=tmp_path / "h.json"))
+    assert "upper bound" in evaluation_table(alone) and "upper bound" not in evaluation_table(result)
+    assert alone.sets[0]["iterations_mean"] is not None  # HSJ's iterations are stated with its queries

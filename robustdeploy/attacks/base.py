@@ -130,6 +130,7 @@ class FixedBudgetAttack(Attack):
     """
 
     queries_per_sample: torch.Tensor | None = None
+    iterations_per_sample: torch.Tensor | None = None  # an iterative query-based attack's iterations (HopSkipJump)
 
     @abstractmethod
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor: ...

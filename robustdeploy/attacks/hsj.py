@@ -148,12 +148,14 @@ class HopSkipJump(FixedBudgetAttack):
             current[index] = self._boundary(oracle, index, x[index], start[index], theta)
             here[index] = lp_norm(current[index] - x[index], self.norm).cpu()
             best[index], dist[index] = current[index], here[index]
+        iterations = torch.zeros(len(x), dtype=torch.long)
         for t in range(1, self.steps + 1):
             evals = int(min(self.init_evals * math.sqrt(t), self.max_evals))
             index = index[(dist[index] > eps + 1e-6) & (oracle.used[index] + evals + STEP_HALVINGS + search
                                                  <= self.max_queries)]
             if not len(index):
                 break
+            iterations[index] += 1
             xs, point = x[index], current[index]
             delta = torch.full((len(index),), 0.1) if t == 1 else \
                 (math.sqrt(d) if self.norm == "l2" else d) * theta * here[index]
@@ -174,6 +176,6 @@ class HopSkipJump(FixedBudgetAttack):
             here[index] = lp_norm(current[index] - xs, self.norm).cpu()
             closer = index[here[index] < dist[index]]
             best[closer], dist[closer] = current[closer], here[closer]
-        self.queries_per_sample = oracle.used
+        self.queries_per_sample, self.iterations_per_sample = oracle.used, iterations
         self.stats.queries += int(oracle.used.sum())
         return torch.where(_view((dist <= eps + 1e-6).to(x.device), x), best, x)

@@ -50,6 +50,7 @@ class CraftedSet:
     queries_median: float | None = None
     rounding: dict | None = None
     group: str = ""
+    iterations_mean: float | None = None  # an iterative query-based attack's iterations per sample (HopSkipJump)
 
 
 @dataclass
@@ -200,11 +201,14 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
     view = OnGrid(source.model) if plan.realise and blackbox else source.model  # queries are 8-bit images
     budget = grid_budget(eps, attack.norm) if plan.realise and blackbox else eps
     queries: list[int] = []
+    iterations: list[int] = []
 
     def run(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         adv = attack.perturb(view, xb, yb, budget)
         if attack.queries_per_sample is not None:
             queries.extend(attack.queries_per_sample.tolist())
+        if attack.iterations_per_sample is not None:
+            iterations.extend(attack.iterations_per_sample.tolist())
         return adv
 
     key = set_key(label(plan, spec), source.name, eps)
@@ -216,7 +220,8 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
     return CraftedSet(key, stage, label(plan, spec), source.name, eps, len(index), round(seconds, 4),
                       attack.stats.gradients - before,
                       round(statistics.fmean(queries), 2) if queries else None,
-                      float(statistics.median(queries)) if queries else None, rounding, plan.group)
+                      float(statistics.median(queries)) if queries else None, rounding, plan.group,
+                      round(statistics.fmean(iterations), 2) if iterations else None)
 
 
 def chunks(session: Session, index: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
