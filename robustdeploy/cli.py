@@ -333,12 +333,17 @@ def rescore(
     from robustdeploy.evaluation.plans.rescore import rescore as run_rescore
     from robustdeploy.evaluation.results import load_result
 
-    stored = load_result(result)[0].cells
+    saved = load_result(result)[0]
+    stored = saved.cells
     fresh = run_rescore(result, device)
     differ = sum(a != b for a, b in zip(fresh, stored)) + abs(len(fresh) - len(stored))
     if differ:
         raise CheckFailed(f"{differ} of {len(stored)} scored cells of {result} differ when re-scored from the "
                           "stored examples")
+    if not saved.complete:
+        raise CheckFailed(f"{result} is incomplete (its run was interrupted or is still going): its {len(stored)} "
+                          "scored cells re-score exactly, but it lacks the rest; finish it by rerunning the same "
+                          "command with --resume, then re-score")
     echo(f"all {len(stored)} scored cells of {result} re-score exactly from its stored examples")
 
 

@@ -4,6 +4,7 @@ each runtime; a minimal-norm attack runs once and is clipped per budget (foolbox
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import statistics
 import time
@@ -30,7 +31,7 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.grid import LEVELS, ROUNDING, OnGrid, grid_budget, realise, rounding_report
 from robustdeploy.evaluation.score import predictions
 from robustdeploy.evaluation.session import Session
-from robustdeploy.progress import progress
+from robustdeploy.progress import heartbeat, progress
 from robustdeploy.runtimes import Runtime
 
 
@@ -213,7 +214,8 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
 
     key = set_key(label(plan, spec), source.name, eps)
     start, before = time.perf_counter(), attack.stats.gradients
-    raw = _batched(session, index, source.stored[previous or "x"], run, key)
+    raw = _batched(session, index, source.stored[previous or "x"], run, key,
+                   lambda: f"{attack.stats.gradients - before} gradient evaluations so far")
     seconds = time.perf_counter() - start
     adv, rounding = _realised(plan, source, session, raw, index, eps, attack.norm)
     source.stored[key] = adv
@@ -234,16 +236,18 @@ def chunks(session: Session, index: torch.Tensor) -> Iterator[tuple[int, torch.T
             yield session.offset + start, chunk
 
 
-def _batched(session: Session, index: torch.Tensor, base: torch.Tensor, call, desc: str) -> torch.Tensor:
+def _batched(session: Session, index: torch.Tensor, base: torch.Tensor, call, desc: str,
+             figures: Callable[[], str] | None = None) -> torch.Tensor:
     """`call(x, y)` over the samples in `index`, block by block on the session's device, each block seeded by its
-    position; the others keep `base`. Progress is shown as `desc` (log lines only when there are several blocks:
-    the caller reports each finished set)."""
+    position; the others keep `base`. Progress is shown as `desc` (log lines per block when there are several,
+    else a heartbeat line with `figures()` while the one block runs: the caller reports each finished set)."""
     x, y, out = session.test.x, session.test.y, base.clone()
     blocks = list(chunks(session, index))
-    for i, _ in progress(len(blocks), desc, "batch", lines=10 if len(blocks) > 1 else 0, leave=False):
-        start, chunk = blocks[i]
-        torch.manual_seed(session.config.seed * 1_000_003 + start)
-        out[chunk] = call(x[chunk].to(session.device), y[chunk].to(session.device)).detach().cpu()
+    with heartbeat(desc, figures) if len(blocks) == 1 else contextlib.nullcontext():
+        for i, _ in progress(len(blocks), desc, "batch", lines=10 if len(blocks) > 1 else 0, leave=False):
+            start, chunk = blocks[i]
+            torch.manual_seed(session.config.seed * 1_000_003 + start)
+            out[chunk] = call(x[chunk].to(session.device), y[chunk].to(session.device)).detach().cpu()
     return out
 
 
