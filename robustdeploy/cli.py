@@ -361,11 +361,16 @@ def rescore(
     from robustdeploy.evaluation.plans.rescore import rescore as run_rescore
     from robustdeploy.evaluation.results import cell_differences, load_result
 
-    stored = load_result(result)[0].cells
+    saved = load_result(result)[0]
+    stored = saved.cells
     differ = cell_differences(stored, run_rescore(result, device))
     if differ:
         raise CheckFailed(f"{len(differ)} of {len(stored)} scored cells of {result} differ when re-scored from the "
                           f"stored examples: {'; '.join(differ)}")
+    if not saved.complete:
+        raise CheckFailed(f"{result} is incomplete (its run was interrupted or is still going): its {len(stored)} "
+                          "scored cells re-score exactly, but it lacks the rest; finish it by rerunning the same "
+                          "command with --resume, then re-score")
     echo(f"all {len(stored)} scored cells of {result} re-score exactly from its stored examples")
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
 log = logging.getLogger("robustdeploy")
+HEARTBEAT = 60.0  # seconds between the lines of a long step that has no loop of its own to report
 
 
 def progress(total: int, desc: str, unit: str = "step", lines: int = 10, leave: bool = True,
@@ -80,3 +83,27 @@ class Meter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def heartbeat(desc: str, figures: Callable[[], str] | None = None) -> Iterator[None]:
+    """A line every HEARTBEAT seconds while the block runs (e.g. an attack on a single batch, which would otherwise
+    be silent until it ends), with `figures()` (work done so far) appended; nothing under `robustdeploy -q`."""
+    if not log.isEnabledFor(logging.INFO):
+        yield
+        return
+    stop, start = threading.Event(), time.perf_counter()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT):
+            extra = figures() if figures else ""
+            log.info("%s: running, %s elapsed%s", desc, tqdm.format_interval(time.perf_counter() - start),
+                     f" ({extra})" if extra else "")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

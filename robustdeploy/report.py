@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from robustdeploy.evaluation.checks import weak_blackbox
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = False) -> str:
     """A plain aligned table (or a Markdown one) of already-formatted cells."""
@@ -32,7 +34,7 @@ EVALUATION_HEADERS = ["eps", "runtime", "after attack", "clean %", "robust %", "
 def evaluation_table(result, markdown: bool = False) -> str:
     """One row per (budget, runtime, attack of the cascade): robust accuracy after that attack (the last row of
     each budget and runtime is the worst case), queries and examples lost to 8-bit rounding where they apply."""
-    text = table(EVALUATION_HEADERS, evaluation_rows(result), markdown)
+    text = table(EVALUATION_HEADERS, evaluation_rows(result), markdown) + blackbox_notes(result)
     for name, norms in result.extra.get("norms", {}).items():
         found = [n for n in norms if n is not None and n > 0]
         if found:
@@ -44,14 +46,31 @@ def evaluation_table(result, markdown: bool = False) -> str:
 def evaluation_rows(result) -> list[list]:
     """The rows of `evaluation_table`."""
     sets = {(s["attack"], s["source"], s["eps"]): s for s in result.sets}
+    weak = weak_blackbox(result.cells, result.attacks)
     rows = []
     for c in sorted(result.cells, key=lambda c: c["eps"]):
         own = sets.get((c["attack"], c["runtime"], c["eps"])) or sets.get((c["attack"], "torch", c["eps"])) or {}
-        rows.append([f"{c['eps']:g}", c["runtime"], c["attack"], c["clean_accuracy"], c["robust_accuracy"],
+        flag = " (!)" if (c["runtime"], c["eps"], c["attack"]) in weak else ""
+        rows.append([f"{c['eps']:g}", c["runtime"], c["attack"] + flag, c["clean_accuracy"], c["robust_accuracy"],
                      c["attack_success_rate"], own.get("queries_mean"), (own.get("rounding") or {}).get(
                          "stopped_fooling"), len(c["clean_differs_from_torch"]),
                      len(c["outcome_differs_from_torch"]), c.get("threat", "")])
     return rows
+
+
+def blackbox_notes(result) -> str:
+    """Lines under the table for query-based rows: flagged ones (`checks.weak_blackbox`), and where no gradient attack
+    ran, that a score- or decision-based number is an upper bound on robust accuracy."""
+    needs = {a["label"]: a["needs"] for a in result.attacks}
+    lines = []
+    if weak_blackbox(result.cells, result.attacks):
+        lines.append("(!) the white-box attacks after this query-based attack fool far more of the samples it left "
+                     "robust: its number alone overstates robustness")
+    blackbox = [label for label, need in needs.items() if need != "gradients"]
+    if blackbox and all(need != "gradients" for need in needs.values()):
+        lines.append(f"{', '.join(blackbox)}: query-based, no gradient attack ran: robust accuracy is an upper bound "
+                     "(a stronger attack may fool more)")
+    return "".join("\n" + line for line in lines)
 
 
 def defense_table(result) -> str:

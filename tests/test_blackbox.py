@@ -78,3 +78,47 @@ def test_bad_blackbox_settings(bundle_dir, tmp_path):
                               tmp_path / "r.json"), "ort-cuda")
     assert_one_line_error(cli("evaluate", bundle_dir, "--attack", "hopskipjump", "--norm", "l1"), "supports linf, l2")
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("norm,eps", [("l2", 1.0), ("linf", 0.15)])
+def test_hopskipjump_that_fools_in_float_keeps_fooling_after_rounding(norm, eps, ort, digits):
+    """On the grid (as the evaluation core runs it) every kept example is an 8-bit image inside the budget that fools
+    the deployment, and HSJ fools at least as many samples after rounding as the same search does in float."""
+    from robustdeploy.evaluation.grid import OnGrid, realise
+
+    x, y = digits.test.x[:24], digits.test.y[:24]
+    runs = {}
+    for mode in ("float", "grid"):
+        attack = ATTACKS.create("hopskipjump", norm=norm, max_queries=400)
+        if mode == "grid":
+            attack.realiser, attack.quantum = (lambda a, xb, e: realise(a, xb, e, norm)), 1 / 255
+        runs[mode] = attack.perturb(OnGrid(ort.logits) if mode == "grid" else ort.logits, x, y, eps)
+    fooled_in_float = int((ort.predict(runs["float"]) != y).sum())
+    adv = runs["grid"]
+    assert torch.equal(adv, realise(adv, x, eps, norm))  # the example kept is what the deployment receives
+    claimed = (adv != x).flatten(1).any(1)
+    assert (ort.predict(adv)[claimed] != y[claimed]).all()  # every claimed success fools after rounding
+    assert int((ort.predict(adv) != y).sum()) >= fooled_in_float - 1 > int((ort.predict(x) != y).sum())
+
+
+def test_square_l2_keeps_only_what_the_deployment_scored(bundle_dir, tmp_path):
+    result = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("ort-cpu",), attacks=("square",), epsilons=(1.0,),
+                                 limit=30, attack_params={"max_queries": 100, "norm": "l2"}, out=tmp_path / "r.json"))
+    (mine,) = result.sets
+    assert mine["rounding"]["stopped_fooling"] == 0 and mine["rounding"]["fooled_after"] > 0
+
+
+def test_a_weak_query_based_attack_is_flagged_next_to_its_number(bundle_dir, tmp_path):
+    """HopSkipJump starved of queries, then PGD on the samples it left robust: the check fails and the table marks
+    the HSJ row; a black-box-only result says its number is an upper bound."""
+    from robustdeploy.report import evaluation_table
+
+    result = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("ort-cpu",), attacks=("hopskipjump", "pgd"),
+                                 epsilons=(0.2,), limit=40, attack_params={"max_queries": 20}, out=tmp_path / "r.json"))
+    check = next(c for c in result.checks if c["name"] == "blackbox_far_above_whitebox")
+    assert not check["passed"] and "ort-cpu eps=0.2 hopskipjump" in check["detail"]
+    assert "hopskipjump (!)" in evaluation_table(result) and "pgd (!)" not in evaluation_table(result)
+    alone = evaluate(EvalConfig(bundle=bundle_dir, runtimes=("ort-cpu",), attacks=("hopskipjump",), epsilons=(0.2,),
+                                limit=10, attack_params={"max_queries": 20}, out=tmp_path / "h.json"))
+    assert "upper bound" in evaluation_table(alone) and "upper bound" not in evaluation_table(result)
+    assert alone.sets[0]["iterations_mean"] is not None  # HSJ's iterations are stated with its queries

@@ -31,6 +31,10 @@ def test_train_export_evaluate_commands(tmp_path):
     tampered["cells"][0]["robust_accuracy"] += 1.0
     out.write_text(json.dumps(tampered))
     assert_one_line_error(cli("rescore", out), "differ when re-scored")
+    tampered["cells"][0]["robust_accuracy"] -= 1.0
+    tampered["complete"] = False  # as a run interrupted (or still going) leaves it
+    out.write_text(json.dumps(tampered))
+    assert_one_line_error(cli("rescore", out), "is incomplete", "--resume")
     assert_one_line_error(cli("rescore", tmp_path / "none.json"), "not found")
 
 

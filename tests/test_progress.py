@@ -37,3 +37,17 @@ def test_lines_off_a_terminal_repeat_the_figures_and_wait_for_slow_loops(caplog)
     assert caplog.records[-1].getMessage().endswith(" left): loss=0.5")
     caplog.clear()
     assert [i for i, _ in progress(3, "score", "runtime", after=60.0)] == [0, 1, 2] and not caplog.records
+
+
+def test_a_single_batch_stage_reports_while_it_runs(bundle_dir, tmp_path, caplog, monkeypatch):
+    """A long attack on one batch (APGD-T ran silent for 20 minutes so): heartbeat lines with the work done."""
+    from robustdeploy import progress as module
+    from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
+
+    monkeypatch.setattr(module, "HEARTBEAT", 0.01)
+    caplog.set_level(logging.INFO, logger="robustdeploy")
+    evaluate(EvalConfig(bundle=bundle_dir, runtimes=("torch",), attacks=("pgd",), epsilons=(0.05,), limit=16,
+                        attack_params={"steps": 100, "early_stop": False}, out=tmp_path / "r.json"))
+    beats = [r.getMessage() for r in caplog.records if ": running, " in r.getMessage()]
+    assert beats and all(re.match(r"pgd/torch/eps=0\.05: running, \d\d:\d\d elapsed \(\d+ gradient evaluations so "
+                                  r"far\)$", b) for b in beats), beats

@@ -47,6 +47,9 @@ class Attack(ABC):
     # The deployment's logits for a batch of (realised) inputs, set by the evaluation core for a deployment-in-the-loop
     # attack: success is judged on it, while gradients come from the attacked model (a PyTorch twin of the deployment).
     judge: Callable | None = field(default=None, init=False, repr=False, compare=False)
+    # The deployment's input step (1/255 on the 8-bit grid), set by the evaluation core with `realiser`: query-based
+    # attacks search in whole steps of it, since rounding erases anything smaller.
+    quantum: float | None = field(default=None, init=False, repr=False, compare=False)
 
     needs: ClassVar[Capability] = Capability.GRADIENTS
     norms: ClassVar[tuple[str, ...]] = NORMS
@@ -56,7 +59,8 @@ class Attack(ABC):
             raise RobustDeployError(f"{type(self).__name__} supports {', '.join(self.norms)}, not {self.norm!r}")
 
     def params(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("stats", "realiser", "judge", "criterion")}
+        hidden = ("stats", "realiser", "judge", "criterion", "quantum")
+        return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
     def seen(self, adv: torch.Tensor, x: torch.Tensor, eps: float | None) -> torch.Tensor:
         """`adv` as the deployment receives it (itself where no realiser is set)."""
@@ -126,6 +130,7 @@ class FixedBudgetAttack(Attack):
     """
 
     queries_per_sample: torch.Tensor | None = None
+    iterations_per_sample: torch.Tensor | None = None  # an iterative query-based attack's iterations (HopSkipJump)
 
     @abstractmethod
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor: ...

@@ -15,6 +15,7 @@ from robustdeploy.collapse import dominant_class
 UNBOUNDED_SUCCESS = 99.0  # percent an unbounded attack must reach
 TOLERANCE = 1.0  # percentage points of accuracy we do not call a violation
 MASKED_SHARE = 5.0  # percent of correctly classified samples with vanishing input gradients that still pass
+FAR_ABOVE = 10.0  # points a query-based attack's robust accuracy may exceed the white-box one's before it is flagged
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def for_cells(cells: list[dict], attacks: list[dict], norm: str, dim: int) -> li
         curves.setdefault(runtime, []).append((eps, cell["robust_accuracy"]))
     success = {key: cell["attack_success_rate"] for key, cell in last.items()}
     return [monotone_budget(curves), unbounded_success(success, norm, dim), cascade_gain(cells, attacks),
-            transfer_only(list(last.values()))]
+            transfer_only(list(last.values())), blackbox_far_above_whitebox(cells, attacks)]
 
 
 def transfer_only(cells: list[dict]) -> Check | None:
@@ -145,6 +146,37 @@ def transfer_only(cells: list[dict]) -> Check | None:
                  "robust accuracy from transferred examples only, an upper bound: " + "; ".join(only) +
                  "; attack the deployment itself with --deployment-loop auto (PGD in the loop of each runtime) or "
                  "--attack square" if only else "every robust accuracy includes an attack on that runtime itself")
+
+
+def weak_blackbox(cells: list[dict], attacks: list[dict], far: float = FAR_ABOVE) -> dict[tuple, tuple[float, float]]:
+    """(runtime, eps, attack) -> (its robust %, the cascade's robust % after the gradient attacks that follow it) for
+    each score/decision-based attack that gradient attacks, run after it on the samples it left robust, beat by
+    more than `far` points: its number alone overstates robustness (HopSkipJump off the 8-bit grid, issue 27)."""
+    gradient = {a["label"] for a in attacks if a["needs"] == "gradients"}
+    weak = {}
+    for key in dict.fromkeys((c["runtime"], c["eps"]) for c in cells):
+        chain = [c for c in cells if (c["runtime"], c["eps"]) == key]
+        for i, cell in enumerate(chain):
+            later = [c for c in chain[i + 1:] if c["attack"] in gradient]
+            if cell["attack"] not in gradient and later and \
+                    cell["robust_accuracy"] - later[-1]["robust_accuracy"] > far:
+                weak[(*key, cell["attack"])] = (cell["robust_accuracy"], later[-1]["robust_accuracy"])
+    return weak
+
+
+def blackbox_far_above_whitebox(cells: list[dict], attacks: list[dict]) -> Check | None:
+    """A query-based attack first in a cascade (`--attack hopskipjump --attack pgd`) whose robust accuracy the
+    white-box attacks after it, on the same samples, lower by more than FAR_ABOVE points: a weak black-box attack."""
+    needs = [a["needs"] == "gradients" for a in attacks]
+    if not any(needs) or needs[0]:
+        return None
+    weak = weak_blackbox(cells, attacks)
+    return Check("blackbox_far_above_whitebox", not weak,
+                 "a query-based attack leaves far more samples robust than the white-box attacks on the same "
+                 "samples (its number alone is an upper bound, not robustness): "
+                 + "; ".join(f"{rt} eps={eps:g} {attack}: {mine:.2f}% -> {white:.2f}% with the white-box attacks"
+                             for (rt, eps, attack), (mine, white) in weak.items()) if weak
+                 else f"query-based attacks are within {FAR_ABOVE:g} points of the white-box attacks after them")
 
 
 def cascade_gain(cells: list[dict], attacks: list[dict], tolerance: float = TOLERANCE) -> Check | None:

@@ -6,6 +6,7 @@ and is clipped per budget (foolbox 3's contract)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import statistics
 import time
@@ -30,10 +31,10 @@ from robustdeploy.attacks.base import IterativeGradientAttack
 from robustdeploy.bundle import load_bundle
 from robustdeploy.capability import Capability
 from robustdeploy.errors import RobustDeployError
-from robustdeploy.evaluation.grid import ROUNDING, OnGrid, grid_budget, realise, rounding_report
+from robustdeploy.evaluation.grid import LEVELS, ROUNDING, OnGrid, grid_budget, realise, rounding_report
 from robustdeploy.evaluation.score import predictions
 from robustdeploy.evaluation.session import Session
-from robustdeploy.progress import progress
+from robustdeploy.progress import heartbeat, progress
 from robustdeploy.runtimes import Runtime
 from robustdeploy.twins import make_twin
 
@@ -58,6 +59,7 @@ class CraftedSet:
     group: str = ""
     threat: str = ""  # how it was crafted, on its own source: see `threat_of`
     twin: dict | None = None  # a deployment-in-the-loop set's gradient graph and its parity with the runtime
+    iterations_mean: float | None = None  # an iterative query-based attack's iterations per sample (HopSkipJump)
 
 
 @dataclass
@@ -280,17 +282,20 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
     `previous` (a smaller budget's)."""
     index = todo.nonzero().flatten()
     blackbox = attack.needs < Capability.GRADIENTS
-    attack.realiser, attack.judge = None, source.judge
-    if plan.realise and not blackbox:  # the float trajectory, success judged on what the deployment receives
-        attack.realiser = lambda a, xb, e: realise(a, xb, e, attack.norm)
+    attack.realiser, attack.quantum, attack.judge = None, None, source.judge
+    if plan.realise:  # success judged on what the deployment receives; query-based attacks query only such images
+        attack.realiser, attack.quantum = (lambda a, xb, e: realise(a, xb, e, attack.norm)), 1 / LEVELS
     view = OnGrid(source.model) if plan.realise and blackbox else source.model  # queries are 8-bit images
     budget = grid_budget(eps, attack.norm) if plan.realise and blackbox else eps
     queries: list[int] = []
+    iterations: list[int] = []
 
     def run(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         adv = attack.perturb(view, xb, yb, budget)
         if attack.queries_per_sample is not None:
             queries.extend(attack.queries_per_sample.tolist())
+        if attack.iterations_per_sample is not None:
+            iterations.extend(attack.iterations_per_sample.tolist())
         return adv
 
     key = set_key(label(plan, spec), source.name, eps)
@@ -299,7 +304,8 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
     if source.transfer and stops is not None:
         attack.early_stop = False  # the source being fooled says little about the target: run every step
     try:
-        raw = _batched(session, index, source.stored[previous or "x"], run, key)
+        raw = _batched(session, index, source.stored[previous or "x"], run, key,
+                       lambda: f"{attack.stats.gradients - before} gradient evaluations so far")
     finally:
         attack.judge = None
         if stops is not None:
@@ -311,7 +317,8 @@ def craft_budget(session: Session, plan: Plan, stage: int, spec: AttackSpec, att
                       attack.stats.gradients - before,
                       round(statistics.fmean(queries), 2) if queries else None,
                       float(statistics.median(queries)) if queries else None, rounding, plan.group,
-                      threat_of(plan, source, attack.needs), source.twin)
+                      threat_of(plan, source, attack.needs), source.twin,
+                      round(statistics.fmean(iterations), 2) if iterations else None)
 
 
 def chunks(session: Session, index: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
@@ -324,16 +331,18 @@ def chunks(session: Session, index: torch.Tensor) -> Iterator[tuple[int, torch.T
             yield session.offset + start, chunk
 
 
-def _batched(session: Session, index: torch.Tensor, base: torch.Tensor, call, desc: str) -> torch.Tensor:
+def _batched(session: Session, index: torch.Tensor, base: torch.Tensor, call, desc: str,
+             figures: Callable[[], str] | None = None) -> torch.Tensor:
     """`call(x, y)` over the samples in `index`, block by block on the session's device, each block seeded by its
-    position; the others keep `base`. Progress is shown as `desc` (log lines only when there are several blocks:
-    the caller reports each finished set)."""
+    position; the others keep `base`. Progress is shown as `desc` (log lines per block when there are several,
+    else a heartbeat line with `figures()` while the one block runs: the caller reports each finished set)."""
     x, y, out = session.test.x, session.test.y, base.clone()
     blocks = list(chunks(session, index))
-    for i, _ in progress(len(blocks), desc, "batch", lines=10 if len(blocks) > 1 else 0, leave=False):
-        start, chunk = blocks[i]
-        torch.manual_seed(session.config.seed * 1_000_003 + start)
-        out[chunk] = call(x[chunk].to(session.device), y[chunk].to(session.device)).detach().cpu()
+    with heartbeat(desc, figures) if len(blocks) == 1 else contextlib.nullcontext():
+        for i, _ in progress(len(blocks), desc, "batch", lines=10 if len(blocks) > 1 else 0, leave=False):
+            start, chunk = blocks[i]
+            torch.manual_seed(session.config.seed * 1_000_003 + start)
+            out[chunk] = call(x[chunk].to(session.device), y[chunk].to(session.device)).detach().cpu()
     return out
 
 

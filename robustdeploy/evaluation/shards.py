@@ -183,6 +183,9 @@ def merge(windows: list[Window]) -> tuple[list[dict], dict[str, torch.Tensor], d
         if merged["queries_mean"] is not None:  # the median of a split run is not recoverable from windows
             merged["queries_mean"] = round(sum(s["queries_mean"] * s["attacked"] for s in each) / max(1, attacked),
                                            2)
+        if merged.get("iterations_mean") is not None:
+            merged["iterations_mean"] = round(sum(s["iterations_mean"] * s["attacked"] for s in each)
+                                              / max(1, attacked), 2)
         if merged["rounding"] is not None:
             merged["rounding"] = {k: sum(s["rounding"][k] for s in each) for k in merged["rounding"]}
         sets.append(merged)
