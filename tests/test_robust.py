@@ -290,7 +290,8 @@ def test_the_disagreement_search_speaks_per_query(bundle_dir, tmp_path, caplog, 
     run_diff(DiffConfig(bundle=bundle_dir, against=("ort-cpu",), epsilons=(0.03,), budget=6, limit=20,
                         searches=("gradient",), out=tmp_path / "d.json"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("disagreement search, eps 0.03:")]
-    assert lines and all(PACE.search(line) for line in lines), lines
+    assert any(PACE.search(line) for line in lines), lines
+    assert all(PACE.search(line) or line.endswith(" elapsed, none done yet)") for line in lines), lines
     counts = [int(re.search(r"query (\d+)/", line).group(1)) for line in lines]
     assert counts == sorted(counts) and counts[-1] < int(re.search(r"/(\d+) ", lines[0]).group(1)), lines
 
