@@ -72,8 +72,9 @@ class Meter:
             self.done = done
         if self.bar.disable and now - self.last >= self.EVERY and self.done < self.total:
             self.last = now
-            log.info("%s: %s %d/%d (%s)", self.desc, self.unit, self.done, self.total,
-                     pace(max(1, self.done), self.total, now - self.start, self.unit))
+            figures = pace(self.done, self.total, now - self.start, self.unit) if self.done else \
+                f"{tqdm.format_interval(now - self.start)} elapsed, none done yet"
+            log.info("%s: %s %d/%d (%s)", self.desc, self.unit, self.done, self.total, figures)
 
     def close(self) -> None:
         self.bar.close()

@@ -290,7 +290,8 @@ def test_the_disagreement_search_speaks_per_query(bundle_dir, tmp_path, caplog, 
     run_diff(DiffConfig(bundle=bundle_dir, against=("ort-cpu",), epsilons=(0.03,), budget=6, limit=20,
                         searches=("gradient",), out=tmp_path / "d.json"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("disagreement search, eps 0.03:")]
-    assert lines and all(PACE.search(line) for line in lines), lines
+    assert any(PACE.search(line) for line in lines), lines
+    assert all(PACE.search(line) or line.endswith(" elapsed, none done yet)") for line in lines), lines
     counts = [int(re.search(r"query (\d+)/", line).group(1)) for line in lines]
     assert counts == sorted(counts) and counts[-1] < int(re.search(r"/(\d+) ", lines[0]).group(1)), lines
 
@@ -304,7 +305,7 @@ def test_a_meter_is_silent_under_quiet(caplog):
 
 
 # 5. A windowed evaluation interrupted (Ctrl-C, kill -9) and resumed gives the uninterrupted result exactly.
-WINDOWED = dict(attacks=("pgd",), epsilons=(0.1,), limit=200, batch_size=8, window=8, runtimes=("torch", "ort-cpu"),
+WINDOWED = dict(attacks=("pgd",), epsilons=(0.1,), limit=64, batch_size=8, window=8, runtimes=("torch", "ort-cpu"),
                 attack_params={"steps": 10})
 
 
@@ -324,7 +325,7 @@ def test_an_interrupted_windowed_evaluation_resumes_exactly(bundle_dir, uninterr
 
     out = tmp_path / "r.json"
     args = ["evaluate", bundle_dir, "-r", "torch", "-r", "ort-cpu", "--attack", "pgd", "--eps", "0.1",
-            "--attack-opt", "steps=10", "--limit", "200", "--batch-size", "8", "--window", "8", "--out", out]
+            "--attack-opt", "steps=10", "--limit", "64", "--batch-size", "8", "--window", "8", "--out", out]
     proc = subprocess.Popen([sys.executable, "-m", "robustdeploy", *map(str, args)], stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 240
