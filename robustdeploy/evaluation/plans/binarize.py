@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robustdeploy.attacks import AttackSpec, lp_norm
+from robustdeploy.attacks import AttackSpec, lp_norm, predict
 from robustdeploy.data import Samples
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.craft import Plan, build, craft, set_key
@@ -175,7 +175,7 @@ def run_binarization(session: Session, config: BinarizationConfig) -> Binarizati
     generator = torch.Generator().manual_seed(config.seed)
     x_all, y_all = session.test.x, session.test.y
     with torch.no_grad():
-        correct = session.reference(x_all.to(session.device)).argmax(1).cpu() == y_all
+        correct = predict(session.reference, x_all.to(session.device), session.batch_size).cpu() == y_all
     norms: dict[str, list[float]] = {spec.label: [] for spec in config.attacks}
     for i in correct.nonzero().flatten().tolist():
         x = x_all[i : i + 1]
