@@ -64,7 +64,10 @@ def main() -> None:
     parser.add_argument("--victim-epochs", type=int, default=5)
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/poison_table.json"))
+    parser.add_argument("--generator", default="unet++")
+    parser.add_argument("--objective", default="head")
+    parser.add_argument("--detector", default="features-head")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/poison_table/mnist.json"))
     args = parser.parse_args()
 
     probe = load_dataset(DataConfig(name="mnist", data_root=args.data_root))
@@ -82,6 +85,7 @@ def main() -> None:
     start = time.perf_counter()
     config = GenerateConfig(surrogates=tuple(args.surrogates), out=work / "poisons", data=data, alpha=args.alpha,
                             eps=args.eps, epochs=args.gen_epochs, width=args.width, seed=args.seed,
+                            generator=args.generator, objective=args.objective, detector=args.detector,
                             surrogate_weights=tuple(str(p) for p, _ in made))
     poisons = load_poison_set(generate(config))
     seconds["generate"] = round(time.perf_counter() - start, 1)
