@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.thresholds import resolve, wilson
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,13 @@ class ParityReport:
         verdict = "PASSED" if self.passed else "FAILED"
         tol = self.tolerance
         elements = "elements recorded only" if tol.atol is None else f"atol {tol.atol:g}, rtol {tol.rtol:g}"
+        low, high = wilson(self.samples - len(self.disagreeing_indices), self.samples)
+        unresolved = "; UNRESOLVED on this many samples" if resolve(low, high, tol.min_agreement, True) == \
+            "UNRESOLVED" else ""
         return (f"{verdict} {self.runtime} vs {self.reference} on {self.samples} samples: "
                 f"max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}, p99 abs {self.p99_abs:.3g}, "
-                f"top-1 agreement {self.agreement:.2f}% ({elements}, min agreement {tol.min_agreement:g}%)")
+                f"top-1 agreement {self.agreement:.2f}% (95% {low:.1f}-{high:.1f}; {elements}, min agreement "
+                f"{tol.min_agreement:g}%{unresolved})")
 
 
 def compare_logits(reference: torch.Tensor, target: torch.Tensor, tolerance: ParityTolerance,

@@ -277,8 +277,8 @@ def verdict_html(page: Page) -> str:
             text = {k: html.escape(t) for k, t in text.items()}
             text["samples differing"] = ", ".join(f"<a href='#{anchor(bundle, f)}'>{k} in {html.escape(f)}</a>"
                                                   for f, k in v.differing.items()) or "-"
-            bad = "FAILED" in v.gate or "UNRESOLVED" in v.gate
-            rows.append(f"<tr class='{'bad' if bad else 'good'}'>"
+            mood = "bad" if "FAILED" in v.gate else "unsure" if "UNRESOLVED" in v.gate else "good"
+            rows.append(f"<tr class='{mood}'>"
                         + "".join(f"<td>{text[h]}</td>" for h in VERDICT_HEADERS) + "</tr>")
         out.append(f"<h3>Bundle {html.escape(bundle)}</h3><table><thead><tr>{head}</tr></thead><tbody>"
                    + "".join(rows) + "</tbody></table>")
@@ -308,7 +308,8 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 border-left:4px solid #3a3;padding:0.5em 1em}figure{margin:0.5em 0 1.5em}img{max-width:100%}
 figcaption{font-size:0.85em;color:#555}.verdict{border:2px solid #447;padding:0.2em 1em;margin-bottom:1em}
 .verdict td,.verdict th{text-align:left}tr.bad td:nth-child(2){color:#b00;font-weight:bold}
-tr.good td:nth-child(2){color:#060;font-weight:bold}.note{font-size:0.8em;color:#555}"""
+tr.good td:nth-child(2){color:#060;font-weight:bold}
+tr.unsure td:nth-child(2){color:#a65f00;font-weight:bold}.note{font-size:0.8em;color:#555}"""
 
 
 def to_html(page: Page) -> str:

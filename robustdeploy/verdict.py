@@ -32,13 +32,15 @@ class Verdict:
     differing: dict[str, int] = field(default_factory=dict)  # result file -> samples whose outcome differs
     detector: list[str] = field(default_factory=list)
     gate: list[str] = field(default_factory=list)  # 'PASSED' / 'FAILED' / 'UNRESOLVED' per gate item
+    gate_failed: bool = False  # whether an item fails as measured (what sets check's exit code)
 
     def headline(self) -> str:
         """One phrase: the gate's verdict where a check ran, else whether anything differs from torch."""
         if "FAILED" in self.gate:
             return "gate FAILED"
         if "UNRESOLVED" in self.gate:
-            return "gate UNRESOLVED (too few samples)"
+            measured = "fails" if self.gate_failed else "passes"
+            return f"gate UNRESOLVED: {measured} as measured, too few samples to be sure"
         worse = [d for d in self.drops.values() if d.points > 0] + ([1] if (self.clean_drop or 0) > 0 else [])
         if worse or sum(self.differing.values()):
             return "gate PASSED, differs from torch" if self.gate else "differs from torch"
@@ -78,8 +80,9 @@ def verdicts(loaded: list[tuple[Path, Result]]) -> dict[str, list[Verdict]]:
 def _read(verdict: Verdict, runtime: str, name: str, result: Result) -> None:
     cells = [c for c in result.cells if c.get("runtime") == runtime]
     if result.kind == "check":
-        verdict.gate += [i.get("status") or ("PASSED" if i["passed"] else "FAILED")
-                         for i in result.extra.get("items", []) if i["runtime"] == runtime]
+        mine = [i for i in result.extra.get("items", []) if i["runtime"] == runtime]
+        verdict.gate += [i.get("status") or ("PASSED" if i["passed"] else "FAILED") for i in mine]
+        verdict.gate_failed |= not all(i["passed"] for i in mine)
     if result.scorer == "detect":
         flips = sum(len(c["decision_differs_from_torch"][k]) for c in cells for k in ("clean", "adversarial"))
         top = max((c["score_diff_vs_torch"]["max"] for c in cells), default=0.0)

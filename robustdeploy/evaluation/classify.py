@@ -215,5 +215,5 @@ def write_figure(path: Path, session: Session, stored: dict[str, torch.Tensor], 
     shown = {r.label: (r.predict(x[index]), r.predict(adv[index])) for r in session.runtimes}
     example_figure(path, x[index], adv[index], y[index], shown,
                    f"{last['attack']} {result.norm} eps={last['eps']:g}, crafted on {last['source']}"
-                   + (f"; {len(differing)} samples differ from torch, shown first" if differing else ""))
+                   + (f"; {len(differing)} differ from torch" if differing else ""))
     return path.name
