@@ -717,17 +717,35 @@ PLAIN = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "boo
 FIELDS = {"runtime": "runtimes", "attack": "attacks", "eps": "epsilons", "search": "searches"}
 
 
+def literal_defaults(module: str, cls: str) -> dict:
+    """The literal field defaults of dataclass `cls` and its bases (followed through `from ... import`), read from
+    the modules' source without importing them: `--help` must not import torch."""
+    import ast
+
+    source = Path(__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    tree = ast.parse(source.read_text())
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), None)
+    if node is None:
+        return {}
+    found: dict = {}
+    for item in node.body:
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.value is not None:
+            try:
+                found[item.target.id] = ast.literal_eval(item.value)
+            except ValueError:
+                pass  # a default computed from a name: not shown
+    imported = {a.name: n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module for a in n.names}
+    for base in (b.id for b in node.bases if isinstance(b, ast.Name)):
+        where = imported.get(base, module)
+        if where.startswith("robustdeploy."):
+            found = {**literal_defaults(where, base), **found}
+    return found
+
+
 def plain_help(command, name: str = "", show_defaults: bool = False):
     """Help in plain words (click's public API): BUNDLE, INTEGER, TEXT for metavars rather than `{bundle}`,
     `<list[str]>`, `<bool>`, and, with `show_defaults`, the library default of every option left unset."""
-    import importlib
-    from dataclasses import MISSING, fields
-
-    config = {}
-    if show_defaults and name in DEFAULTS_FROM:
-        module, cls = DEFAULTS_FROM[name]
-        config = {f.name: f.default for f in fields(getattr(importlib.import_module(module), cls))
-                  if f.default is not MISSING}
+    config = literal_defaults(*DEFAULTS_FROM[name]) if show_defaults and name in DEFAULTS_FROM else {}
     for param in command.params:
         if param.param_type_name == "argument":
             param.metavar = param.metavar or param.name.upper()
