@@ -76,7 +76,7 @@ def detector_bundle(run_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def purifier_bundle(run_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("devices-purifier")
-    train(TrainConfig(epochs=1, defense="purifier", defense_params={"base": str(run_dir)}), root / "run")
+    train(TrainConfig(epochs=3, defense="purifier", defense_params={"base": str(run_dir)}), root / "run")
     return export_bundle(ExportConfig(run_dir=root / "run", out=root / "bundle"))[0].path
 
 
