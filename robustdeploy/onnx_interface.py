@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustdeploy.bundle import external_files
 from robustdeploy.errors import RobustDeployError
+from robustdeploy.onnx_files import external_files
 
 MIN_OPSET = 7  # the oldest opset ONNX Runtime runs; older graphs are upgraded (importer.deployment_graph)
 FLOAT_TYPES = {1: "float32", 10: "float16"}  # onnx.TensorProto.FLOAT, FLOAT16

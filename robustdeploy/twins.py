@@ -76,11 +76,12 @@ class FakeQuant(torch.nn.Module):
 
 def make_twin(bundle: Bundle, variant: str, reference: torch.nn.Module) -> Twin:
     """The twin of `variant` (fp32: the reference itself)."""
-    if variant == "fp32":
+    precision = (bundle.manifest.get("variants", {}).get(variant) or {}).get("precision", variant)
+    if precision == "fp32":
         return Twin(variant, reference, "the fp32 reference graph")
-    if variant == "fp16":
+    if precision == "fp16":
         return Twin(variant, HalfPrecision(reference), "the reference in float16 arithmetic (emulated)")
-    if variant == "int8":
+    if precision == "int8":  # also a named int8 variant (`quantize` writes them with their own names)
         path = bundle.variant_path(variant)
         return Twin(variant, int8_twin(path, bundle), f"fake-quant twin of {path.name} (its QDQ scales and zero "
                                                       "points, straight-through gradients)")

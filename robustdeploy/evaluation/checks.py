@@ -141,11 +141,18 @@ def transfer_only(cells: list[dict]) -> Check | None:
     if not any(c.get("threat") for c in cells):
         return None  # a result written before cells said their threat model
     only = [f"{c['runtime']} eps={c['eps']:g} ({c['threat']})" for c in cells
-            if c.get("threat") and all(p.startswith("transfer") for p in c["threat"].split(" + "))]
+            if c.get("threat") and all(p.startswith("transfer") for p in c["threat"].split(" + "))
+            and not same_graph(c["runtime"], c["threat"])]
     return Check("transfer_only", not only,
                  "robust accuracy from transferred examples only, an upper bound: " + "; ".join(only) +
                  "; attack the deployment itself with --deployment-loop auto (PGD in the loop of each runtime) or "
                  "--attack square" if only else "every robust accuracy includes an attack on that runtime itself")
+
+
+def same_graph(runtime: str, threat: str) -> bool:
+    """The fp32 deployment of the training graph, attacked through that graph: the same function (export checked
+    their parity), so its transferred examples are white-box ones, not an upper bound."""
+    return threat == "transfer from torch" and runtime.split(":")[-1] in (runtime, "fp32")
 
 
 def weak_blackbox(cells: list[dict], attacks: list[dict], far: float = FAR_ABOVE) -> dict[tuple, tuple[float, float]]:
