@@ -73,3 +73,12 @@ def variant_bundle_dir(run_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "cnn-digits-variants"
     export_bundle(ExportConfig(run_dir=run_dir, out=out, variants=VariantConfig(("fp32", "fp16", "int8"))))
     return out
+
+
+@pytest.fixture()
+def work(tmp_path, monkeypatch) -> Path:
+    """The current folder of the command: it must stay empty."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder

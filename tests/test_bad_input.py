@@ -17,15 +17,6 @@ from robustdeploy.cli import main
 from tests.conftest import rehash
 
 
-@pytest.fixture()
-def work(tmp_path, monkeypatch) -> Path:
-    """The current folder of the command: it must stay empty."""
-    folder = tmp_path / "work"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    return folder
-
-
 def snapshot(*roots: Path) -> dict[str, tuple]:
     """Every path under `roots` with its size and modification time: what 'touched' means here."""
     found = {}

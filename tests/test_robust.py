@@ -25,15 +25,6 @@ from robustdeploy.progress import Meter
 from tests.test_bad_input import refused
 
 
-@pytest.fixture()
-def work(tmp_path, monkeypatch) -> Path:
-    """The current folder of the command: it must stay empty."""
-    folder = tmp_path / "work"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def result_file(bundle_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("result")
