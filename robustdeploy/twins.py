@@ -3,7 +3,7 @@ computes, so gradient attacks follow the deployment rather than the fp32 graph (
 
 - fp16: the reference graph in half precision, float32 in and out (as the ONNX fp16 variant keeps its I/O).
 - int8: the QDQ graph of the int8 variant itself, its weights dequantised with the graph's own scales and zero
-  points and every activation QuantizeLinear -> DequantizeLinear pair a fake-quant with a straight-through
+  points and every activation QuantizeLinear -> DequantizeLinear pair a fake-quant with a clipped straight-through
   gradient (Bengio et al. 2013, arXiv:1308.3432; the QAT twin of Jacob et al., CVPR 2018, arXiv:1712.05877).
 A twin gives gradients only: the deployment (the ONNX Runtime session) still decides every success.
 """
@@ -61,7 +61,11 @@ class HalfPrecision(torch.nn.Module):
 
 class FakeQuant(torch.nn.Module):
     """ONNX QuantizeLinear then DequantizeLinear (round half to even, saturate to the integer range) in the forward
-    pass; the identity in the backward pass (straight-through)."""
+    pass; in the backward pass the identity inside the integer range and zero where it saturates (the clipped
+    straight-through estimator of PyTorch's `fake_quantize_per_tensor_affine`). The clipping matters: a QDQ graph
+    fuses a ReLU into the quantiser of the layer before it (uint8 with zero point 0 saturates every negative value
+    to 0), so a plain identity would let gradients through the ReLU's dead side. On a CNN's MNIST int8 twin that
+    made PGD-40 at eps 0.1 leave 84.5 % robust where transfer from fp32 leaves 75.5 %."""
 
     def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, low: int, high: int) -> None:
         super().__init__()
@@ -70,8 +74,11 @@ class FakeQuant(torch.nn.Module):
         self.low, self.high = low, high
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = torch.clamp(torch.round(x / self.scale) + self.zero_point, self.low, self.high)
-        return x + ((q - self.zero_point) * self.scale - x).detach()
+        level = torch.round(x / self.scale) + self.zero_point
+        inside = (level >= self.low) & (level <= self.high)
+        passed = torch.where(inside, x, x.detach())  # the gradient flows only where the quantiser does not saturate
+        q = torch.clamp(level, self.low, self.high)
+        return passed + ((q - self.zero_point) * self.scale - passed).detach()
 
 
 def make_twin(bundle: Bundle, variant: str, reference: torch.nn.Module) -> Twin:
@@ -84,7 +91,7 @@ def make_twin(bundle: Bundle, variant: str, reference: torch.nn.Module) -> Twin:
     if precision == "int8":  # also a named int8 variant (`quantize` writes them with their own names)
         path = bundle.variant_path(variant)
         return Twin(variant, int8_twin(path, bundle), f"fake-quant twin of {path.name} (its QDQ scales and zero "
-                                                      "points, straight-through gradients)")
+                                                      "points, clipped straight-through gradients)")
     raise RobustDeployError(f"no PyTorch twin for variant {variant!r}; use --deployment-loop off")
 
 

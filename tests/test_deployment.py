@@ -9,7 +9,7 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 from robustdeploy.evaluation.score import score_cascade
 from robustdeploy.runtimes import create_runtime
-from robustdeploy.twins import make_twin
+from robustdeploy.twins import FakeQuant, make_twin
 
 FAST = {"steps": 5}
 
@@ -28,6 +28,34 @@ def test_twins_follow_their_variants(variant_bundle_dir, digits):
         assert (logits.argmax(1) == deployed.argmax(1)).all()
         grad, = torch.autograd.grad(logits.max(1).values.sum(), z)
         assert grad.abs().sum() > 0
+
+
+def test_fake_quant_gradient_stops_where_the_quantiser_saturates():
+    """A uint8 quantiser with zero point 0 is the ReLU a QDQ graph fused into it: no gradient on its dead side (nor
+    above the range), the identity inside."""
+    quant = FakeQuant(torch.tensor(0.1), torch.tensor(0, dtype=torch.uint8), 0, 255)
+    x = torch.tensor([-1.0, -0.04, 0.0, 0.5, 25.4, 30.0], requires_grad=True)
+    out = quant(x)
+    assert torch.allclose(out, torch.tensor([0.0, 0.0, 0.0, 0.5, 25.4, 25.5]))
+    grad, = torch.autograd.grad(out.sum(), x)
+    assert grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]  # -0.04 rounds to level 0: inside the range
+
+
+def test_int8_twin_gradients_follow_the_reference(variant_bundle_dir, digits):
+    """The fake-quant twin's input gradient points where the fp32 graph's does (its forward pass is the int8
+    session's): a gradient leaking through fused ReLUs would not."""
+    bundle = load_bundle(variant_bundle_dir)
+    x, y = digits.test.x[:64], digits.test.y[:64]
+
+    def gradient(model):
+        z = x.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(torch.nn.functional.cross_entropy(model(z), y, reduction="sum"), z)
+        return grad.flatten(1)
+
+    reference = bundle.reference_model().eval()
+    cosine = torch.nn.functional.cosine_similarity(gradient(make_twin(bundle, "int8", reference).model),
+                                                   gradient(reference))
+    assert cosine.median() > 0.98  # 0.96 with the gradient leaking through fused ReLUs (0.64 on MNIST)
 
 
 def _run(bundle, tmp_path, loop: str, name: str):
