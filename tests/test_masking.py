@@ -39,3 +39,14 @@ def test_a_constant_model_is_told_to_retrain(digits):
         constant[1].bias.copy_(torch.nn.functional.one_hot(digits.test.y[0], 10).float())
     check = checks.input_gradients(constant, digits.test.x, digits.test.y, "ce")
     assert not check.passed and "does not depend on its input" in check.detail and "retrain" in check.detail
+
+
+def test_a_saturated_ce_is_covered_by_a_dlr_attack_in_the_same_cascade(bundle_dir, digits):
+    """pgd on ce beside apgd on dlr: the vanishing ce gradient undermines no cascade number, so the check passes and
+    says why; ce alone keeps its warning."""
+    model = Saturated(load_bundle(bundle_dir).reference_model().requires_grad_(False))
+    found = {loss: checks.input_gradients(model, digits.test.x, digits.test.y, loss) for loss in ("ce", "dlr")}
+    ce, dlr = checks.covered_losses(found)
+    assert ce.passed and "covered" in ce.detail and "dlr" in ce.detail and dlr.passed
+    alone, = checks.covered_losses({"ce": found["ce"]})
+    assert not alone.passed and "--loss margin" in alone.detail

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -91,6 +91,17 @@ def input_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lo
                  f"or vanishing input gradients of the {loss} loss ({fix})" if share > MASKED_SHARE
                  else f"input gradients of the {loss} loss vanish on {count} of {n} correctly classified samples "
                  f"({share:.1f}%, at most {MASKED_SHARE:g}%: saturated confident samples, no masking)")
+
+
+def covered_losses(by_loss: dict[str, Check]) -> list[Check]:
+    """The `input_gradients` checks of a cascade's losses: a loss whose gradient vanishes (a saturated softmax under
+    ce) undermines no number when another attack of the same cascade uses a loss that keeps its gradient (pgd on ce
+    beside apgd on dlr, as AutoAttack pairs them): that check passes, saying so. Alone, it keeps its warning."""
+    keeping = sorted(loss for loss, c in by_loss.items() if c.passed)
+    return [c if c.passed or not keeping else
+            replace(c, passed=True, detail=f"{c.detail.split(' (')[0]}; covered: the cascade also attacks with the "
+                                           f"{' and '.join(keeping)} loss, whose gradient does not vanish")
+            for c in by_loss.values()]
 
 
 def masking_defense(defense: str, losses: set[str]) -> Check:

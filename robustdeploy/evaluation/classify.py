@@ -186,9 +186,9 @@ def masking_checks(result: Result, session: Session, source: torch.nn.Module | N
     any budget is spent; a score-only bundle without a surrogate has no gradients to check."""
     losses = {a["params"].get("loss") for a in result.attacks if a["needs"] == "gradients"} - {None}
     model = source if source is not None else None if session.bundle.score_only else session.reference
-    found = [checks.input_gradients(model, session.test.x, session.test.y, loss,
-                                    batch_size=session.batch_size, device=session.device)
-             for loss in sorted(losses or {"margin"}) if model is not None]
+    found = checks.covered_losses({loss: checks.input_gradients(model, session.test.x, session.test.y, loss,
+                                                                batch_size=session.batch_size, device=session.device)
+                                   for loss in sorted(losses or {"margin"}) if model is not None})
     logits = session.runtimes[0].logits(session.test.x, session.batch_size)
     found += [checks.outputs_are_logits(logits, session.bundle.manifest.get("output", {}).get("meaning", "logits")),
               checks.prediction_spread(logits.argmax(1), session.test.y, logits.shape[1], session.bundle.classes),
