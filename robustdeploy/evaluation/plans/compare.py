@@ -42,7 +42,8 @@ def compare(config: CompareConfig) -> Result:
     session = open_session(replace(config, runtimes=names), bundle)
     out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-compare.json"
     result = new_result("compare", session)
-    plan = Plan(cascade(config.attacks, config.attack_params), config.epsilons)
+    # `all`, as `check` does: every deployment under the same attack, so a variant's row is comparable to fp32's
+    plan = Plan(cascade(config.attacks, config.attack_params), config.epsilons, deployment_loop="all")
     scored = classify(result, session, [plan], out, resume=False)
     latency = bench(BenchConfig(bundle.path, tuple(names), (config.latency_batch,), warmup=5,
                                 iterations=config.latency_iterations, device=config.device, seed=config.seed,
