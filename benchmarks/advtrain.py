@@ -3,17 +3,18 @@
 Trains `cnn` several ways (standard; adv-train with --inner madry, early-stop, trades, all at the same L-inf training
 budget, steps and epochs, each with its defaults: madry ramps eps over the first fifth of the epochs (at least one)
 and anneals the rate on a cosine), exports each to a bundle, and runs the evaluation core's AutoAttack-style cascade
-on the test split: PGD-40 (cross-entropy), then APGD-100 (DLR) on the samples PGD left robust, then Square (--square-
-queries) on each runtime itself on what is left, every example 8-bit realised and scored on each runtime. Beside it,
-with --autoattack, torchattacks' AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square-5000) on the same samples on the
-PyTorch model, scored on float pixels and once more 8-bit realised inside the budget.
+on the test split: PGD-40 (cross-entropy), then APGD-100 (DLR) on the samples PGD left robust, then APGD-T (targeted
+DLR, 9 targets), then Square (--square-queries; AutoAttack's is 5000) on each runtime itself on what is left, every
+example 8-bit realised and scored on each runtime. Beside it, with --autoattack, torchattacks' AutoAttack (standard:
+APGD-CE, APGD-T, FAB-T, Square-5000) on the same samples on the PyTorch model, scored on float pixels and once more
+8-bit realised inside the budget. --reuse evaluates the run folders of --work again without training.
 --dataset mnist --data-root DIR trains on real MNIST (its 10k-image file split by --val-fraction/--test-fraction).
 Writes benchmarks/results/advtrain.json and the result files beside it.
 
 Usage: python benchmarks/advtrain.py [--dataset digits] [--data-root DIR] [--val-fraction 0.15]
        [--test-fraction 0.15] [--train-eps 0.2] [--eps 0.1 --eps 0.2 --eps 0.3] [--epochs 10] [--steps 7]
        [--square-queries 1000] [--limit N] [--inner none --inner madry ...] [--runtime torch ...] [--autoattack]
-       [--work DIR] [--out FILE]
+       [--reuse] [--work DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from robustdeploy.export import ExportConfig, export_bundle
 from robustdeploy.io import atomic_write_json
 from robustdeploy.recipe import train
 from robustdeploy.report import table
-from robustdeploy.train import TrainConfig
+from robustdeploy.train import TrainConfig, load_run
 
-ATTACKS = ("pgd", "apgd:dlr", "square")
+ATTACKS = ("pgd", "apgd:dlr", "apgd-t", "square")
 
 
 def autoattack(config: EvalConfig, eps: float) -> tuple[float, float]:
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--inner", action="append", help="none (standard training) or an inner maximisation "
                         "(default: none and all three)")
     parser.add_argument("--limit", type=int, help="evaluate the first N test samples only")
+    parser.add_argument("--reuse", action="store_true", help="keep the run folders of --work that exist (evaluate "
+                        "again without training)")
     parser.add_argument("--work", type=Path, default=Path("benchmarks/results/advtrain"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/advtrain.json"))
     args = parser.parse_args()
@@ -79,16 +82,22 @@ def main() -> None:
     runtimes = tuple(args.runtime or ("torch", "ort-cpu"))
     data = DataConfig(name=args.dataset, data_root=args.data_root, val_fraction=args.val_fraction,
                       test_fraction=args.test_fraction)
-    shutil.rmtree(args.work, ignore_errors=True)
+    if not args.reuse:
+        shutil.rmtree(args.work, ignore_errors=True)
     rows, found, train_samples = [], [], len(load_dataset(data).train)
     for inner in args.inner or ("none", "madry", "early-stop", "trades"):
         params = {} if inner == "none" else {"eps": args.train_eps, "attack_steps": args.steps, "inner": inner}
         config = TrainConfig(arch="cnn", data=data, epochs=args.epochs, defense="adv-train" if params else "none",
                              defense_params=params)
+        run = args.work / f"run-{inner}"
         start = time.perf_counter()
-        train(config, args.work / f"run-{inner}")
-        train_seconds = time.perf_counter() - start
-        bundle, _ = export_bundle(ExportConfig(run_dir=args.work / f"run-{inner}", out=args.work / f"bundle-{inner}"))
+        if not (args.reuse and run.exists()):
+            train(config, run)
+        train_seconds = load_run(run)[1].metrics.get("train_seconds", time.perf_counter() - start)
+        shutil.rmtree(args.work / f"bundle-{inner}", ignore_errors=True)
+        for stale in args.work.glob(f"eval-{inner}.*"):
+            stale.unlink()
+        bundle, _ = export_bundle(ExportConfig(run_dir=run, out=args.work / f"bundle-{inner}"))
         start = time.perf_counter()
         evaluation = EvalConfig(bundle=bundle.path, runtimes=runtimes, attacks=ATTACKS, epsilons=epsilons,
                                 limit=args.limit, data_root=args.data_root,
@@ -109,8 +118,8 @@ def main() -> None:
                              *(f"{r:.2f}" for r in robust),
                              *("-" if a is None else f"{a:.2f}" for a in peer[eps]),
                              f"{train_seconds:.0f}", f"{eval_seconds:.0f}"])
-        print(table(["inner", "runtime", "eps", "clean %", "PGD %", "+APGD-DLR %", "+Square %", "AA float %",
-                     "AA 8-bit %", "train s", "eval s"], rows), flush=True)
+        print(table(["inner", "runtime", "eps", "clean %", "PGD %", "+APGD-DLR %", "+APGD-T %", "+Square %",
+                     "AA float %", "AA 8-bit %", "train s", "eval s"], rows), flush=True)
         atomic_write_json(args.out, {"dataset": args.dataset, "train_samples": train_samples,
                                      "train_eps": args.train_eps,
                                      "epochs": args.epochs, "steps": args.steps, "square_queries": args.square_queries,
