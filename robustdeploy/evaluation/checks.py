@@ -99,7 +99,7 @@ def covered_losses(by_loss: dict[str, Check]) -> list[Check]:
     beside apgd on dlr, as AutoAttack pairs them): that check passes, saying so. Alone, it keeps its warning."""
     keeping = sorted(loss for loss, c in by_loss.items() if c.passed)
     return [c if c.passed or not keeping else
-            replace(c, passed=True, detail=f"{c.detail.split(' (')[0]}; covered: the cascade also attacks with the "
+            replace(c, passed=True, detail=f"{c.detail}; covered: the cascade also attacks with the "
                                            f"{' and '.join(keeping)} loss, whose gradient does not vanish")
             for c in by_loss.values()]
 

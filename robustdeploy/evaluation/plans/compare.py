@@ -10,7 +10,7 @@ from robustdeploy.attacks import cascade
 from robustdeploy.bench import BenchConfig, bench
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.evaluation.classify import agreement, classify, finish, new_result, write_figure
-from robustdeploy.evaluation.craft import Plan
+from robustdeploy.evaluation.craft import COMPARED, Plan
 from robustdeploy.evaluation.results import Result
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import atomic_write_text, exclusive_outputs
@@ -42,8 +42,7 @@ def compare(config: CompareConfig) -> Result:
     session = open_session(replace(config, runtimes=names), bundle)
     out = Path(config.out) if config.out else Path("results") / f"{bundle.name}-compare.json"
     result = new_result("compare", session)
-    # `all`, as `check` does: every deployment under the same attack, so a variant's row is comparable to fp32's
-    plan = Plan(cascade(config.attacks, config.attack_params), config.epsilons, deployment_loop="all")
+    plan = Plan(cascade(config.attacks, config.attack_params), config.epsilons, deployment_loop=COMPARED)
     scored = classify(result, session, [plan], out, resume=False)
     latency = bench(BenchConfig(bundle.path, tuple(names), (config.latency_batch,), warmup=5,
                                 iterations=config.latency_iterations, device=config.device, seed=config.seed,

@@ -12,7 +12,7 @@ from robustdeploy.attacks import AttackSpec
 from robustdeploy.bundle import load_bundle
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.classify import agreement, classify, finish, new_result, write_figure
-from robustdeploy.evaluation.craft import Plan
+from robustdeploy.evaluation.craft import COMPARED, Plan
 from robustdeploy.evaluation.plans.binarize import BinarizationConfig, run_binarization
 from robustdeploy.evaluation.plans.compare import default_runtimes
 from robustdeploy.evaluation.plans.diff import check_diff, diff_into
@@ -151,9 +151,7 @@ def run_check(config: CheckConfig) -> tuple[Result, list[CheckItem]]:
     check_outputs((config.markdown, "--markdown"), (config.junit, "--junit"), (out, "--out"),
                   (out.with_suffix(".diff.json") if config.diff_eps is not None else None, "--out"))
     result = new_result("check", session)
-    # `all`: every ONNX Runtime deployment, fp32 included, gets its own in-the-loop set, so a variant is not held to
-    # a stronger attack (torch's sets plus one of its own) than the graph its drop is measured against
-    plan = Plan(config.attacks, config.epsilons, deployment_loop="all")
+    plan = Plan(config.attacks, config.epsilons, deployment_loop=COMPARED)
     scored = classify(result, session, [plan], out, resume=False)
     result.extra = {"agreement_with_torch": agreement(result)}
     found = items(result, config)

@@ -19,6 +19,7 @@ from robustdeploy.bundle import load_bundle
 from robustdeploy.data import DataConfig, load_dataset
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.classify import agreement
+from robustdeploy.evaluation.craft import COMPARED
 from robustdeploy.evaluation.plans.evaluate import EvalConfig, evaluate
 from robustdeploy.evaluation.session import SessionConfig
 from robustdeploy.io import atomic_write_json, check_output, exclusive_outputs
@@ -100,13 +101,10 @@ def measure(config: QuantizeConfig, work: Path, names: list[str], out: Path) -> 
     """The fp32 graph and each named variant of `work` under the `evaluate` plan: (fp32, variant -> numbers,
     samples)."""
     runtimes = (config.runtime, *[f"{config.runtime}:{n}" for n in names])
-    # `all`: the fp32 graph gets its own deployment-in-the-loop set as every candidate does, so each is measured
-    # under the same attack (torch's sets plus one set of its own); under `auto` only the int8 candidates got a
-    # second attack, and on a timm resnet even the candidate with every node kept fp32 read 2.5 points below fp32.
     result = evaluate(EvalConfig(bundle=work, runtimes=("torch", *runtimes), limit=config.limit,
                                  batch_size=config.batch_size, seed=config.seed, device=config.device,
                                  data_root=config.data_root, attacks=config.attacks, epsilons=(config.eps,),
-                                 attack_params=config.attack_params, out=out, deployment_loop="all"))
+                                 attack_params=config.attack_params, out=out, deployment_loop=COMPARED))
     agree = agreement(result)
     last = {c["runtime"]: c for c in result.cells if c["eps"] == config.eps}  # the cascade's last attack
     numbers = {r: {"clean_accuracy": last[r]["clean_accuracy"], "robust_accuracy": last[r]["robust_accuracy"],
