@@ -1,8 +1,9 @@
 """A real ONNX Model Zoo classifier imported without hand edits and attacked end to end on real MNIST.
 
-The file: `benchmarks/zoo/onnx-models-mnist-2018.onnx`, the ONNX Model Zoo's MNIST CNN as first committed to
-github.com/onnx/models (commit 8fcb943a, 2018-03-05, "adding mnist model (#19)", path mnist/model.onnx; git blob
-a73c2dc4, SHA-256 819588f9...). Later zoo versions (mnist-1/7/8/12.onnx) are stored there as Git LFS pointers only.
+The file (`--file`, not shipped: model files stay out of the repository): the ONNX Model Zoo's MNIST CNN as first
+committed to github.com/onnx/models (commit 8fcb943a, 2018-03-05, "adding mnist model (#19)", path mnist/model.onnx;
+git blob a73c2dc4, SHA-256 819588f9...; `git show 8fcb943a:mnist/model.onnx > onnx-models-mnist-2018.onnx` in a
+clone of that repository). Later zoo versions (mnist-1/7/8/12.onnx) are stored there as Git LFS pointers only.
 It is a CNTK 2.4 export at opset 1 (ONNX Runtime runs 7 and later) with a hard-coded batch of 1, `auto_pad=
 SAME_UPPER` convolutions, weights in Constant nodes and legacy `broadcast=1` bias adds; it takes pixels in [0, 1]
 (the zoo's README: "Color value is scaled to [0.0, 1.0]"), which is robustdeploy's default preprocessing.
@@ -16,7 +17,8 @@ SAME_UPPER` convolutions, weights in Constant nodes and legacy `broadcast=1` bia
 3. torchattacks' PGD with the same settings on the same twin and images, its examples rounded to the 8-bit grid
    inside the budget as the deployment receives them, scored on ort-cpu.
 
-Usage: python benchmarks/zoo.py --data-root ../shared/data/mnist [--limit 300] [--eps 0.1] [--out FILE]
+Usage: python benchmarks/zoo.py --file onnx-models-mnist-2018.onnx --data-root ../shared/data/mnist [--limit 300]
+       [--eps 0.1] [--out FILE]
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
-ZOO_FILE = Path(__file__).parent / "zoo" / "onnx-models-mnist-2018.onnx"
 STEPS, REL_STEP = 40, 2.5
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--file", type=Path, required=True, help="the Model Zoo's mnist/model.onnx of commit 8fcb943a")
     parser.add_argument("--data-root", required=True, help="MNIST's IDX files (t10k-*.gz)")
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--eps", type=float, nargs="+", default=[0.1])
     parser.add_argument("--out", default="benchmarks/results/zoo.json")
     args = parser.parse_args()
+    if not args.file.is_file():
+        parser.error(f"--file {args.file} is not a file; give the Model Zoo's mnist/model.onnx (see this script's "
+                     "docstring for where to get it)")
 
     import torch
     import torchattacks
@@ -53,11 +58,11 @@ def main() -> None:
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="zoo-"))
     pre = Preprocessing((1, 28, 28))  # pixels in [0, 1], nothing to normalise
-    print(f"robustdeploy import onnx {ZOO_FILE} --dataset mnist --data-root {args.data_root} --input-size 1 28 28 "
+    print(f"robustdeploy import onnx {args.file} --dataset mnist --data-root {args.data_root} --input-size 1 28 28 "
           f"--parity-limit {args.limit} --out {work / 'bundle'}")
     start = time.perf_counter()
     bundle = import_onnx(ImportConfig(out=work / "bundle", parity_limit=args.limit,
-                                      data=DataConfig("mnist", args.data_root, preprocessing=pre)), ZOO_FILE)
+                                      data=DataConfig("mnist", args.data_root, preprocessing=pre)), args.file)
     import_seconds = time.perf_counter() - start
     gradients, parity = bundle.manifest["gradients"], bundle.variants["fp32"]["parity"]
     rewrites = bundle.manifest["source"]["rewrites"] + gradients.get("rewrites", [])
@@ -90,7 +95,7 @@ def main() -> None:
     print(f"{args.limit} MNIST test images (seed-0 split of the 10,000), one CPU thread")
     print(table(["eps", "attack -> scored on", "clean %", "robust %"], rows))
     atomic_write_json(Path(args.out), {
-        "file": str(ZOO_FILE), "limit": args.limit, "steps": STEPS, "rel_step": REL_STEP,
+        "file": str(args.file), "limit": args.limit, "steps": STEPS, "rel_step": REL_STEP,
         "import_seconds": round(import_seconds, 2), "gradients": gradients["source"], "parity": parity,
         "rewrites": rewrites, "robustdeploy": result.cells, "torchattacks": {str(k): v for k, v in peers.items()}})
 

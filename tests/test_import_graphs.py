@@ -42,9 +42,10 @@ def weights() -> dict[str, np.ndarray]:
 
 
 def zoo_graph(weights: dict, path: Path, *, batch: int | str = "n", auto_pad: str = "NOTSET", opset: int = 17,
-              classes: int = 10, external: bool = False, flat: int = 128) -> Path:
+              classes: int = 10, external: bool = False, flat: int = 128, constants: bool = False) -> Path:
     """The layout of the Model Zoo's MNIST CNN: Conv - Relu - MaxPool - Reshape([batch, -1]) - MatMul - Add (opset
-    6 and older: Flatten - Gemm, as Add had no numpy broadcasting then)."""
+    6 and older: Flatten - Gemm, as Add had no numpy broadcasting then); with `constants` the weights are Constant
+    nodes, as the zoo file's CNTK export has them, instead of initializers."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -63,6 +64,9 @@ def zoo_graph(weights: dict, path: Path, *, batch: int | str = "n", auto_pad: st
                                             "shape"))
         nodes += [helper.make_node("Reshape", ["p", "shape"], ["v"]), helper.make_node("MatMul", ["v", "fc"], ["m"]),
                   helper.make_node("Add", ["m", "fc_b"], ["out"])]
+    if constants:
+        nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in init] + nodes
+        init = []
     graph = helper.make_graph(nodes, "zoo-style", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                                  [batch, 1, 8, 8])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, classes])], init)
@@ -85,11 +89,13 @@ def agreement(bundle_dir: Path, n: int = 120) -> tuple[float, float]:
     return 100.0 * float((twin == ort).float().mean()), 100.0 * float((ort == test.y).float().mean())
 
 
-@pytest.mark.parametrize("case", ["batch-1", "batch-1-sliced", "same-upper", "old-opset", "external-data"])
+@pytest.mark.parametrize("case", ["batch-1", "batch-1-sliced", "same-upper", "old-opset", "external-data",
+                                  "constant-nodes"])
 def test_zoo_style_graphs_import_with_gradients_and_agree(case, weights, tmp_path):
     options = {"batch-1": {"batch": 1}, "batch-1-sliced": {"batch": 1, "flat": -1},  # [1, -1]: no free batch
                "same-upper": {"auto_pad": "SAME_UPPER", "batch": 1},
-               "old-opset": {"opset": 6, "batch": 1}, "external-data": {"external": True}}[case]
+               "old-opset": {"opset": 6, "batch": 1}, "external-data": {"external": True},
+               "constant-nodes": {"constants": True, "auto_pad": "SAME_UPPER", "batch": 1}}[case]
     (tmp_path / "model").mkdir()
     file = zoo_graph(weights, tmp_path / "model" / "m.onnx", **options)
     bundle = import_onnx(ImportConfig(out=tmp_path / "b", data=DataConfig(preprocessing=DIGITS), parity_limit=60),
@@ -110,6 +116,8 @@ def test_zoo_style_graphs_import_with_gradients_and_agree(case, weights, tmp_pat
         assert x.grad.abs().sum() > 0
     if case == "old-opset":
         assert "opset" in rewrites and bundle.manifest["opset"] >= 7 and bundle.manifest["source"]["opset"] == 6
+    if case == "constant-nodes":
+        assert {"constants", "auto_pad", "batch"} <= set(rewrites)
     if case == "external-data":
         assert "m.weights" in bundle.manifest["files"] and (bundle.path / "m.weights").is_file()
 
@@ -198,20 +206,20 @@ def test_a_20_class_model_scores_a_3_class_folder_by_name_and_by_map(weights, di
                                  classes_file=names, class_map=mapping), file)
 
 
-def shared_mnist() -> Path | None:
-    """The real MNIST test set in `shared/data/mnist` beside the checkout (or beside its worktree folder)."""
+def shared(relative: str) -> Path | None:
+    """A file in `shared/` beside the checkout (or beside its worktree folder)."""
     root = Path(__file__).resolve().parents[1]
-    return next((p / "shared" / "data" / "mnist" for p in root.parents[:2]
-                 if (p / "shared" / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz").is_file()), None)
+    return next((p / "shared" / relative for p in root.parents[:2] if (p / "shared" / relative).is_file()), None)
 
 
 def test_the_model_zoo_mnist_file_imports_without_hand_edits(tmp_path):
     """The ONNX Model Zoo's MNIST CNN as first committed (opset 1, batch 1, SAME_UPPER, Constant-node weights,
-    pixels in [0, 1]): upgraded, converted with gradients, and agreeing 100 % with ort-cpu on real MNIST."""
-    data_root = shared_mnist()
-    if data_root is None:
-        pytest.skip("the MNIST test set is not in ../shared/data/mnist")
-    file = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo" / "onnx-models-mnist-2018.onnx"
+    pixels in [0, 1]): upgraded, converted with gradients, and agreeing 100 % with ort-cpu on real MNIST. Model files
+    stay out of the repository: the file is read from shared/models/ (benchmarks/zoo.py says where it comes from)."""
+    labels, file = shared("data/mnist/t10k-labels-idx1-ubyte.gz"), shared("models/onnx-models-mnist-2018.onnx")
+    if labels is None or file is None:
+        pytest.skip("needs ../shared/data/mnist and ../shared/models/onnx-models-mnist-2018.onnx")
+    data_root = labels.parent
     bundle = import_onnx(ImportConfig(out=tmp_path / "zoo", parity_limit=100, data=DataConfig(
         "mnist", str(data_root), preprocessing=Preprocessing((1, 28, 28)))), file)
     assert bundle.gradients == "onnx2torch" and bundle.graph_batch == 1
