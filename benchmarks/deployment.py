@@ -17,7 +17,9 @@ Usage: python benchmarks/deployment.py --data-root DIR [--samples N] [--run RUN_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from robustdeploy.bundle import load_bundle
@@ -63,13 +65,18 @@ def bundle_for(args, work: Path) -> Path:
     return bundle
 
 
-def main() -> None:
-    args = arguments().parse_args()
+@contextlib.contextmanager
+def prepared(args) -> Iterator[tuple[Path, Path]]:
+    """(work folder, bundle): `--work` or a temporary folder, the CNN trained and exported there unless it is."""
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        bundle = bundle_for(args, work)
+        yield work, bundle_for(args, work)
 
+
+def main() -> None:
+    args = arguments().parse_args()
+    with prepared(args) as (work, bundle):
         def run(name: str, attacks: tuple[str, ...], params: dict, loop: str):
             print(f"evaluate {name} ...", flush=True)
             return evaluate(EvalConfig(bundle=bundle, runtimes=RUNTIMES, attacks=attacks, epsilons=tuple(args.eps),

@@ -485,8 +485,9 @@ def diff(
                                                   "torch, the training graph).")] = None,
     eps: Annotated[list[float] | None, typer.Option("--eps", help="L-inf budget(s) in pixel units, in (0, 1] "
                                                     "(repeatable; default 0.03).")] = None,
-    search: Annotated[list[str] | None, typer.Option(help="Search: gradient, genetic (repeatable, a cascade; "
-                                                     "default every one the reference allows).")] = None,
+    search: Annotated[list[str] | None, typer.Option(help="Search: gradient, genetic, diva (repeatable, a "
+                                                     "cascade; `robustdeploy list`; default gradient then genetic, "
+                                                     "each where the reference allows it).")] = None,
     budget: Annotated[int | None, typer.Option(help="Deployment queries per sample and search (default 100).")]
     = None,
     locate: Annotated[bool, typer.Option("--locate", help="For each disagreement, the first ONNX node whose output "
