@@ -309,7 +309,7 @@ def _read_idx(folder: Path, name: str) -> np.ndarray:
     if len(data) < 4 + 4 * dims or data[:3] != b"\0\0\x08" or dims not in (1, 3):
         raise RobustDeployError(f"{path} is not an IDX file of uint8 images or labels; replace the file")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    body = np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * dims)  # writable: torch shares it
     if body.size != int(np.prod(shape)):
         raise RobustDeployError(f"{path} holds {body.size} values, its header says {shape}; replace the file")
     return body.reshape(shape)
