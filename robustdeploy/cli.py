@@ -315,8 +315,8 @@ def evaluate(
                                                       "runtime's graph differs from the gradients'), all, or off "
                                                       "(plain transfer).")] = "auto",
 ) -> None:
-    """Run an attack cascade (gradient attacks crafted on PyTorch, score/decision attacks on each runtime) and
-    score every runtime side by side."""
+    """Run an attack cascade (gradient attacks crafted on PyTorch and again in the loop of each variant,
+    score/decision attacks on each runtime) and score every runtime side by side."""
     from robustdeploy.evaluation.checks import warn
     from robustdeploy.evaluation.plans.evaluate import EvalConfig
     from robustdeploy.evaluation.plans.evaluate import evaluate as run_evaluation

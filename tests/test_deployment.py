@@ -80,6 +80,21 @@ def test_int8_gets_the_lower_of_transfer_and_deployment_in_the_loop(variant_bund
     assert "transfer_only" in failed and "transfer_only" not in {c["name"] for c in loop.checks if not c["passed"]}
 
 
+def test_fp32_deployment_attacked_through_torch_is_not_transfer_only():
+    """The fp32 ORT deployment's examples come from torch (the same function) and, with variants in the run, from
+    the variants' in-the-loop sets too: not transfer-only. An int8 cell with only transferred sets is."""
+    from robustdeploy.evaluation.checks import transfer_only
+
+    mixed = "transfer from torch + transfer from ort-cpu:int8 + transfer from ort-cpu:fp16"
+    cells = [{"runtime": "torch", "eps": 0.1, "threat": "white-box on torch + transfer from ort-cpu:int8"},
+             {"runtime": "ort-cpu", "eps": 0.1, "threat": mixed},
+             {"runtime": "ort-cuda:fp32", "eps": 0.1, "threat": mixed}]
+    assert transfer_only(cells).passed
+    int8 = {"runtime": "ort-cpu:int8", "eps": 0.1, "threat": "transfer from torch + transfer from ort-cpu:fp16"}
+    check = transfer_only([*cells, int8])
+    assert not check.passed and "ort-cpu:int8 eps=0.1" in check.detail and "ort-cpu eps" not in check.detail
+
+
 def test_worst_case_takes_every_stored_example():
     """A set crafted on another source that fools a runtime counts against it (issue 27 item 4), and so does a
     smaller budget's set."""

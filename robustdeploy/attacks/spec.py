@@ -72,6 +72,6 @@ def cascade(texts: tuple[str, ...], shared: dict) -> tuple[AttackSpec, ...]:
         ATTACKS.get(name)
     unused = [k for k in shared if not any(k in takes(n) for n in names)]
     if unused:
-        raise RobustDeployError(f"no attack of {', '.join(texts)} takes {', '.join(unused)}; see `robustdeploy "
-                                "list` for the attacks and their defaults")
+        offered = "; ".join(f"{n} takes {', '.join(sorted(takes(n) - {'seed'}))}" for n in dict.fromkeys(names))
+        raise RobustDeployError(f"no attack of {', '.join(texts)} takes {', '.join(unused)} ({offered})")
     return tuple(AttackSpec.parse(t, {k: v for k, v in shared.items() if k in takes(n)}) for t, n in zip(texts, names))

@@ -161,9 +161,9 @@ def transfer_only(cells: list[dict]) -> Check | None:
 
 
 def same_graph(runtime: str, threat: str) -> bool:
-    """The fp32 deployment of the training graph, attacked through that graph: the same function (export checked
-    their parity), so its transferred examples are white-box ones, not an upper bound."""
-    return threat == "transfer from torch" and runtime.split(":")[-1] in (runtime, "fp32")
+    """The fp32 deployment of the training graph, attacked through that graph (among other sources): the same
+    function (export checked their parity), so the examples crafted on torch are white-box ones, not an upper bound."""
+    return "transfer from torch" in threat.split(" + ") and runtime.split(":")[-1] in (runtime, "fp32")
 
 
 def weak_blackbox(cells: list[dict], attacks: list[dict], far: float = FAR_ABOVE) -> dict[tuple, tuple[float, float]]:
