@@ -6,7 +6,7 @@ Every dataset yields float32 pixels in [0, 1], shape (N, C, H, W); normalisation
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ class DataConfig:
             object.__setattr__(self, "preprocessing", Preprocessing.from_dict(self.preprocessing))
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
+        if self.image_size is not None and self.image_size < 1:
+            raise RobustDeployError(f"--image-size must be at least 1 pixel, got {self.image_size}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,8 +147,7 @@ def _sizes(n: int, config: DataConfig, official_test: bool) -> tuple[int, int]:
 def load_dataset(config: DataConfig) -> Dataset:
     """Load and split a registered dataset deterministically from `config.seed`."""
     _check_fractions(config)  # before anything is read
-    factory = DATASETS.get(config.name)
-    raw = map_labels(factory(config), config)
+    raw = raw_data(config)
     order = _permute(len(raw.y), config.seed)  # permuted before the float copy: one float copy of the pool, not two
     x, y = _to_float(raw.x[order]), torch.from_numpy(np.asarray(raw.y)[order]).long()
     n_test, n_val = _sizes(len(y), config, raw.x_test is not None)
@@ -163,7 +164,7 @@ def load_test_samples(config: DataConfig) -> Samples:
     """The test split of `load_dataset(config)`, the same samples in the same order, its pixels converted (an image
     folder's: decoded) a range at a time when read, so neither the pool nor its float copy is ever made whole."""
     _check_fractions(config)
-    raw = map_labels(DATASETS.get(config.name)(config), config)
+    raw = raw_data(config)
     n_test, _ = _sizes(len(raw.y), config, raw.x_test is not None)
     if raw.x_test is not None:
         pool, labels, index = raw.x_test, np.asarray(raw.y_test), np.arange(len(raw.y_test))
@@ -174,6 +175,31 @@ def load_test_samples(config: DataConfig) -> Samples:
         return _to_float(pool[index[start:stop]])
 
     return Samples(torch.from_numpy(labels[index]).long(), read, tuple(read(0, 1).shape[1:]))  # type: ignore[arg-type]
+
+
+def raw_data(config: DataConfig) -> RawData:
+    """The registered dataset's pool, at `config.image_size` and with labels into the model's classes."""
+    return map_labels(at_size(DATASETS.get(config.name)(config), config.image_size), config)
+
+
+def at_size(raw: RawData, size: int | None, chunk: int = 4096) -> RawData:
+    """Arrays resized to `size` x `size`, bilinear (uint8 stays uint8, rounded): where every array dataset honours
+    --image-size. Image folders and GTSRB decode their files at that size themselves."""
+    if not size:
+        return raw
+
+    def fit(x: np.ndarray | Images | None) -> np.ndarray | Images | None:
+        if not isinstance(x, np.ndarray) or x.shape[-2:] == (size, size):
+            return x
+        parts = []
+        for start in range(0, len(x), chunk):  # one float copy of a chunk at a time, not of the pool
+            part = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(x[start:start + chunk]))
+                                                   .float(), size=size, mode="bilinear", align_corners=False)
+            parts.append(part.round().clamp(0, 255).to(torch.uint8).numpy() if x.dtype == np.uint8
+                         else part.clamp(0, 1).numpy())
+        return np.concatenate(parts)
+
+    return replace(raw, x=fit(raw.x), x_test=fit(raw.x_test))
 
 
 def map_labels(raw: RawData, config: DataConfig) -> RawData:
@@ -258,10 +284,6 @@ def digits(config: DataConfig) -> RawData:
 
     bunch = load_digits()
     x = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # 8-bit, like every other dataset
-    if config.image_size and config.image_size != 8:
-        x = torch.nn.functional.interpolate(
-            torch.from_numpy(x).float(), size=config.image_size, mode="bilinear", align_corners=False
-        ).round().clamp(0, 255).to(torch.uint8).numpy()
     return RawData(tuple(str(c) for c in range(10)), x, bunch.target)
 
 

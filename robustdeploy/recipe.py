@@ -12,6 +12,7 @@ from robustdeploy.data import load_dataset
 from robustdeploy.defenses import DEFENSES
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import check_output_dir, exclusive_outputs, versions
+from robustdeploy.models.base import check_input_size
 from robustdeploy.poison.mix import check_rate, poison_dataset
 from robustdeploy.poison.store import load_poison_set
 from robustdeploy.train import RunRecord, TrainConfig, accuracy, check_lr_schedule, predict, save_run
@@ -44,6 +45,7 @@ def train(config: TrainConfig, out: Path) -> RunRecord:
     out = Path(out)
     torch.manual_seed(config.seed)
     data = load_dataset(config.data)
+    check_input_size(config.arch, data.input_shape, len(data.classes))
     poisoning = {}
     if config.poison is not None:
         data, facts = poison_dataset(data, config.data, load_poison_set(Path(config.poison)), config.poison_rate,

@@ -112,15 +112,32 @@ def detector_table(result) -> str:
              f"{c['score_diff_vs_torch']['max']:.2e}", sum(len(v) for v in c["decision_differs_from_torch"].values())]
             for c in result.cells]
     head = (f"squeeze detector (threshold {d['threshold']:.4g}, target FPR {d['target_fpr']:.0%}) on "
-            f"{result.samples} test samples")
+            f"{result.samples} test samples, scored on each runtime's fp32 detector graph; threat models: "
+            + "; ".join(f"{group}: {', '.join(threats)}" for group, threats in _set_threats(result).items()))
     return head + "\n" + table(["runtime", "eps", "attack", "fooled", "detect %", "FPR %", "AUC", "evade %",
                                 "|ds| max", "flips"], rows)
 
 
+def _set_threats(result) -> dict[str, list[str]]:
+    """Per group of sets (`oblivious`, `adaptive`), the threat models its sets were crafted under."""
+    found: dict[str, dict[str, None]] = {}
+    for s in result.sets:
+        found.setdefault(s.get("group") or "sets", {})[s.get("threat") or f"crafted on {s['source']}"] = None
+    return {group: list(threats) for group, threats in found.items()}
+
+
+PATCH_HEADERS = ["bundle/runtime", "defense", "patch", "n", "clean acc %", "clean->t %", "tSuc %", "fool %",
+                 "threat model"]
+
+
+def patch_rows(result) -> list[list]:
+    """One row per model x runtime (x patch, behind LGS): clean accuracy and target rate, tSuc, fooling rate."""
+    return [[c["runtime"], c["defense"], c.get("attack", "patch"), c["samples"], c["clean_accuracy"],
+             c["clean_target_rate"], c["tsuc"], c["fooling_rate"], c.get("threat", "")] for c in result.cells]
+
+
 def patch_table(result) -> str:
-    rows = [[c["runtime"], c["defense"], c["samples"], c["clean_accuracy"], c["clean_target_rate"], c["tsuc"],
-             c["fooling_rate"]] for c in result.cells]
-    return table(["bundle/runtime", "defense", "n", "clean acc %", "clean->t %", "tSuc %", "fool %"], rows)
+    return table(PATCH_HEADERS, patch_rows(result))
 
 
 def suite_table(done) -> str:
@@ -140,7 +157,11 @@ def suite_table(done) -> str:
     return table(["job", "kind", "status", "headline", "result"], rows)
 
 
-def diff_table(result) -> str:
+DIFF_HEADERS = ["eps", "deployment", "after search", "clean split %", "split %", "beyond clean", "searched",
+                "queries", "seconds"]
+
+
+def diff_rows(result) -> list[list]:
     """One row per (budget, deployment, search of the cascade): disagreement with the reference after it."""
     sets = {s["key"]: s for s in result.sets}
     rows = []
@@ -149,10 +170,17 @@ def diff_table(result) -> str:
                                                                                       c["eps"]))
         rows.append([f"{c['eps']:g}", f"{c['runtime']} vs {c['reference']}", c["search"], c["clean_disagreement"],
                      c["disagreement"], c["found_beyond_clean"], s["attacked"], s["queries_mean"], s["seconds"]])
-    head = (f"disagreements within the 8-bit L-inf ball, {result.samples} test samples, budget "
+    return rows
+
+
+def diff_head(result) -> str:
+    return (f"disagreements within the 8-bit L-inf ball, {result.samples} test samples, budget "
             f"{result.extra['budget']} deployment queries per sample and search")
-    found = head + "\n" + table(["eps", "deployment", "after search", "clean split %", "split %", "beyond clean",
-                                 "searched", "queries", "seconds"], rows)
+
+
+def diff_table(result) -> str:
+    """`diff_rows` under its head line, and where each located disagreement departs in the graph."""
+    found = diff_head(result) + "\n" + table(DIFF_HEADERS, diff_rows(result))
     return found + "".join(f"\nwhere {key} departs (tolerance {result.extra['locate']['tolerance']:g} of a tensor's "
                            "scale):\n" + "\n".join(f"  {loc['line']}" for loc in located)
                            for key, located in result.extra.get("locate", {}).get("located", {}).items() if located)

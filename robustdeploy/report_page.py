@@ -23,7 +23,17 @@ from robustdeploy.evaluation.results import Result, load_result
 from robustdeploy.evaluation.score import threat_kinds
 from robustdeploy.figures import accuracy_curves, example_grid, latency_figure, score_figure
 from robustdeploy.io import atomic_write_text, check_output, exclusive_outputs
-from robustdeploy.report import EVALUATION_HEADERS, _fmt, evaluation_rows, table
+from robustdeploy.report import (
+    DIFF_HEADERS,
+    EVALUATION_HEADERS,
+    PATCH_HEADERS,
+    _fmt,
+    diff_head,
+    diff_rows,
+    evaluation_rows,
+    patch_rows,
+    table,
+)
 from robustdeploy.verdict import VERDICT_HEADERS, Verdict, verdicts
 
 SHOWN_INDICES = 20  # sample indices listed per row of the differs-from-torch table
@@ -127,6 +137,14 @@ def _part(path: Path, result: Result, stored: dict[str, torch.Tensor], device: s
         part.blocks += ["Per attack of the cascade; the last row of each budget and runtime is the worst case.",
                         without_empty(Table(EVALUATION_HEADERS, evaluation_rows(result)))]
         part.blocks += differs(result, anchor(Path(result.bundle).name, path.name))
+    if result.scorer == "diff":
+        part.blocks += [diff_head(result) + ": the share of samples the search split from the reference (clean "
+                        "splits apart), each split re-scored from its stored example.",
+                        Table(DIFF_HEADERS, diff_rows(result))]
+    if result.scorer == "target":
+        part.blocks += ["Universal patch: tSuc is the share of patched images classified as the target class; "
+                        "behind a defense, the worst case of the oblivious and the adaptive patch is the number "
+                        "to read.", without_empty(Table(PATCH_HEADERS, patch_rows(result)))]
     if "median_latency_ms" in result.extra:
         agreement, latency = result.extra.get("agreement_with_torch", {}), result.extra["median_latency_ms"]
         batch = result.extra.get("latency_batch")

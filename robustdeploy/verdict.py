@@ -1,5 +1,5 @@
 """The answer at a glance: per deployment of a bundle, is it as robust as the training graph, and where does it
-differ? Read off result files (evaluate, compare, check, detector), never measured here."""
+differ? Read off result files (evaluate, compare, check, detector, diff), never measured here."""
 
 from __future__ import annotations
 
@@ -87,6 +87,11 @@ def _read(verdict: Verdict, runtime: str, name: str, result: Result) -> None:
         flips = sum(len(c["decision_differs_from_torch"][k]) for c in cells for k in ("clean", "adversarial"))
         top = max((c["score_diff_vs_torch"]["max"] for c in cells), default=0.0)
         verdict.detector.append(f"{flips} decision flips, |score diff| max {top:.2g} ({name})")
+        return
+    if result.scorer == "diff":  # a disagreement search: samples it split from the reference, beyond clean splits
+        split = max((c["found_beyond_clean"] for c in cells), default=0)
+        if split:
+            verdict.differing[name] = split
         return
     if not cells or "robust_accuracy" not in cells[0] or "torch" not in result.runtime_labels():
         return

@@ -248,6 +248,14 @@ def test_weights_of_the_wrong_shape(run_dir, tmp_path, work, capsys, monkeypatch
     refused(capsys, monkeypatch, ["export", run, "--out", work / "b"], name, untouched=(work, run))
 
 
+@pytest.mark.parametrize("size,needles", [("0", ("--image-size must be at least 1",)),
+                                           ("3", ("'cnn' cannot take 3x3 images", "--image-size"))])
+def test_an_image_size_the_model_cannot_take(work, capsys, monkeypatch, size, needles):
+    """Refused in one line before training: no traceback from inside the network's pooling."""
+    refused(capsys, monkeypatch, ["train", "--image-size", size, "--epochs", "1", "--out", work / "run"], *needles,
+            untouched=(work,))
+
+
 @pytest.mark.parametrize("args,needle", [
     (["evaluate", "BUNDLE", "--limit", "abc"], "--limit"),
     (["evaluate", "BUNDLE", "--eps", "small"], "--eps"),

@@ -125,6 +125,13 @@ def test_mnist_idx_files_test_set_only_and_official(tmp_path):
     official = load_dataset(DataConfig(name="mnist", data_root=str(tmp_path / "MNIST")))
     assert len(official.test) == 20 and len(official.train) + len(official.val) == 100
     assert torch.equal(official.test.x[3, 0], torch.from_numpy(images[3]).float() / 255)
+    resized = load_dataset(DataConfig(name="mnist", data_root=str(tmp_path / "MNIST"), image_size=32))
+    assert resized.input_shape == (1, 32, 32) and resized.test.x.shape == (20, 1, 32, 32)  # every split, every pool
+    assert load_test_samples(DataConfig(name="mnist", data_root=str(tmp_path / "MNIST"), image_size=32)).shape == \
+        (1, 32, 32)
+    assert torch.equal(resized.test.x, (resized.test.x * 255).round() / 255)  # still 8-bit pixels
+    with pytest.raises(RobustDeployError, match="--image-size must be at least 1"):
+        DataConfig(name="mnist", image_size=0)
     (raw / "train-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01\0\0\0\x09abc")  # header says 9, holds 3
     with pytest.raises(RobustDeployError, match="holds 3 values"):
         load_dataset(DataConfig(name="mnist", data_root=str(tmp_path / "MNIST")))

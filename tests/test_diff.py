@@ -12,6 +12,7 @@ from robustdeploy.errors import RobustDeployError
 from robustdeploy.evaluation.plans.diff import DiffConfig, run_diff
 from robustdeploy.evaluation.plans.rescore import rescore
 from robustdeploy.runtimes import create_runtime
+from robustdeploy.verdict import verdicts
 from tests.conftest import assert_one_line_error, cli
 
 
@@ -72,6 +73,9 @@ def test_search_finds_int8_disagreements_the_test_split_does_not_show(variant_bu
     assert {c["name"]: c["passed"] for c in result.checks}["disagreement_confirmed"]
     assert rescore(out) == result.cells
     assert (tmp_path / result.figure).stat().st_size > 0
+    (int8,), = verdicts([(out, result)]).values()  # the report's answer: the int8 deployment differs from torch
+    assert int8.headline() == "differs from torch"
+    assert int8.differing == {"d.json": max(c["found_beyond_clean"] for c in result.cells)}
 
 
 def test_no_disagreement_with_ort_fp32_at_a_tolerance_sized_eps(variant_bundle_dir, tmp_path):

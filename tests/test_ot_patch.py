@@ -55,12 +55,40 @@ def test_lgs_patch_reports_clean_accuracy_with_and_without_lgs(tmp_path):
     config = PatchConfig(target=3, method="ce", steps=2, batch_size=64)
     out = tmp_path / "patch.json"
     result, _ = evaluate_patch(PatchEvalConfig(tmp_path / "bundle", config, lgs=True, limit=60, out=out))
-    cells = {(c["runtime"], c["defense"]): c for c in result.cells}
-    assert set(cells) == {("run/torch", "none"), ("run/ort-cpu", "none"), ("run/torch+lgs", "lgs"),
-                          ("run/ort-cpu+lgs", "lgs")}
-    assert abs(cells["run/torch+lgs", "lgs"]["clean_accuracy"] - cells["run/ort-cpu+lgs", "lgs"]
+    cells = {(c["runtime"], c["attack"]): c for c in result.cells}
+    assert set(cells) == {("run/torch", "patch"), ("run/ort-cpu", "patch"),
+                          *[(f"run/{r}+lgs", a) for r in ("torch", "ort-cpu") for a in ("patch", "adaptive",
+                                                                                         "worst case")]}
+    assert abs(cells["run/torch+lgs", "patch"]["clean_accuracy"] - cells["run/ort-cpu+lgs", "patch"]
                ["clean_accuracy"]) < 2  # LGS's ONNX graph is parity-checked against torch
+    assert cells["run/torch", "patch"]["threat"] == "white-box on run/torch" and \
+        cells["run/ort-cpu", "patch"]["threat"] == "transfer from run/torch"
+    assert cells["run/torch+lgs", "patch"]["threat"] == "oblivious: crafted on run/torch without LGS" and \
+        cells["run/torch+lgs", "adaptive"]["threat"] == "adaptive: BPDA through LGS, crafted on run/torch"
+    for runtime in ("run/torch+lgs", "run/ort-cpu+lgs"):  # per image, the attacker's better patch
+        worst = cells[runtime, "worst case"]
+        assert worst["tsuc"] >= max(cells[runtime, a]["tsuc"] for a in ("patch", "adaptive"))
+        assert worst["fooling_rate"] >= max(cells[runtime, a]["fooling_rate"] for a in ("patch", "adaptive"))
     assert rescore(out) == result.cells
+    assert cli("report", out, "--markdown", tmp_path / "r.md").returncode == 0
+    assert f"| run/ort-cpu+lgs | lgs | worst case | {result.samples} |" in (tmp_path / "r.md").read_text()
+
+
+def test_bpda_passes_the_gradient_that_lgs_clamps_away():
+    """LGS zeroes the gradient of every strongly damped pixel (its clamp); the adaptive attack's view keeps LGS's
+    output and passes the gradient straight through."""
+    from robustdeploy.defenses.lgs import Bpda
+
+    lgs = LocalGradientSmoothing.for_size(32)
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 8:16, 8:16] = torch.rand(8, 8, generator=torch.Generator().manual_seed(0))  # a high-gradient patch
+    x.requires_grad_(True)
+    plain, = torch.autograd.grad(lgs(x)[..., 8:16, 8:16].sum(), x)
+    through = Bpda(lgs)
+    out = through(x)
+    bpda, = torch.autograd.grad(out[..., 8:16, 8:16].sum(), x)
+    assert torch.equal(out, lgs(x))
+    assert (plain[..., 8:16, 8:16] == 0).any() and (bpda[..., 8:16, 8:16] == 1).all()
 
 
 def test_tv_weight_lowers_the_patch_total_variation(bundle_dir, digits):

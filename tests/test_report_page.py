@@ -75,7 +75,8 @@ def results(bundle_dir, variant_bundle_dir, run_dir, tmp_path_factory) -> list[P
 
 
 def test_html_page_has_figures_tables_and_warnings(results, tmp_path) -> None:
-    proc = cli("report", *results, "--html", tmp_path / "r.html", "--markdown", tmp_path / "r.md")
+    search = results[6].with_name("check.diff.json")  # the check's disagreement search, a diff result
+    proc = cli("report", *results, search, "--html", tmp_path / "r.html", "--markdown", tmp_path / "r.md")
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "r.html").read_text()
     outline = Outline()
@@ -95,6 +96,7 @@ def test_html_page_has_figures_tables_and_warnings(results, tmp_path) -> None:
     assert any("interrupted" in w for w in outline.warnings)
     markdown = (tmp_path / "r.md").read_text()
     assert "| eps | runtime | after attack |" in markdown and "interrupted" in markdown
+    assert "| eps | deployment | after search | clean split % |" in markdown  # the diff result's own table
 
 
 def test_report_in_headless_chromium(results, tmp_path) -> None:

@@ -190,6 +190,8 @@ def test_detector_works_with_every_attack_family(bits_bundle, tmp_path, attack, 
     cells = json.loads(out.read_text())["cells"]
     assert {c["attack"] for c in cells} == {f"oblivious:{attack}", ADAPTIVE, "worst case"}
     assert rescore(out) == cells
+    oblivious = "score-based on torch, score-based on ort-cpu" if attack == "square" else "white-box on torch"
+    assert f"threat models: oblivious: {oblivious}; adaptive: white-box on torch" in proc.stdout
 
 
 def test_cli_detector_errors(run_dir, bundle_dir, tmp_path):

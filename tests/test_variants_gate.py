@@ -52,7 +52,9 @@ def test_compare_rows_per_variant(variant_bundle_dir, tmp_path):
     torch_cell = result.cell("torch", 0.1, "fgsm")
     assert torch_cell["robust_accuracy"] < torch_cell["clean_accuracy"]
     assert rescore(out) == result.cells
-    assert "| ort-cpu:int8 |" in out.with_suffix(".md").read_text()
+    table = out.with_suffix(".md").read_text()
+    assert "| ort-cpu:int8 |" in table and "threat model" in table
+    assert "deployment-in-the-loop" in table.split("| ort-cpu:int8 |")[1].splitlines()[0]  # every runtime is looped
     windowed = compare(CompareConfig(variant_bundle_dir, attacks=("fgsm",), epsilons=(0.1,), limit=80, batch_size=32,
                                      window=32, latency_iterations=5, out=tmp_path / "w.json"))  # 3 windows
     assert windowed.cells == result.cells and windowed.extra["agreement_with_torch"] == \

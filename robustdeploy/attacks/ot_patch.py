@@ -155,10 +155,12 @@ def total_variation(patch: torch.Tensor) -> torch.Tensor:
 
 
 def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: PatchConfig,
-                device: str = "cpu") -> PatchResult:
+                device: str = "cpu", front: nn.Module | None = None, start: torch.Tensor | None = None) -> PatchResult:
     """Optimise one patch over images x (labels y) of a [0, 1]-pixel classifier on `device` (where the caller
-    placed the model); returns it on the CPU, on the 8-bit grid."""
+    placed the model, and `front`); returns it on the CPU, on the 8-bit grid. `front` (e.g. a defense's BPDA view)
+    takes every image before the model, the target images' included: the adaptive attack on the defended model."""
     model = model.eval()
+    front = (front or nn.Identity()).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     x, y = x.to(device), y.to(device)
@@ -170,20 +172,21 @@ def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Patc
         raise RobustDeployError(f"crafting needs images of class {config.target} and of other classes")
     generator = torch.Generator().manual_seed(config.seed)
     side = patch_side(config.patch_size, *x.shape[-2:])
-    patch = torch.rand(x.shape[1], side, side, generator=generator).to(device).requires_grad_(True)
+    patch = torch.rand(x.shape[1], side, side, generator=generator)
+    patch = (patch if start is None else start.clone()).to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([patch], lr=config.lr)
     layers = config.layers or default_layers(model) if config.method == "sw" else ()
     hooks = FeatureHooks(model, layers)
     try:
         with torch.no_grad():
-            model(target_images)
+            model(front(target_images))
             target_features = {name: hooks.features[name].detach() for name in layers}
         losses = []
         for step, bar in progress(config.steps, f"patch ({config.method})"):
             idx = torch.randint(0, len(source), (min(config.batch_size, len(source)),), generator=generator)
             placed = resize_patch(patch, scaled_side(side, config.scale, x.shape[-2:], generator))
             positions = random_positions(len(idx), x.shape[-2:], placed.shape[-1], generator)
-            logits = model(apply_patch(source[idx], placed, positions))
+            logits = model(front(apply_patch(source[idx], placed, positions)))
             if config.method == "sw":
                 loss = sum(sliced_wasserstein_sq(hooks.features[name], target_features[name],
                                                  config.n_projections, config.seed + step) for name in layers)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from robustdeploy import devices
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.registry import Registry
 
@@ -65,6 +67,19 @@ def create_net(arch: str, input_shape: tuple[int, int, int], num_classes: int) -
 
         return create_tv(arch[3:], input_shape, num_classes)
     return MODELS.create(arch, input_shape=input_shape, num_classes=num_classes)
+
+
+def check_input_size(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    """Refuse, in one line, an architecture that cannot take images of `input_shape` (e.g. `cnn`'s two poolings on
+    3x3 images), before any training starts."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), torch.random.fork_rng(devices=[]):  # training's RNG untouched
+            warnings.simplefilter("ignore")  # e.g. a zero-element Linear: the refusal below says it in words
+            devices.place(create_net(arch, input_shape, num_classes), "cpu")(torch.zeros(1, *input_shape))
+    except RuntimeError as exc:
+        size = "x".join(map(str, input_shape[1:]))
+        raise RobustDeployError(f"architecture {arch!r} cannot take {size} images ({str(exc).splitlines()[0]}); "
+                                "use a larger --image-size or another --arch") from None
 
 
 class Composite(nn.Module):

@@ -15,7 +15,8 @@ from robustdeploy import devices
 from robustdeploy.data import DataConfig, Dataset
 from robustdeploy.errors import RobustDeployError
 from robustdeploy.io import check_output_dir
-from robustdeploy.models import MODELS, create_net
+from robustdeploy.models import MODELS
+from robustdeploy.models.base import check_input_size
 from robustdeploy.models.parts import penultimate
 from robustdeploy.poison.backbones import FrozenBackbone, load_backbone
 from robustdeploy.recipe import train
@@ -49,11 +50,11 @@ class Surrogate:
 
 
 def check_arch(arch: str, data: Dataset) -> None:
-    """Refuse an unknown architecture (a registry name or `timm:<name>`) in one line."""
-    if arch.startswith("timm:"):
-        create_net(arch, data.input_shape, len(data.classes))
-    else:
+    """Refuse an unknown architecture (a registry name or `timm:<name>`), or one that cannot take the data's
+    images, in one line."""
+    if not arch.startswith("timm:"):
         MODELS.get(arch)
+    check_input_size(arch, data.input_shape, len(data.classes))
 
 
 def pair_weights(specs: tuple[str, ...], weights: tuple[str, ...]) -> dict[int, Path]:

@@ -12,6 +12,7 @@ from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.evaluation.classify import agreement, classify, finish, new_result, write_figure
 from robustdeploy.evaluation.craft import COMPARED, Plan
 from robustdeploy.evaluation.results import Result
+from robustdeploy.evaluation.score import threat_kinds
 from robustdeploy.evaluation.session import SessionConfig, open_session
 from robustdeploy.io import atomic_write_text, exclusive_outputs
 from robustdeploy.report import table
@@ -62,12 +63,15 @@ def compare(config: CompareConfig) -> Result:
 
 
 def compare_table(result: Result, markdown: bool = False) -> str:
-    """The comparison as a table: a view of the result's cells."""
+    """The comparison as a table: a view of the result's cells, with the threat model of each runtime's worst case
+    (the kinds of attack that ran on it, or `transfer only from X`)."""
     columns = [(c["attack"], c["eps"]) for c in result.cells if c["runtime"] == result.runtime_labels()[0]]
-    headers = ["runtime", "clean %", "agree %", *[f"robust % {a}@{e:g}" for a, e in columns], "p50 ms"]
+    headers = ["runtime", "clean %", "agree %", *[f"robust % {a}@{e:g}" for a, e in columns], "threat model",
+               "p50 ms"]
     rows = []
     for runtime in result.runtime_labels():
         cells = [c for c in result.cells if c["runtime"] == runtime]
         rows.append([runtime, cells[0]["clean_accuracy"], result.extra["agreement_with_torch"][runtime],
-                     *[c["robust_accuracy"] for c in cells], f"{result.extra['median_latency_ms'][runtime]:.3f}"])
+                     *[c["robust_accuracy"] for c in cells], threat_kinds(cells[-1].get("threat", "")),
+                     f"{result.extra['median_latency_ms'][runtime]:.3f}"])
     return table(headers, rows, markdown)
