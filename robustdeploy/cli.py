@@ -640,6 +640,7 @@ def patch(
 ) -> None:
     """Craft a universal targeted patch on SOURCE; print tSuc per model x runtime (torch, ort-cpu)."""
     from robustdeploy.attacks.ot_patch import PatchConfig
+    from robustdeploy.evaluation.checks import warn
     from robustdeploy.evaluation.plans.patch import PatchEvalConfig, evaluate_patch
     from robustdeploy.report import patch_table
 
@@ -648,6 +649,7 @@ def patch(
     result, _ = evaluate_patch(PatchEvalConfig(source, config, tuple(transfer), lgs=lgs, limit=limit, seed=seed,
                                                data_root=data_root, out=out, device=device))
     echo(patch_table(result))
+    warn(result.checks)
     if out is not None:
         echo(f"results -> {out} (patch in {out.with_suffix('.patch.png')}, patched images in "
              f"{out.with_suffix('.adv.safetensors')})")

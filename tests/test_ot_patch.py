@@ -70,8 +70,24 @@ def test_lgs_patch_reports_clean_accuracy_with_and_without_lgs(tmp_path):
         assert worst["tsuc"] >= max(cells[runtime, a]["tsuc"] for a in ("patch", "adaptive"))
         assert worst["fooling_rate"] >= max(cells[runtime, a]["fooling_rate"] for a in ("patch", "adaptive"))
     assert rescore(out) == result.cells
+    assert [c["name"] for c in result.checks] == ["adaptive_patch_weaker"]
     assert cli("report", out, "--markdown", tmp_path / "r.md").returncode == 0
     assert f"| run/ort-cpu+lgs | lgs | worst case | {result.samples} |" in (tmp_path / "r.md").read_text()
+
+
+def test_an_adaptive_patch_weaker_than_the_oblivious_one_is_flagged():
+    from robustdeploy.evaluation.checks import adaptive_patch_weaker
+
+    def cell(runtime, defense, attack, tsuc):
+        return {"runtime": runtime, "defense": defense, "attack": attack, "tsuc": tsuc}
+
+    plain = [cell("m/torch", "none", "patch", 40.0)]
+    assert adaptive_patch_weaker(plain) is None  # no defense, no adaptive patch
+    strong = [*plain, cell("m/torch+lgs", "lgs", "patch", 30.0), cell("m/torch+lgs", "lgs", "adaptive", 35.0)]
+    assert adaptive_patch_weaker(strong).passed
+    weak = [*plain, cell("m/torch+lgs", "lgs", "patch", 33.6), cell("m/torch+lgs", "lgs", "adaptive", 30.7)]
+    check = adaptive_patch_weaker(weak)
+    assert not check.passed and "m/torch+lgs: adaptive 30.70% < oblivious 33.60%" in check.detail
 
 
 def test_bpda_passes_the_gradient_that_lgs_clamps_away():

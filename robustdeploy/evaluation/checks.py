@@ -166,6 +166,20 @@ def same_graph(runtime: str, threat: str) -> bool:
     return "transfer from torch" in threat.split(" + ") and runtime.split(":")[-1] in (runtime, "fp32")
 
 
+def adaptive_patch_weaker(cells: list[dict]) -> Check | None:
+    """Behind a defense, an adaptive patch with a lower tSuc than the oblivious one (which ignores the defense) is a
+    weak adaptive attack, not robustness: the worst case, which takes both, is the number to read."""
+    tsuc = {(c["runtime"], c.get("attack")): c["tsuc"] for c in cells if c.get("defense") not in (None, "none")}
+    weak = [f"{rt}: adaptive {tsuc[rt, 'adaptive']:.2f}% < oblivious {tsuc[rt, 'patch']:.2f}%" for rt, attack in tsuc
+            if attack == "adaptive" and (rt, "patch") in tsuc and tsuc[rt, "adaptive"] < tsuc[rt, "patch"]]
+    if not any(attack == "adaptive" for _, attack in tsuc):
+        return None
+    return Check("adaptive_patch_weaker", not weak,
+                 "the adaptive patch reaches less than the oblivious one, a sign of masked or weakly followed "
+                 "gradients through the defense; read the worst-case row (both patches), and try more --steps: "
+                 + "; ".join(weak) if weak else "the adaptive patch reaches at least the oblivious one's tSuc")
+
+
 def weak_blackbox(cells: list[dict], attacks: list[dict], far: float = FAR_ABOVE) -> dict[tuple, tuple[float, float]]:
     """(runtime, eps, attack) -> (its robust %, the cascade's robust % after the gradient attacks that follow it) for
     each score/decision-based attack that gradient attacks, run after it on the samples it left robust, beat by

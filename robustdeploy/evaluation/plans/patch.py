@@ -7,7 +7,7 @@ two; every row names its threat model."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import load_dataset
 from robustdeploy.defenses.lgs import Bpda, LocalGradientSmoothing
 from robustdeploy.errors import CheckFailed, RobustDeployError
+from robustdeploy.evaluation.checks import adaptive_patch_weaker
 from robustdeploy.evaluation.classify import new_result
 from robustdeploy.evaluation.results import Result, save_result
 from robustdeploy.evaluation.score import percent
@@ -140,6 +141,7 @@ def evaluate_patch(config: PatchEvalConfig) -> tuple[Result, torch.Tensor]:
     result.extra = {"target": config.patch.target, "lgs": config.lgs, "bundles": [str(b.path) for b in bundles],
                     "layers": list(crafted.layers), "losses": crafted.losses}
     result.cells = patch_cells(result, stored, patch_runners(result, x[:256], session.device))
+    result.checks = [asdict(c) for c in [adaptive_patch_weaker(result.cells)] if c is not None]
     result.complete = True
     if config.out is not None:
         save_result(config.out, result, stored)
