@@ -93,7 +93,7 @@ def test_an_adaptive_patch_weaker_than_the_oblivious_one_is_flagged():
 def test_bpda_passes_the_gradient_that_lgs_clamps_away():
     """LGS zeroes the gradient of every strongly damped pixel (its clamp); the adaptive attack's view keeps LGS's
     output and passes the gradient straight through."""
-    from robustdeploy.defenses.lgs import Bpda
+    from robustdeploy.defenses.base import Bpda
 
     lgs = LocalGradientSmoothing.for_size(32)
     x = torch.zeros(1, 1, 32, 32)

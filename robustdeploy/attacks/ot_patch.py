@@ -160,7 +160,7 @@ def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Patc
     placed the model, and `front`); returns it on the CPU, on the 8-bit grid. `front` (e.g. a defense's BPDA view)
     takes every image before the model, the target images' included: the adaptive attack on the defended model."""
     model = model.eval()
-    front = (front or nn.Identity()).eval()
+    front = (front if front is not None else nn.Identity()).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     x, y = x.to(device), y.to(device)
@@ -172,8 +172,8 @@ def craft_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Patc
         raise RobustDeployError(f"crafting needs images of class {config.target} and of other classes")
     generator = torch.Generator().manual_seed(config.seed)
     side = patch_side(config.patch_size, *x.shape[-2:])
-    patch = torch.rand(x.shape[1], side, side, generator=generator)
-    patch = (patch if start is None else start.clone()).to(device).requires_grad_(True)
+    noise = torch.rand(x.shape[1], side, side, generator=generator)  # drawn either way: later draws stay the same
+    patch = (noise if start is None else start.clone()).to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([patch], lr=config.lr)
     layers = config.layers or default_layers(model) if config.method == "sw" else ()
     hooks = FeatureHooks(model, layers)

@@ -9,9 +9,9 @@ so on a small image of strokes (digits) every stroke edge has g near 1 and is er
 whatever the window and threshold. Measured on a `cnn` on the built-in digits (270 test images): clean accuracy
 96.7% -> 22.6% at 28 px with the scaled window (2, stride 1), and no window/threshold tried (windows up to half
 the image, thresholds 0.1-0.5) kept it above 65% (16 px: 94.8% -> at best 77.8%). Only conv/pool/elementwise ops,
-so LGS + classifier exports to ONNX. `Bpda` is the adaptive attacker's view of it (Chiang et al., ICLR 2020, broke
-LGS this way): LGS forward, identity backward, since its clamp zeroes the gradient of every strongly damped pixel,
-which are the patch's own.
+so LGS + classifier exports to ONNX. `defenses.base.Bpda(lgs)` is the adaptive attacker's view of it (Chiang et
+al., ICLR 2020, broke LGS this way): LGS forward, identity backward, since its clamp zeroes the gradient of every
+strongly damped pixel, which are the patch's own.
 """
 
 from __future__ import annotations
@@ -70,13 +70,3 @@ class LocalGradientSmoothing(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x * (1.0 - self.smoothing * self.mask(x))).clamp(0.0, 1.0)
 
-
-class Bpda(nn.Module):
-    """`transform` forward, identity backward (BPDA, Athalye et al., ICML 2018)."""
-
-    def __init__(self, transform: nn.Module) -> None:
-        super().__init__()
-        self.transform = transform
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.transform(x).detach() + (x - x.detach())  # forward exactly the transform's

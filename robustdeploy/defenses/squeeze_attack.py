@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from robustdeploy.attacks.base import ATTACKS, FixedBudgetAttack, IterativeGradientAttack, Model, project
+from robustdeploy.defenses.base import straight_through
 from robustdeploy.defenses.squeeze import BitDepth, MedianFilter, SqueezeDetector, squeeze_score
 from robustdeploy.errors import RobustDeployError
 
@@ -39,18 +40,6 @@ NAME = "squeeze-adaptive"
 REVISION = 4  # part of the key of cached adaptive sets: raise it whenever the objective or the loop changes
 DECAY_FROM = 0.25  # the decaying optimiser's first step, times eps
 DECAY_TO = 0.5 / 255  # its last step: half an 8-bit grid step
-
-
-class _StraightThrough(torch.autograd.Function):
-    """squeezer(x) forward, identity backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, squeezer: torch.nn.Module) -> torch.Tensor:  # type: ignore[override]
-        return squeezer(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad, None
 
 
 class DetectorView(torch.nn.Module):
@@ -62,7 +51,7 @@ class DetectorView(torch.nn.Module):
         self.detector, self.threshold = detector, detector.threshold
 
     def squeezed(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [_StraightThrough.apply(x, s) if isinstance(s, BitDepth | MedianFilter) else s(x)
+        return [straight_through(x, s) if isinstance(s, BitDepth | MedianFilter) else s(x)
                 for s in self.detector.squeezers]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -169,11 +169,12 @@ def same_graph(runtime: str, threat: str) -> bool:
 def adaptive_patch_weaker(cells: list[dict]) -> Check | None:
     """Behind a defense, an adaptive patch with a lower tSuc than the oblivious one (which ignores the defense) is a
     weak adaptive attack, not robustness: the worst case, which takes both, is the number to read."""
-    tsuc = {(c["runtime"], c.get("attack")): c["tsuc"] for c in cells if c.get("defense") not in (None, "none")}
-    weak = [f"{rt}: adaptive {tsuc[rt, 'adaptive']:.2f}% < oblivious {tsuc[rt, 'patch']:.2f}%" for rt, attack in tsuc
-            if attack == "adaptive" and (rt, "patch") in tsuc and tsuc[rt, "adaptive"] < tsuc[rt, "patch"]]
-    if not any(attack == "adaptive" for _, attack in tsuc):
+    tsuc = {(c["runtime"], c.get("attack")): c["tsuc"] for c in cells}
+    defended = [rt for rt, attack in tsuc if attack == "adaptive"]
+    if not defended:
         return None
+    weak = [f"{rt}: adaptive {tsuc[rt, 'adaptive']:.2f}% < oblivious {tsuc[rt, 'patch']:.2f}%" for rt in defended
+            if tsuc[rt, "adaptive"] < tsuc[rt, "patch"]]
     return Check("adaptive_patch_weaker", not weak,
                  "the adaptive patch reaches less than the oblivious one, a sign of masked or weakly followed "
                  "gradients through the defense; read the worst-case row (both patches), and try more --steps: "

@@ -17,7 +17,8 @@ from robustdeploy import devices
 from robustdeploy.attacks.ot_patch import PatchConfig, apply_patch, check_target, craft_patch, random_positions
 from robustdeploy.bundle import Bundle, load_bundle
 from robustdeploy.data import load_dataset
-from robustdeploy.defenses.lgs import Bpda, LocalGradientSmoothing
+from robustdeploy.defenses.base import Bpda
+from robustdeploy.defenses.lgs import LocalGradientSmoothing
 from robustdeploy.errors import CheckFailed, RobustDeployError
 from robustdeploy.evaluation.checks import adaptive_patch_weaker
 from robustdeploy.evaluation.classify import new_result
@@ -82,7 +83,8 @@ def patch_cells(result: Result, stored: dict[str, torch.Tensor], runners: dict[s
     """Clean target rate, tSuc and fooling rate of every model x runtime on the stored patched images; behind LGS
     for the oblivious patch, the adaptive one and their per-image worst case."""
     target, y = result.extra["target"], stored["y"]
-    source = next(iter(runners)).rsplit("/", 1)[0] + "/torch"  # the source bundle's runtimes come first
+    bundle = next(iter(runners)).rsplit("/", 1)[0]  # the source bundle's runtimes come first
+    source = f"{bundle}/torch"
     cells = []
     for name, runtime in runners.items():
         clean = runtime.predict(stored["x"], batch_size)
@@ -91,11 +93,12 @@ def patch_cells(result: Result, stored: dict[str, torch.Tensor], runners: dict[s
         patched = {"patch": runtime.predict(stored[PATCHED], batch_size)}
         threats = {"patch": f"white-box on {source}" if name == source else f"transfer from {source}"}
         if row["defense"] == "lgs" and ADAPTIVE in stored:  # a result written before the adaptive patch has none
-            patched["adaptive"] = runtime.predict(stored[ADAPTIVE], batch_size)
-            hit = (patched["patch"] == target) | (patched["adaptive"] == target)
-            patched["worst case"] = torch.where(hit, target, torch.where(patched["patch"] != y, patched["patch"],
-                                                                         patched["adaptive"]))
-            how = f"crafted on {source}" if name.split("/")[0] == source.split("/")[0] else f"transfer from {source}"
+            oblivious = patched["patch"]
+            adaptive = patched["adaptive"] = runtime.predict(stored[ADAPTIVE], batch_size)
+            # per image the attacker's better label: the adaptive one where it hits the target or the oblivious one
+            # fooled nothing, else the oblivious one (it fooled, and hit the target if either did)
+            patched["worst case"] = torch.where((adaptive == target) | (oblivious == y), adaptive, oblivious)
+            how = f"crafted on {source}" if name.startswith(f"{bundle}/") else f"transfer from {source}"
             threats = {"patch": f"oblivious: {how} without LGS", "adaptive": f"adaptive: BPDA through LGS, {how}",
                        "worst case": "per image, the worse of the two"}
         cells += [{**row, "attack": attack, "tsuc": percent(labels == target), "fooling_rate": percent(labels != y),
